@@ -4,7 +4,9 @@ use std::io;
 /// what is wrong and what to do, fit to show a plant technician as is.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("this is not a mesbak backup file (it does not start with the mesbak header); check the path")]
+    #[error(
+        "this is not a mesbak backup file (it does not start with the mesbak header); check the path"
+    )]
     NotMesbak,
     #[error(
         "this backup uses file format version {0}, which this mesbak does not support; decrypt it with a newer mesbakctl"
@@ -46,7 +48,8 @@ impl FormatError {
     /// Converts an `io::Error` back into the format error it carries, or wraps
     /// it as an I/O error.
     pub fn from_io_owned(err: io::Error) -> FormatError {
-        err.downcast::<FormatError>().unwrap_or_else(FormatError::Io)
+        err.downcast::<FormatError>()
+            .unwrap_or_else(FormatError::Io)
     }
 
     pub(crate) fn into_io(self) -> io::Error {

@@ -85,7 +85,9 @@ impl Header {
             key_check: bytes[35..51].try_into().expect("16 bytes"),
         };
         if header.kdf_iterations == 0 || header.kdf_iterations > MAX_KDF_ITERATIONS {
-            return Err(FormatError::CorruptHeader("key derivation iterations out of range"));
+            return Err(FormatError::CorruptHeader(
+                "key derivation iterations out of range",
+            ));
         }
         if header.chunk_size == 0 || header.chunk_size > MAX_CHUNK_SIZE {
             return Err(FormatError::CorruptHeader("chunk size out of range"));
@@ -139,7 +141,10 @@ mod tests {
             match position {
                 0..=7 => assert!(matches!(err, FormatError::NotMesbak), "{position}: {err:?}"),
                 8 => assert!(matches!(err, FormatError::UnsupportedVersion(0)), "{err:?}"),
-                _ => assert!(matches!(err, FormatError::CorruptHeader(_)), "{position}: {err:?}"),
+                _ => assert!(
+                    matches!(err, FormatError::CorruptHeader(_)),
+                    "{position}: {err:?}"
+                ),
             }
         }
     }

@@ -145,7 +145,8 @@ impl Key {
     pub fn generate_text() -> Zeroizing<String> {
         let mut random = Zeroizing::new([0u8; GENERATED_KEY_BYTES]);
         openssl::rand::rand_bytes(&mut random[..]).expect("the system random generator works");
-        let mut text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&random[..]));
+        let mut text =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&random[..]));
         text.push('\n');
         text
     }

@@ -41,7 +41,9 @@ enum FormatErrorKind {
 impl From<FormatErrorKind> for FormatError {
     fn from(kind: FormatErrorKind) -> FormatError {
         match kind {
-            FormatErrorKind::Corrupt { index, offset } => FormatError::CorruptChunk { index, offset },
+            FormatErrorKind::Corrupt { index, offset } => {
+                FormatError::CorruptChunk { index, offset }
+            }
             FormatErrorKind::Truncated { offset } => FormatError::Truncated { offset },
             FormatErrorKind::Trailing { offset } => FormatError::TrailingData { offset },
         }

@@ -50,7 +50,10 @@ impl<W: Write> Encryptor<W> {
             options.chunk_size > 0 && options.chunk_size <= crate::MAX_CHUNK_SIZE,
             "chunk size out of range"
         );
-        assert!(options.kdf_iterations > 0, "KDF iterations must be positive");
+        assert!(
+            options.kdf_iterations > 0,
+            "KDF iterations must be positive"
+        );
         let mut salt = [0u8; SALT_LEN];
         openssl::rand::rand_bytes(&mut salt).map_err(io::Error::other)?;
         let derived = key.derive(&salt, options.kdf_iterations);

@@ -179,7 +179,11 @@ fn truncation_inside_a_chunk_is_detected() {
 
 #[test]
 fn appended_bytes_are_detected() {
-    for len in [10, FAST.chunk_size as usize, 2 * FAST.chunk_size as usize + 1] {
+    for len in [
+        10,
+        FAST.chunk_size as usize,
+        2 * FAST.chunk_size as usize + 1,
+    ] {
         let mut file = encrypt(&payload(len), FAST);
         file.extend_from_slice(b"extra");
         let err = decrypt(&file, &key()).unwrap_err();

@@ -1,0 +1,37 @@
+//! The `org.mesbak.Agent1` D-Bus contract, defined once for the agent, the
+//! client and the tests: bus names, the named errors, the wire types, typed
+//! proxies and the introspection XML the running agent is held to.
+
+mod error;
+mod proxy;
+mod types;
+
+pub use error::Error;
+pub use proxy::{AgentProxy, JobProxy};
+pub use types::{
+    BackupInfo, BackupKind, BackupTarget, Health, JobOperation, JobState, ParseNameError,
+    RestoreOptions, StatusReport, time_from_wire, wire_time,
+};
+
+/// Well-known bus name the agent owns on the system bus.
+pub const BUS_NAME: &str = "org.mesbak.Agent1";
+/// Object path of the agent's manager object.
+pub const MANAGER_PATH: &str = "/org/mesbak/Agent1";
+/// Interface of the manager object.
+pub const MANAGER_INTERFACE: &str = "org.mesbak.Agent1";
+/// Interface of each job object.
+pub const JOB_INTERFACE: &str = "org.mesbak.Agent1.Job";
+/// Job objects live below this path, as `<JOBS_PATH>/<number>`.
+pub const JOBS_PATH: &str = "/org/mesbak/Agent1/jobs";
+/// Prefix of every error name the agent returns.
+pub const ERROR_PREFIX: &str = "org.mesbak.Agent1.Error";
+/// Members of this group may talk to the agent (bus policy); destructive
+/// calls additionally need uid 0.
+pub const CLIENT_GROUP: &str = "mesbak";
+/// The introspection data of the manager and job objects, as checked in.
+pub const INTROSPECTION_XML: &str = include_str!("../org.mesbak.Agent1.xml");
+
+/// Path of job number `id`.
+pub fn job_path(id: u64) -> String {
+    format!("{JOBS_PATH}/{id}")
+}

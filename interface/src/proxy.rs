@@ -1,0 +1,139 @@
+//! Typed client side of the contract. The agent implements the same
+//! interfaces in `agent/src/bus/`; a test compares both to the checked-in XML.
+
+use zbus::proxy;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::{BackupInfo, Error, RestoreOptions};
+
+/// The manager object, `/org/mesbak/Agent1`.
+#[proxy(
+    interface = "org.mesbak.Agent1",
+    default_service = "org.mesbak.Agent1",
+    default_path = "/org/mesbak/Agent1"
+)]
+pub trait Agent {
+    /// Starts a backup of `target` (`database`, `ignition` or `all`).
+    fn backup(&self, target: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// Every backup in the backup folder, newest first.
+    fn list_backups(&self) -> Result<Vec<BackupInfo>, Error>;
+
+    /// Authenticates a whole backup file (by id or path) without restoring it.
+    fn verify(&self, backup: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// Restores a backup (root only). See `RestoreOptions`.
+    fn restore(&self, backup: &str, options: RestoreOptions) -> Result<OwnedObjectPath, Error>;
+
+    /// Puts back the database the last restore replaced (root only).
+    fn rollback_restore(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Drops the database the last restore kept (root only).
+    fn drop_previous(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Restores a database backup into a scratch database and checks it;
+    /// an empty id means the newest database backup.
+    fn test_restore(&self, backup: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// The backups `Prune` would delete now.
+    fn plan_prune(&self) -> Result<Vec<BackupInfo>, Error>;
+
+    /// Deletes what retention allows (root only).
+    fn prune(&self) -> Result<OwnedObjectPath, Error>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+
+    /// `healthy`, `degraded` or `unhealthy`.
+    #[zbus(property)]
+    fn health(&self) -> zbus::Result<String>;
+
+    /// One sentence per reason the agent is not healthy.
+    #[zbus(property)]
+    fn problems(&self) -> zbus::Result<Vec<String>>;
+
+    /// RFC 3339 time of the newest good backup of any kind, or "".
+    #[zbus(property)]
+    fn last_backup(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn last_database_backup(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn last_ignition_backup(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn last_test_restore(&self) -> zbus::Result<String>;
+
+    /// `passed`, `failed`, or "" when no test restore ran yet.
+    #[zbus(property)]
+    fn last_test_restore_result(&self) -> zbus::Result<String>;
+
+    /// Job objects that exist now, running or recently finished.
+    #[zbus(property)]
+    fn jobs(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+}
+
+/// A job object, `/org/mesbak/Agent1/jobs/<n>`.
+#[proxy(
+    interface = "org.mesbak.Agent1.Job",
+    default_service = "org.mesbak.Agent1"
+)]
+pub trait Job {
+    /// Emitted once when the job ends.
+    #[zbus(signal)]
+    fn finished(&self, success: bool, message: String) -> zbus::Result<()>;
+
+    /// A `JobOperation` name.
+    #[zbus(property)]
+    fn operation(&self) -> zbus::Result<String>;
+
+    /// What the job works on: a backup target or a backup id.
+    #[zbus(property)]
+    fn target(&self) -> zbus::Result<String>;
+
+    /// A `JobState` name.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+
+    /// What the job is doing now, in words.
+    #[zbus(property)]
+    fn stage(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn bytes_done(&self) -> zbus::Result<u64>;
+
+    /// 0 when not known.
+    #[zbus(property)]
+    fn bytes_total(&self) -> zbus::Result<u64>;
+
+    /// Bytes per second over the last few seconds.
+    #[zbus(property)]
+    fn rate(&self) -> zbus::Result<u64>;
+
+    /// 0.0 to 1.0, or -1.0 when not known.
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<f64>;
+
+    #[zbus(property)]
+    fn started_at(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn finished_at(&self) -> zbus::Result<String>;
+
+    /// The final message once finished; "" while running.
+    #[zbus(property)]
+    fn message(&self) -> zbus::Result<String>;
+
+    /// The `Error` variant name when the job failed, else "".
+    #[zbus(property)]
+    fn error_name(&self) -> zbus::Result<String>;
+
+    /// Backup ids the job created (backups, safety backups).
+    #[zbus(property)]
+    fn files(&self) -> zbus::Result<Vec<String>>;
+
+    /// Things that went right but deserve a look.
+    #[zbus(property)]
+    fn warnings(&self) -> zbus::Result<Vec<String>>;
+}
