@@ -1,0 +1,2 @@
+//! mesbak-agent: the root-owned backup daemon (work in progress).
+fn main() {}

@@ -1,0 +1,199 @@
+# Shared setup for dev/test and dev/demo: installs and starts what mesbak's
+# tests and demo need on a Debian 12 machine, as root, idempotently.
+# Sourced, not executed.
+
+set -euo pipefail
+
+MESBAK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MESBAK_STATE=${MESBAK_STATE:-/var/lib/mesbak-dev}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+    [ "$(id -u)" = 0 ] || die "run this as root: it installs packages and starts dockerd"
+}
+
+# Debian packages the tests and the demo use.
+MESBAK_PACKAGES=(
+    docker.io busybox-static dbus postgresql-15 postgresql-client-15
+    python3 python3-cryptography libssl-dev pkg-config gcc
+    debootstrap lintian rpm ca-certificates curl util-linux procps
+)
+
+ensure_packages() {
+    local missing=() pkg
+    for pkg in "${MESBAK_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # The PostgreSQL server package must not start a cluster on this host:
+        # tests run their own servers in containers.
+        mkdir -p /etc/postgresql-common
+        [ -e /etc/postgresql-common/createcluster.conf ] ||
+            echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_dockerd() {
+    if docker info >/dev/null 2>&1; then return; fi
+    say "starting dockerd (no bridge, no iptables)"
+    mkdir -p /var/log
+    nohup dockerd --bridge=none --iptables=false >>/var/log/mesbak-dockerd.log 2>&1 &
+    local i
+    for i in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    tail -20 /var/log/mesbak-dockerd.log >&2 || true
+    die "dockerd did not answer within 30 s (log: /var/log/mesbak-dockerd.log)"
+}
+
+# Groups and users the authorization tests use: group `mesbak` may talk to
+# the agent, `mesbak-operator` is in it, `mesbak-outsider` is not.
+ensure_users() {
+    getent group mesbak >/dev/null || groupadd --system mesbak
+    id mesbak-operator >/dev/null 2>&1 ||
+        useradd --system --no-create-home --shell /usr/sbin/nologin -G mesbak mesbak-operator
+    id mesbak-outsider >/dev/null 2>&1 ||
+        useradd --system --no-create-home --shell /usr/sbin/nologin mesbak-outsider
+}
+
+# Builds image $1 from the tar stream a function $2 writes to stdout, unless
+# an image with the same recipe hash already exists. Extra args: --change.
+import_image() {
+    local name=$1 producer=$2; shift 2
+    local recipe
+    recipe=$( { declare -f "$producer"; printf '%s\n' "$@"; } | sha256sum | cut -c1-16)
+    if [ "$(docker image inspect -f '{{index .Config.Labels "mesbak.recipe"}}' "$name" 2>/dev/null)" = "$recipe" ]; then
+        return
+    fi
+    say "building image $name"
+    local changes=() c
+    for c in "$@"; do changes+=(--change "$c"); done
+    "$producer" | docker import "${changes[@]}" --change "LABEL mesbak.recipe=$recipe" - "$name" >/dev/null
+}
+
+# A PostgreSQL 15 image without a registry: a skeleton root that runs the
+# host's PostgreSQL from /usr, bind-mounted read-only (`-v /usr:/usr:ro`).
+# Entry point behaves like the official image: POSTGRES_USER, _PASSWORD, _DB,
+# PGPORT; local connections trusted, TCP on 127.0.0.1 with scram.
+postgres_rootfs() {
+    local root
+    root=$(mktemp -d)
+    (
+        cd "$root"
+        mkdir -p usr etc tmp var/run/postgresql var/lib/postgresql/data dev proc sys
+        chmod 1777 tmp
+        ln -s usr/bin bin; ln -s usr/sbin sbin; ln -s usr/lib lib; ln -s usr/lib64 lib64
+        cat >etc/passwd <<'P'
+root:x:0:0:root:/root:/bin/sh
+postgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+P
+        cat >etc/group <<'G'
+root:x:0:
+postgres:x:999:
+nogroup:x:65534:
+G
+        printf 'passwd: files\ngroup: files\nhosts: files\n' >etc/nsswitch.conf
+        cp /etc/ld.so.cache etc/ld.so.cache
+        chown -R 999:999 var/run/postgresql var/lib/postgresql
+        chmod 700 var/lib/postgresql/data
+        cat >docker-entrypoint.sh <<'E'
+#!/bin/sh
+set -eu
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+export PGDATA
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$PGDATA" /var/run/postgresql
+    chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+    chmod 700 "$PGDATA"
+    exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    user=${POSTGRES_USER:-postgres}
+    pwfile=$(mktemp)
+    printf '%s\n' "${POSTGRES_PASSWORD:-postgres}" >"$pwfile"
+    initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" -A trust --auth-host=scram-sha-256 \
+        -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    db=${POSTGRES_DB:-$user}
+    if [ "$db" != postgres ]; then
+        postgres --single -D "$PGDATA" -c listen_addresses='' postgres >/dev/null <<SQL
+CREATE DATABASE "$db" OWNER "$user";
+SQL
+    fi
+fi
+# docker stop sends SIGTERM, which PostgreSQL takes as a "smart" shutdown that
+# waits for clients; answer it with a fast shutdown as the official image does.
+postgres -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/run/postgresql "$@" &
+pid=$!
+trap 'kill -INT "$pid"' TERM INT
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+wait "$pid" 2>/dev/null || true
+E
+        chmod 755 docker-entrypoint.sh
+    )
+    tar -C "$root" --numeric-owner -c .
+    rm -rf "$root"
+}
+
+# busybox-static with every applet linked: volume helpers, a stand-in
+# Ignition gateway.
+busybox_rootfs() {
+    local root
+    root=$(mktemp -d)
+    (
+        cd "$root"
+        mkdir -p bin etc tmp
+        chmod 1777 tmp
+        cp /bin/busybox bin/busybox
+        for applet in $(bin/busybox --list); do
+            [ -e "bin/$applet" ] || ln -s busybox "bin/$applet"
+        done
+        printf 'root:x:0:0:root:/root:/bin/sh\n' >etc/passwd
+        printf 'root:x:0:\n' >etc/group
+    )
+    tar -C "$root" --numeric-owner -c .
+    rm -rf "$root"
+}
+
+ensure_images() {
+    import_image mesbak-test/postgres:15 postgres_rootfs \
+        'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin' \
+        'ENV PGDATA=/var/lib/postgresql/data' \
+        'ENV LANG=C.UTF-8' \
+        'VOLUME /var/lib/postgresql/data' \
+        'ENTRYPOINT ["/docker-entrypoint.sh"]'
+    import_image mesbak-test/busybox busybox_rootfs \
+        'ENV PATH=/bin' \
+        'CMD ["sh"]'
+}
+
+# A clean Debian 12 root for the package install test (debootstrap from the
+# mirror apt already uses).
+debian_rootfs() {
+    local root mirror
+    root=$(mktemp -d)
+    mirror=$(apt_mirror)
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+    tar -C "$root" --numeric-owner -c .
+    rm -rf "$root"
+}
+
+apt_mirror() {
+    local m
+    m=$(grep -rhoE '^(deb|URIs:)[^#]*https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+        | grep -oE 'https?://[^ ]+' | grep -v security | head -1)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+
+ensure_debian_image() {
+    import_image mesbak-test/debian:12 debian_rootfs 'CMD ["/bin/bash"]'
+}

@@ -1,0 +1,1 @@
+//! Shared harness for mesbak's integration tests (work in progress).
