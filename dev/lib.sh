@@ -76,7 +76,10 @@ import_image() {
     say "building image $name"
     local changes=() c
     for c in "$@"; do changes+=(--change "$c"); done
-    "$producer" | docker import "${changes[@]}" --change "LABEL mesbak.recipe=$recipe" - "$name" >/dev/null
+    if ! "$producer" | docker import "${changes[@]}" --change "LABEL mesbak.recipe=$recipe" - "$name" >/dev/null; then
+        docker rmi -f "$name" >/dev/null 2>&1 || true
+        die "could not build image $name"
+    fi
 }
 
 # A PostgreSQL 15 image without a registry: a skeleton root that runs the
@@ -182,7 +185,8 @@ debian_rootfs() {
     local root mirror
     root=$(mktemp -d)
     mirror=$(apt_mirror)
-    debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null ||
+        { rm -rf "$root"; return 1; }
     tar -C "$root" --numeric-owner -c .
     rm -rf "$root"
 }
@@ -190,7 +194,7 @@ debian_rootfs() {
 apt_mirror() {
     local m
     m=$(grep -rhoE '^(deb|URIs:)[^#]*https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-        | grep -oE 'https?://[^ ]+' | grep -v security | head -1)
+        | grep -oE 'https?://[^ ]+' | grep -v security | head -1 || true)
     echo "${m:-http://deb.debian.org/debian}"
 }
 
