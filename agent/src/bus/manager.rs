@@ -1,0 +1,321 @@
+//! The manager object, `/org/mesbak/Agent1`: starts jobs, lists backups,
+//! reports health. Methods only check and register; the work runs in the
+//! job's own task.
+
+use std::sync::Arc;
+
+use mesbak_interface::{
+    BackupInfo, BackupTarget, Error, JobOperation, MANAGER_PATH, RestoreOptions, job_path,
+    wire_time,
+};
+use time::OffsetDateTime;
+use zbus::message::Header;
+use zbus::zvariant::OwnedObjectPath;
+use zbus::{Connection, interface};
+
+use super::{caller_uid, launch, require_root};
+use crate::app::App;
+use crate::{backup, restore, retention, verify};
+
+pub struct Manager {
+    app: Arc<App>,
+}
+
+impl Manager {
+    pub fn new(app: Arc<App>) -> Manager {
+        Manager { app }
+    }
+
+    async fn start<F, Fut>(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        operation: JobOperation,
+        target: String,
+        root_only: Option<&str>,
+        work: F,
+    ) -> Result<OwnedObjectPath, Error>
+    where
+        F: FnOnce(Arc<App>, Arc<crate::jobs::Job>) -> Fut,
+        Fut: std::future::Future<Output = Result<String, Error>> + Send + 'static,
+    {
+        let uid = caller_uid(conn, header).await?;
+        if let Some(what) = root_only {
+            require_root(uid, what)?;
+        }
+        let job = self.app.jobs.begin(operation, target, uid)?;
+        let future = work(self.app.clone(), job.clone());
+        launch(self.app.clone(), conn, job, future).await
+    }
+}
+
+#[interface(name = "org.mesbak.Agent1")]
+impl Manager {
+    /// Starts a backup of `target` (`database`, `ignition` or `all`).
+    async fn backup(
+        &self,
+        target: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let target: BackupTarget =
+            target
+                .parse()
+                .map_err(|err: mesbak_interface::ParseNameError| {
+                    Error::InvalidArgument(err.to_string())
+                })?;
+        self.start(
+            conn,
+            &header,
+            JobOperation::Backup,
+            target.to_string(),
+            None,
+            move |app, job| backup::run(app, job, target),
+        )
+        .await
+    }
+
+    /// Every backup in the backup folder, newest first.
+    async fn list_backups(&self) -> Result<Vec<BackupInfo>, Error> {
+        self.app.storage.list()
+    }
+
+    /// Authenticates a whole backup file without restoring it.
+    async fn verify(
+        &self,
+        backup: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        let found = self.app.storage.resolve(backup, uid == 0)?;
+        self.start(
+            conn,
+            &header,
+            JobOperation::Verify,
+            found.id.clone(),
+            None,
+            move |app, job| verify::run(app, job, found),
+        )
+        .await
+    }
+
+    /// Restores a backup over the live data (root only).
+    async fn restore(
+        &self,
+        backup: &str,
+        options: RestoreOptions,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        require_root(caller_uid(conn, &header).await?, "restore")?;
+        let found = self.app.storage.resolve(backup, true)?;
+        self.start(
+            conn,
+            &header,
+            JobOperation::Restore,
+            found.id.clone(),
+            None,
+            move |app, job| restore::run(app, job, found, options),
+        )
+        .await
+    }
+
+    /// Puts back the database the last restore replaced (root only).
+    async fn rollback_restore(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            &header,
+            JobOperation::Rollback,
+            String::new(),
+            Some("rollback"),
+            restore::rollback,
+        )
+        .await
+    }
+
+    /// Drops the database the last restore kept (root only).
+    async fn drop_previous(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            &header,
+            JobOperation::DropPrevious,
+            String::new(),
+            Some("dropping the previous database"),
+            restore::drop_previous,
+        )
+        .await
+    }
+
+    /// Restores a database backup into a scratch database and checks it;
+    /// an empty id means the newest database backup.
+    async fn test_restore(
+        &self,
+        backup: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        let found = restore::pick_test_restore_backup(&self.app, backup, uid == 0)?;
+        self.start(
+            conn,
+            &header,
+            JobOperation::TestRestore,
+            found.id.clone(),
+            None,
+            move |app, job| restore::test_restore(app, job, found),
+        )
+        .await
+    }
+
+    /// The backups `Prune` would delete now.
+    async fn plan_prune(&self) -> Result<Vec<BackupInfo>, Error> {
+        Ok(retention::plan(
+            &self.app.storage.list()?,
+            self.app.config.retention.days,
+            OffsetDateTime::now_utc(),
+        ))
+    }
+
+    /// Deletes what retention allows (root only).
+    async fn prune(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            &header,
+            JobOperation::Prune,
+            String::new(),
+            Some("prune"),
+            |app, job| async move { prune(&app, &job) },
+        )
+        .await
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
+    /// `healthy`, `degraded` or `unhealthy`.
+    #[zbus(property)]
+    fn health(&self) -> String {
+        self.app.status().status.to_string()
+    }
+
+    /// One sentence per reason the agent is not healthy.
+    #[zbus(property)]
+    fn problems(&self) -> Vec<String> {
+        self.app.status().problems
+    }
+
+    /// RFC 3339 time of the newest backup of any kind, or "".
+    #[zbus(property)]
+    fn last_backup(&self) -> String {
+        wire_time(&self.app.status().last_backup)
+    }
+
+    #[zbus(property)]
+    fn last_database_backup(&self) -> String {
+        wire_time(&self.app.status().last_database_backup)
+    }
+
+    #[zbus(property)]
+    fn last_ignition_backup(&self) -> String {
+        wire_time(&self.app.status().last_ignition_backup)
+    }
+
+    #[zbus(property)]
+    fn last_test_restore(&self) -> String {
+        wire_time(&self.app.status().last_test_restore)
+    }
+
+    /// `passed`, `failed`, or "" when no test restore ran yet.
+    #[zbus(property)]
+    fn last_test_restore_result(&self) -> String {
+        match self.app.state.get().last_test_restore {
+            Some(record) if record.ok => "passed".into(),
+            Some(_) => "failed".into(),
+            None => String::new(),
+        }
+    }
+
+    /// Job objects that exist now, running or recently finished.
+    #[zbus(property)]
+    fn jobs(&self) -> Vec<OwnedObjectPath> {
+        self.app
+            .jobs
+            .ids()
+            .into_iter()
+            .filter_map(|id| OwnedObjectPath::try_from(job_path(id)).ok())
+            .collect()
+    }
+}
+
+fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
+    job.set_stage("deleting expired backups");
+    let expired = retention::plan(
+        &app.storage.list()?,
+        app.config.retention.days,
+        OffsetDateTime::now_utc(),
+    );
+    for backup in &expired {
+        app.storage.delete(backup)?;
+        tracing::info!(job = job.id, file = %backup.id, "pruned a backup");
+    }
+    Ok(match expired.len() {
+        0 => format!(
+            "nothing to prune: no backup is older than {} days",
+            app.config.retention.days
+        ),
+        n => format!(
+            "deleted {n} backup(s) older than {} days: {}",
+            app.config.retention.days,
+            expired
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+async fn manager(conn: &Connection) -> Option<zbus::object_server::InterfaceRef<Manager>> {
+    conn.object_server()
+        .interface::<_, Manager>(MANAGER_PATH)
+        .await
+        .ok()
+}
+
+/// Publishes the health properties after something changed them.
+pub async fn health_changed(conn: &Connection) {
+    let Some(iface) = manager(conn).await else {
+        return;
+    };
+    let emitter = iface.signal_emitter();
+    let object = iface.get().await;
+    let _ = object.health_changed(emitter).await;
+    let _ = object.problems_changed(emitter).await;
+    let _ = object.last_backup_changed(emitter).await;
+    let _ = object.last_database_backup_changed(emitter).await;
+    let _ = object.last_ignition_backup_changed(emitter).await;
+    let _ = object.last_test_restore_changed(emitter).await;
+    let _ = object.last_test_restore_result_changed(emitter).await;
+}
+
+/// Publishes the list of job objects.
+pub async fn jobs_changed(conn: &Connection) {
+    if let Some(iface) = manager(conn).await {
+        let _ = iface.get().await.jobs_changed(iface.signal_emitter()).await;
+    }
+}

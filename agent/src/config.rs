@@ -1,0 +1,521 @@
+//! `/etc/mesbak/mesbak.toml` and the seed stack's environment overrides.
+//! Every key has a default so an empty file works on the standard stack; a
+//! bad file is refused with the file and the key named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_PATH: &str = "/etc/mesbak/mesbak.toml";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read configuration file {path}: {source}; create it (an empty file uses the defaults) or pass --config"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("invalid environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub backup_dir: PathBuf,
+    /// Agent state: the recovery journal and the last results.
+    pub state_dir: PathBuf,
+    pub database: Database,
+    pub ignition: Ignition,
+    pub encryption: Encryption,
+    pub retention: Retention,
+    pub restore: Restore,
+    pub backup: Backup,
+    pub health: HealthConfig,
+    pub schedule: Schedule,
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// Container running PostgreSQL; "" means the host's own `pg_dump`.
+    pub container: String,
+    pub name: String,
+    pub user: String,
+    pub password_file: PathBuf,
+    /// Host or socket folder for the agent's own SQL connection.
+    pub host: String,
+    pub port: u16,
+    /// Schemas every database backup must contain.
+    pub schemas: Vec<String>,
+    /// The password from `POSTGRES_PASSWORD`; never logged.
+    #[serde(skip)]
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ignition {
+    pub volume: String,
+    pub stop_containers: Vec<String>,
+    /// Image of the never-started helper container; "" = the gateway's own.
+    pub helper_image: String,
+    pub stop_timeout_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Encryption {
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Restore {
+    pub stop_containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backup {
+    /// gzip level 1-9.
+    pub compression_level: u32,
+    /// Refuse to start a backup when less than this would stay free.
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// `host:port` of the HTTP endpoint; "" = off.
+    pub listen: String,
+    pub max_backup_age_hours: u32,
+    pub max_test_restore_age_hours: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schedule {
+    /// systemd `OnCalendar=` of the backup timer (or a cron line).
+    pub backup: String,
+    pub test_restore: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backup_dir: "/var/backups/mes".into(),
+            state_dir: "/var/lib/mesbak".into(),
+            database: Database::default(),
+            ignition: Ignition::default(),
+            encryption: Encryption::default(),
+            retention: Retention::default(),
+            restore: Restore::default(),
+            backup: Backup::default(),
+            health: HealthConfig::default(),
+            schedule: Schedule::default(),
+            origin: DEFAULT_PATH.into(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            container: "mes-database".into(),
+            name: "mes".into(),
+            user: "admin".into(),
+            password_file: PathBuf::new(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            schemas: vec!["mes_core".into(), "mes_audit".into(), "mes_custom".into()],
+            password_env: None,
+        }
+    }
+}
+
+impl Default for Ignition {
+    fn default() -> Self {
+        Ignition {
+            volume: "ignition-data".into(),
+            stop_containers: vec!["mes-ignition".into()],
+            helper_image: String::new(),
+            stop_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for Encryption {
+    fn default() -> Self {
+        Encryption {
+            key_file: "/etc/mesbak/backup.key".into(),
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { days: 30 }
+    }
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Restore {
+            stop_containers: vec!["mes-ignition".into()],
+        }
+    }
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            compression_level: 6,
+            min_free_bytes: 10 << 30,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            listen: "127.0.0.1:8888".into(),
+            max_backup_age_hours: 26,
+            max_test_restore_age_hours: 192,
+        }
+    }
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            backup: "*-*-* 00:00:00".into(),
+            test_restore: "weekly".into(),
+        }
+    }
+}
+
+/// Source of environment variables, so tests can inject them.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the environment overrides and checks the result.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "(syntax)".into(),
+            message: one_line(&err.to_string()),
+        })?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: err.path().to_string(),
+                message: one_line(&err.inner().to_string()),
+            })?;
+        config.origin = path.to_owned();
+        Ok(config)
+    }
+
+    /// The seed stack's `.env` names win over the file, so a plant can point
+    /// the unit's `EnvironmentFile=` at its existing `.env`.
+    fn apply_env(&mut self, env: &dyn Environment) -> Result<(), ConfigError> {
+        if let Some(days) = env.var("BACKUP_RETENTION_DAYS") {
+            self.retention.days = days.trim().parse().map_err(|_| ConfigError::Env {
+                name: "BACKUP_RETENTION_DAYS",
+                message: format!("'{days}' is not a whole number of days"),
+            })?;
+        }
+        if let Some(host) = env.var("POSTGRES_HOST") {
+            self.database.host = host;
+        }
+        if let Some(name) = env.var("POSTGRES_DB") {
+            self.database.name = name;
+        }
+        if let Some(user) = env.var("POSTGRES_USER") {
+            self.database.user = user;
+        }
+        self.database.password_env = env.var("POSTGRES_PASSWORD");
+        if let Some(schedule) = env.var("SCHEDULE") {
+            self.schedule.backup = schedule;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: self.origin.clone(),
+            key: key.into(),
+            message,
+        };
+        for (key, path) in [
+            ("backup_dir", &self.backup_dir),
+            ("state_dir", &self.state_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("'{}' must be an absolute path", path.display()),
+                ));
+            }
+        }
+        if self.database.name.is_empty() || self.database.name.contains(['/', '\0']) {
+            return Err(invalid(
+                "database.name",
+                format!("'{}' is not a usable database name", self.database.name),
+            ));
+        }
+        if self.database.user.is_empty() {
+            return Err(invalid("database.user", "must not be empty".into()));
+        }
+        for schema in &self.database.schemas {
+            if schema.is_empty() {
+                return Err(invalid(
+                    "database.schemas",
+                    "schema names must not be empty".into(),
+                ));
+            }
+        }
+        for (key, names) in [
+            ("ignition.stop_containers", &self.ignition.stop_containers),
+            ("restore.stop_containers", &self.restore.stop_containers),
+        ] {
+            if let Some(bad) = names.iter().find(|name| !is_docker_name(name)) {
+                return Err(invalid(key, format!("'{bad}' is not a container name")));
+            }
+        }
+        if !self.database.container.is_empty() && !is_docker_name(&self.database.container) {
+            return Err(invalid(
+                "database.container",
+                format!("'{}' is not a container name", self.database.container),
+            ));
+        }
+        if !self.ignition.volume.is_empty() && !is_docker_name(&self.ignition.volume) {
+            return Err(invalid(
+                "ignition.volume",
+                format!("'{}' is not a volume name", self.ignition.volume),
+            ));
+        }
+        if !(1..=9).contains(&self.backup.compression_level) {
+            return Err(invalid(
+                "backup.compression_level",
+                format!(
+                    "{} is out of range; use 1 (fastest) to 9 (smallest)",
+                    self.backup.compression_level
+                ),
+            ));
+        }
+        if self.retention.days == 0 {
+            return Err(invalid(
+                "retention.days",
+                "0 would delete every backup but the newest; use at least 1".into(),
+            ));
+        }
+        if !self.health.listen.is_empty() {
+            self.health.listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "health.listen",
+                    format!(
+                        "'{}' is not an address like 127.0.0.1:8888 (use \"\" to turn it off)",
+                        self.health.listen
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The health endpoint's address, when it is on.
+    pub fn health_listen(&self) -> Option<SocketAddr> {
+        self.health.listen.parse().ok()
+    }
+
+    /// The database password: `POSTGRES_PASSWORD`, else `password_file`.
+    pub fn database_password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(password) = &self.database.password_env {
+            return Ok(Some(password.clone()));
+        }
+        if self.database.password_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.database.password_file).map_err(|err| {
+            ConfigError::Invalid {
+                path: self.origin.clone(),
+                key: "database.password_file".into(),
+                message: format!(
+                    "cannot read {}: {err}",
+                    self.database.password_file.display()
+                ),
+            }
+        })?;
+        Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+    }
+}
+
+/// Docker's rule for container and volume names.
+pub fn is_docker_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('|') && !line.ends_with('|'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|value| value.to_string())
+        }
+    }
+
+    fn load(text: &str, env: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesbak.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, &FakeEnv(env.iter().copied().collect()))
+    }
+
+    #[test]
+    fn empty_file_gives_the_standard_stack() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.backup_dir, Path::new("/var/backups/mes"));
+        assert_eq!(config.database.container, "mes-database");
+        assert_eq!(config.database.name, "mes");
+        assert_eq!(config.ignition.volume, "ignition-data");
+        assert_eq!(config.retention.days, 30);
+        assert_eq!(config.backup.min_free_bytes, 10 << 30);
+        assert_eq!(
+            config.health_listen(),
+            Some("127.0.0.1:8888".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn seed_stack_env_overrides_the_file() {
+        let config = load(
+            "[database]\nname = \"other\"\n[retention]\ndays = 3\n",
+            &[
+                ("POSTGRES_DB", "mes"),
+                ("POSTGRES_USER", "plant"),
+                ("POSTGRES_PASSWORD", "s3cret"),
+                ("BACKUP_RETENTION_DAYS", "14"),
+                ("SCHEDULE", "0 2 * * *"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.database.name, "mes");
+        assert_eq!(config.database.user, "plant");
+        assert_eq!(
+            config.database_password().unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(config.retention.days, 14);
+        assert_eq!(config.schedule.backup, "0 2 * * *");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let err = load("[database]\nport = \"abc\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesbak.toml"), "{err}");
+        assert!(err.contains("`database.port`"), "{err}");
+
+        let err = load("[databse]\nport = 1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("databse"), "{err}");
+
+        let err = load("backup_dir = \"relative/dir\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`backup_dir`") && err.contains("absolute"),
+            "{err}"
+        );
+
+        let err = load("[backup]\ncompression_level = 12\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`backup.compression_level`"), "{err}");
+
+        let err = load("[health]\nlisten = \"everywhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`health.listen`"), "{err}");
+
+        let err = load("[restore]\nstop_containers = [\"../x\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`restore.stop_containers`"), "{err}");
+
+        let err = load("backup_dir = [", &[]).unwrap_err().to_string();
+        assert!(err.contains("mesbak.toml") && !err.contains('\n'), "{err}");
+
+        let err = load("", &[("BACKUP_RETENTION_DAYS", "thirty")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BACKUP_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_says_what_to_do() {
+        let err = Config::load(Path::new("/nonexistent/mesbak.toml"), &ProcessEnv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/mesbak.toml") && err.contains("--config"),
+            "{err}"
+        );
+    }
+}

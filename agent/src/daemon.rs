@@ -1,0 +1,94 @@
+//! The daemon's life: start-up checks and repairs, serving the bus, telling
+//! systemd, and a clean stop that leaves containers as they were found.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libsystemd::daemon::{NotifyState, notify};
+use mesbak_interface::Error;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::app::App;
+use crate::bus;
+use crate::config::Config;
+
+pub async fn run(config: Config) -> Result<(), Error> {
+    let app = Arc::new(App::new(config)?);
+    match app.storage.prepare() {
+        Ok(repairs) => {
+            for repair in repairs {
+                tracing::warn!(repair = %repair, "backup folder repaired");
+            }
+        }
+        Err(err) => app.add_problem(err.message()),
+    }
+    for partial in app.storage.remove_partials() {
+        tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
+    }
+    repair_containers(&app).await;
+
+    let conn = bus::serve(app.clone()).await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %app.config.origin.display(),
+        backup_dir = %app.config.backup_dir.display(),
+        "mesbak-agent ready"
+    );
+    crate::http::spawn(app.clone());
+    let status = app.status();
+    let _ = notify(
+        false,
+        &[
+            NotifyState::Ready,
+            NotifyState::Status(format!(
+                "serving {}; health: {}",
+                mesbak_interface::BUS_NAME,
+                status.status
+            )),
+        ],
+    );
+    if let Some(interval) = libsystemd::daemon::watchdog_enabled(false) {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval / 2);
+            loop {
+                ticker.tick().await;
+                let _ = notify(false, &[NotifyState::Watchdog]);
+            }
+        });
+    }
+
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|err| Error::Failed(format!("cannot handle SIGTERM: {err}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|err| Error::Failed(format!("cannot handle SIGINT: {err}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = notify(false, &[NotifyState::Stopping]);
+    if app.jobs.is_busy() {
+        tracing::warn!("stopping while a job runs; its partial output is discarded");
+    }
+    drop(conn);
+    // A job cut short must not leave the gateway or the database stopped.
+    repair_containers(&app).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+async fn repair_containers(app: &App) {
+    if app.journal.pending().is_empty() {
+        return;
+    }
+    match app.docker().await {
+        Ok(docker) => {
+            for problem in app.journal.repair(&docker).await {
+                app.add_problem(problem);
+            }
+        }
+        Err(err) => app.add_problem(format!(
+            "containers changed by an interrupted job could not be checked: {}",
+            err.message()
+        )),
+    }
+}

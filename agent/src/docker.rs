@@ -1,0 +1,223 @@
+//! The Docker engine, through bollard: container state, start/stop, exec with
+//! streamed output, volumes and archives. Docker is found as the CLI finds it
+//! (`DOCKER_HOST`, else the local socket) and the API version negotiated, so
+//! Docker 20.10 through current work.
+
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerStateStatusEnum, ExecConfig};
+use bollard::query_parameters::{StartContainerOptions, StopContainerOptionsBuilder};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mesbak_interface::Error;
+use tokio::sync::mpsc;
+
+use crate::process::{Outcome, Spawned, StderrTail};
+
+/// Generous: archive downloads and long execs are single requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct Docker {
+    api: bollard::Docker,
+}
+
+impl Docker {
+    pub async fn connect() -> Result<Docker, Error> {
+        let api = bollard::Docker::connect_with_defaults()
+            .map_err(unreachable)?
+            .with_timeout(REQUEST_TIMEOUT)
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        Ok(Docker { api })
+    }
+
+    pub fn api(&self) -> &bollard::Docker {
+        &self.api
+    }
+
+    /// The engine's version, for the journal.
+    pub async fn version(&self) -> Result<String, Error> {
+        let version = self.api.version().await.map_err(unreachable)?;
+        Ok(format!(
+            "Docker {} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// Whether `container` runs now; `NotFound` when it does not exist.
+    pub async fn is_running(&self, container: &str) -> Result<bool, Error> {
+        let info = self
+            .api
+            .inspect_container(container, None)
+            .await
+            .map_err(|err| container_error(container, err))?;
+        Ok(matches!(
+            info.state.and_then(|state| state.status),
+            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING)
+        ))
+    }
+
+    /// The image a container was created from.
+    pub async fn image_of(&self, container: &str) -> Result<String, Error> {
+        let info = self
+            .api
+            .inspect_container(container, None)
+            .await
+            .map_err(|err| container_error(container, err))?;
+        info.image.ok_or_else(|| {
+            Error::Docker(format!(
+                "Docker did not report the image of container '{container}'"
+            ))
+        })
+    }
+
+    pub async fn start(&self, container: &str) -> Result<(), Error> {
+        match self
+            .api
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(err) => Err(container_error(container, err)),
+        }
+    }
+
+    pub async fn stop(&self, container: &str, timeout_secs: u32) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::default()
+            .t(timeout_secs as i32)
+            .build();
+        match self.api.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(err) => Err(container_error(container, err)),
+        }
+    }
+
+    /// Runs `argv` in a running container, streaming stdout; stderr is kept
+    /// (its tail) for the error message and the exit code read at the end.
+    pub async fn exec(
+        &self,
+        container: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        with_stdin: bool,
+    ) -> Result<Spawned, Error> {
+        let config = ExecConfig {
+            cmd: Some(argv.to_vec()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            attach_stdin: Some(with_stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            ..Default::default()
+        };
+        let created = self
+            .api
+            .create_exec(container, config)
+            .await
+            .map_err(|err| container_error(container, err))?;
+        let started = self
+            .api
+            .start_exec(
+                &created.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(256 * 1024),
+                }),
+            )
+            .await
+            .map_err(|err| container_error(container, err))?;
+        let bollard::exec::StartExecResults::Attached { mut output, input } = started else {
+            return Err(Error::Docker("Docker detached an attached exec".into()));
+        };
+        let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(32);
+        let api = self.api.clone();
+        let exec_id = created.id.clone();
+        let program = argv.first().cloned().unwrap_or_default();
+        let done = tokio::spawn(async move {
+            let mut stderr = StderrTail::default();
+            let mut reader_gone = false;
+            while let Some(frame) = output.next().await {
+                match frame {
+                    Ok(bollard::container::LogOutput::StdOut { message }) => {
+                        if !reader_gone && stdout_tx.send(message).await.is_err() {
+                            // The consumer failed; drain so the process ends.
+                            reader_gone = true;
+                        }
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => stderr.push(&message),
+                    Ok(_) => {}
+                    Err(err) => {
+                        return Err(Error::Docker(format!(
+                            "the output of {program} in the container broke off: {err}"
+                        )));
+                    }
+                }
+            }
+            drop(stdout_tx);
+            // The stream ending is not success: ask for the exit code.
+            let mut exit_code = None;
+            for _ in 0..50 {
+                let inspect = api.inspect_exec(&exec_id).await.map_err(unreachable)?;
+                if inspect.running != Some(true) {
+                    exit_code = inspect.exit_code;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Outcome {
+                exit_code: exit_code.unwrap_or(-1),
+                stderr: stderr.into_string(),
+            })
+        });
+        Ok(Spawned {
+            stdout: stdout_rx,
+            stdin: with_stdin.then_some(input),
+            done,
+        })
+    }
+}
+
+/// Maps an engine error about `container` to a sentence with what to do.
+pub fn container_error(container: &str, err: BollardError) -> Error {
+    match err {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => Error::NotFound(format!(
+            "container '{container}' does not exist; check `docker ps -a` and the container names in the mesbak configuration"
+        )),
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => Error::Docker(format!(
+            "container '{container}' is not usable now: {message}"
+        )),
+        BollardError::DockerResponseServerError { message, .. } => Error::Docker(format!(
+            "Docker refused an operation on '{container}': {message}"
+        )),
+        other => unreachable(other),
+    }
+}
+
+/// The engine could not be reached or answered nonsense.
+pub fn unreachable(err: BollardError) -> Error {
+    match err {
+        BollardError::DockerResponseServerError { message, .. } => {
+            Error::Docker(format!("Docker refused the request: {message}"))
+        }
+        other => Error::Docker(format!(
+            "cannot talk to the Docker engine ({other}); check that it runs (`systemctl status docker`) and that DOCKER_HOST, if set, is right"
+        )),
+    }
+}

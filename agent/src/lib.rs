@@ -1,0 +1,24 @@
+//! mesbak-agent: the root-owned daemon that backs up, verifies and restores
+//! a Docker-based MES stack, served on the D-Bus system bus. One module per
+//! concern; `daemon` ties them together.
+
+pub mod app;
+pub mod backup;
+pub mod bus;
+pub mod config;
+pub mod daemon;
+pub mod docker;
+pub mod health;
+pub mod http;
+pub mod ignition;
+pub mod jobs;
+pub mod logging;
+pub mod pipeline;
+pub mod postgres;
+pub mod process;
+pub mod recovery;
+pub mod restore;
+pub mod retention;
+pub mod state;
+pub mod storage;
+pub mod verify;

@@ -1,0 +1,219 @@
+//! "Leave things as found": every container the agent stops or starts is
+//! written to a journal in the state folder *before* the change, and put
+//! back afterwards, on success, on failure, and on the next start after a
+//! crash.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use mesbak_interface::Error;
+use serde::{Deserialize, Serialize};
+
+use crate::docker::Docker;
+use crate::storage::{create_private_file, sync_dir};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerChange {
+    pub container: String,
+    /// The state the container was found in and must be returned to.
+    pub was_running: bool,
+}
+
+/// The journal file, shared by all jobs.
+#[derive(Clone)]
+pub struct Journal {
+    path: PathBuf,
+    entries: Arc<Mutex<Vec<ContainerChange>>>,
+}
+
+impl Journal {
+    pub fn open(state_dir: &std::path::Path) -> Result<Journal, Error> {
+        let path = state_dir.join("containers.json");
+        let entries = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::error!(file = %path.display(), error = %err, "the container journal is unreadable; starting a new one");
+                Vec::new()
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => {
+                return Err(Error::Failed(format!(
+                    "cannot read {}: {err}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(Journal {
+            path,
+            entries: Arc::new(Mutex::new(entries)),
+        })
+    }
+
+    pub fn pending(&self) -> Vec<ContainerChange> {
+        self.entries.lock().expect("journal lock").clone()
+    }
+
+    fn record(&self, change: ContainerChange) -> Result<(), Error> {
+        let mut entries = self.entries.lock().expect("journal lock");
+        if !entries.iter().any(|e| e.container == change.container) {
+            entries.push(change);
+        }
+        self.save(&entries)
+    }
+
+    fn forget(&self, container: &str) -> Result<(), Error> {
+        let mut entries = self.entries.lock().expect("journal lock");
+        entries.retain(|e| e.container != container);
+        self.save(&entries)
+    }
+
+    fn save(&self, entries: &[ContainerChange]) -> Result<(), Error> {
+        let write = || -> std::io::Result<()> {
+            let dir = self.path.parent().expect("journal in a folder");
+            let tmp = dir.join(".containers.json.tmp");
+            let _ = fs::remove_file(&tmp);
+            let mut file = create_private_file(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(entries).expect("serialises"))?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            sync_dir(dir)
+        };
+        write().map_err(|err| {
+            Error::Failed(format!(
+                "cannot record container changes in {}: {err}; nothing was changed",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Puts every container of a crashed run back as it was found.
+    pub async fn repair(&self, docker: &Docker) -> Vec<String> {
+        let mut problems = Vec::new();
+        for change in self.pending() {
+            match put_back(docker, &change).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        container = %change.container,
+                        running = change.was_running,
+                        "returned a container to the state an interrupted job found it in"
+                    );
+                    let _ = self.forget(&change.container);
+                }
+                Err(Error::NotFound(_)) => {
+                    let _ = self.forget(&change.container);
+                }
+                Err(err) => problems.push(format!(
+                    "container '{}' could not be returned to its previous state: {}",
+                    change.container,
+                    err.message()
+                )),
+            }
+        }
+        problems
+    }
+}
+
+async fn put_back(docker: &Docker, change: &ContainerChange) -> Result<(), Error> {
+    let running = docker.is_running(&change.container).await?;
+    match (change.was_running, running) {
+        (true, false) => docker.start(&change.container).await,
+        (false, true) => docker.stop(&change.container, 30).await,
+        _ => Ok(()),
+    }
+}
+
+/// The containers one job changed, to be put back with [`Touched::restore`].
+pub struct Touched {
+    docker: Docker,
+    journal: Journal,
+    changed: Vec<ContainerChange>,
+}
+
+impl Touched {
+    pub fn new(docker: Docker, journal: Journal) -> Touched {
+        Touched {
+            docker,
+            journal,
+            changed: Vec::new(),
+        }
+    }
+
+    /// Starts `container` if it is stopped. Returns whether it was running.
+    pub async fn ensure_running(&mut self, container: &str) -> Result<bool, Error> {
+        if self.docker.is_running(container).await? {
+            return Ok(true);
+        }
+        let change = ContainerChange {
+            container: container.to_owned(),
+            was_running: false,
+        };
+        self.journal.record(change.clone())?;
+        self.changed.push(change);
+        tracing::info!(container, "starting a stopped container for the job");
+        self.docker.start(container).await?;
+        Ok(false)
+    }
+
+    /// Stops `container` if it runs. Returns whether it was running.
+    pub async fn ensure_stopped(
+        &mut self,
+        container: &str,
+        timeout_secs: u32,
+    ) -> Result<bool, Error> {
+        if !self.docker.is_running(container).await? {
+            return Ok(false);
+        }
+        let change = ContainerChange {
+            container: container.to_owned(),
+            was_running: true,
+        };
+        self.journal.record(change.clone())?;
+        self.changed.push(change);
+        tracing::info!(container, "stopping a container for the job");
+        self.docker.stop(container, timeout_secs).await?;
+        Ok(true)
+    }
+
+    /// Puts one container back now (e.g. restart the gateway as soon as its
+    /// data is copied).
+    pub async fn restore_one(&mut self, container: &str) -> Result<(), Error> {
+        let Some(at) = self.changed.iter().position(|c| c.container == container) else {
+            return Ok(());
+        };
+        let change = self.changed.remove(at);
+        put_back(&self.docker, &change).await?;
+        self.journal.forget(&change.container)
+    }
+
+    /// Puts every changed container back, newest change first. Reports all
+    /// failures, not just the first.
+    pub async fn restore(mut self) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        while let Some(change) = self.changed.pop() {
+            match put_back(&self.docker, &change).await {
+                Ok(()) => {
+                    let _ = self.journal.forget(&change.container);
+                }
+                Err(err) => failures.push(format!(
+                    "container '{}' could not be {} again: {}",
+                    change.container,
+                    if change.was_running {
+                        "started"
+                    } else {
+                        "stopped"
+                    },
+                    err.message()
+                )),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Docker(format!(
+                "{}; the agent retries at its next start",
+                failures.join("; ")
+            )))
+        }
+    }
+}

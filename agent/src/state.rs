@@ -1,0 +1,100 @@
+//! What the agent remembers between runs (`state_dir/state.json`): the last
+//! test restore, the last failure per kind, the database a restore kept.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use mesbak_interface::Error;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{create_private_file, sync_dir};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRestoreRecord {
+    pub time: String,
+    pub backup: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub time: String,
+    pub message: String,
+}
+
+/// The live database a restore replaced, kept for rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousDatabase {
+    /// Its name now.
+    pub name: String,
+    /// The live name it had (and gets back on rollback).
+    pub live_name: String,
+    pub replaced_at: String,
+    pub restored_backup: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentState {
+    pub last_test_restore: Option<TestRestoreRecord>,
+    /// Last failed backup per kind, cleared by the next success.
+    pub last_failure: BTreeMap<String, FailureRecord>,
+    /// Failed backups per kind since the state was created (for metrics).
+    pub failures_total: BTreeMap<String, u64>,
+    pub previous_database: Option<PreviousDatabase>,
+}
+
+pub struct StateStore {
+    path: PathBuf,
+    state: Mutex<AgentState>,
+}
+
+impl StateStore {
+    pub fn open(state_dir: &Path) -> Result<StateStore, Error> {
+        fs::create_dir_all(state_dir).map_err(|err| {
+            Error::Config(format!(
+                "cannot create the state folder {}: {err}; check state_dir",
+                state_dir.display()
+            ))
+        })?;
+        let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
+        let path = state_dir.join("state.json");
+        let state = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::error!(file = %path.display(), error = %err, "the state file is unreadable; starting afresh");
+                AgentState::default()
+            }),
+            Err(_) => AgentState::default(),
+        };
+        Ok(StateStore {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn get(&self) -> AgentState {
+        self.state.lock().expect("state lock").clone()
+    }
+
+    /// Changes the state and writes it to disk atomically.
+    pub fn update(&self, change: impl FnOnce(&mut AgentState)) -> Result<(), Error> {
+        let mut state = self.state.lock().expect("state lock");
+        change(&mut state);
+        let write = || -> std::io::Result<()> {
+            let dir = self.path.parent().expect("state file in a folder");
+            let tmp = dir.join(".state.json.tmp");
+            let _ = fs::remove_file(&tmp);
+            let mut file = create_private_file(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&*state).expect("serialises"))?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            sync_dir(dir)
+        };
+        write().map_err(|err| Error::Failed(format!("cannot save {}: {err}", self.path.display())))
+    }
+}

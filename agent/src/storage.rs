@@ -1,0 +1,612 @@
+//! The backup folder: layout, names, permissions, atomic writes, metadata
+//! sidecars and listing. Root and sub-folders are 0700 owned by the agent's
+//! user, files 0600; looser modes are repaired (and logged), symlinks and
+//! foreign owners refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use mesbak_interface::{BackupInfo, BackupKind, Error};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+/// Suffix of a finished backup file of each kind.
+pub fn suffix(kind: BackupKind) -> &'static str {
+    match kind {
+        BackupKind::Database => ".sql.gz.enc",
+        BackupKind::Ignition => ".tar.gz.enc",
+    }
+}
+
+fn subdir(kind: BackupKind) -> &'static str {
+    match kind {
+        BackupKind::Database => "database",
+        BackupKind::Ignition => "ignition",
+    }
+}
+
+const METADATA_SUFFIX: &str = ".json";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Checks a backup id: a plain file name with a known suffix.
+pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
+    let plain = !id.is_empty()
+        && !id.starts_with('.')
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !id.contains("..");
+    if !plain {
+        return Err(Error::InvalidArgument(format!(
+            "'{}' is not a backup id; use a file name exactly as `mesbakctl list` shows it",
+            id.escape_debug()
+        )));
+    }
+    BackupKind::ALL
+        .iter()
+        .copied()
+        .find(|kind| id.ends_with(suffix(*kind)))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "'{id}' is not a backup id: backup files end in .sql.gz.enc or .tar.gz.enc"
+            ))
+        })
+}
+
+/// A backup file the agent may read.
+#[derive(Debug, Clone)]
+pub struct BackupRef {
+    pub id: String,
+    pub kind: BackupKind,
+    pub path: PathBuf,
+}
+
+/// The backup folder.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+/// Where a new backup is being written; invisible until `commit`.
+pub struct PendingBackup {
+    pub id: String,
+    pub kind: BackupKind,
+    dir: PathBuf,
+    partial: PathBuf,
+    committed: bool,
+}
+
+impl Storage {
+    pub fn new(root: impl Into<PathBuf>) -> Storage {
+        Storage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, kind: BackupKind) -> PathBuf {
+        self.root.join(subdir(kind))
+    }
+
+    /// Creates the folders or checks and repairs them. Returns one line per
+    /// repair made, for the journal.
+    pub fn prepare(&self) -> Result<Vec<String>, Error> {
+        let mut repairs = Vec::new();
+        ensure_private_dir(&self.root, &mut repairs)?;
+        for kind in BackupKind::ALL {
+            ensure_private_dir(&self.dir(*kind), &mut repairs)?;
+        }
+        Ok(repairs)
+    }
+
+    /// Removes hidden partial files a crash left behind. Call only when no
+    /// job runs.
+    pub fn remove_partials(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for kind in BackupKind::ALL {
+            let Ok(entries) = fs::read_dir(self.dir(*kind)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.')
+                    && name.ends_with(PARTIAL_SUFFIX)
+                    && fs::remove_file(entry.path()).is_ok()
+                {
+                    removed.push(entry.path());
+                }
+            }
+        }
+        removed
+    }
+
+    /// The name every backup of one run shares: `YYYY-MM-DD_HHMMSS`, UTC.
+    pub fn restore_point(now: OffsetDateTime) -> String {
+        now.format(format_description!(
+            "[year]-[month]-[day]_[hour][minute][second]"
+        ))
+        .expect("formatting a date cannot fail")
+    }
+
+    /// Starts a new backup file `<prefix>_<point>[_<tag>]<suffix>`, made
+    /// unique if a file of that name exists.
+    pub fn create(
+        &self,
+        kind: BackupKind,
+        prefix: &str,
+        point: &str,
+        tag: Option<&str>,
+    ) -> Result<(PendingBackup, File), Error> {
+        self.prepare()?;
+        let dir = self.dir(kind);
+        let base = match tag {
+            Some(tag) => format!("{prefix}_{point}_{tag}"),
+            None => format!("{prefix}_{point}"),
+        };
+        for attempt in 0..100 {
+            let id = if attempt == 0 {
+                format!("{base}{}", suffix(kind))
+            } else {
+                format!("{base}-{attempt}{}", suffix(kind))
+            };
+            kind_of_id(&id)?;
+            if fs::symlink_metadata(dir.join(&id)).is_ok() {
+                continue;
+            }
+            let partial = dir.join(format!(".{id}{PARTIAL_SUFFIX}"));
+            let _ = fs::remove_file(&partial);
+            let file = create_private_file(&partial).map_err(|err| write_error(&partial, err))?;
+            return Ok((
+                PendingBackup {
+                    id,
+                    kind,
+                    dir,
+                    partial,
+                    committed: false,
+                },
+                file,
+            ));
+        }
+        Err(Error::Failed(format!(
+            "too many backups named {base} in {}",
+            dir.display()
+        )))
+    }
+
+    /// Finds a backup by id, or (root callers) by absolute path.
+    pub fn resolve(&self, given: &str, allow_paths: bool) -> Result<BackupRef, Error> {
+        if given.contains('\0') {
+            return Err(Error::InvalidArgument(
+                "a backup id must not contain NUL bytes".into(),
+            ));
+        }
+        let (id, path) = if given.starts_with('/') {
+            let path = PathBuf::from(given);
+            let id = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let kind = kind_of_id(&id)?;
+            if path.parent() != Some(self.dir(kind).as_path()) && !allow_paths {
+                return Err(Error::NotAuthorized(format!(
+                    "only root may use backup files outside {}; copy the file there or run as root",
+                    self.root.display()
+                )));
+            }
+            (id, path)
+        } else {
+            let kind = kind_of_id(given)?;
+            (given.to_owned(), self.dir(kind).join(given))
+        };
+        let kind = kind_of_id(&id)?;
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
+                "{} is a symlink; mesbak only reads real files",
+                path.display()
+            ))),
+            Ok(meta) if !meta.is_file() => Err(Error::InvalidArgument(format!(
+                "{} is not a regular file",
+                path.display()
+            ))),
+            Ok(_) => Ok(BackupRef { id, kind, path }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Error::NotFound(format!(
+                "backup '{given}' does not exist; `mesbakctl list` shows the backups there are"
+            ))),
+            Err(err) => Err(Error::Failed(format!(
+                "cannot read {}: {err}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Every backup, newest first. Files without metadata are listed with
+    /// what the file system tells.
+    pub fn list(&self) -> Result<Vec<BackupInfo>, Error> {
+        let mut backups = Vec::new();
+        for kind in BackupKind::ALL {
+            let dir = self.dir(*kind);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(Error::Failed(format!(
+                        "cannot read {}: {err}",
+                        dir.display()
+                    )));
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !name.ends_with(suffix(*kind)) {
+                    continue;
+                }
+                let Ok(meta) = entry.path().symlink_metadata() else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    tracing::warn!(file = %entry.path().display(), "ignoring a backup name that is not a regular file");
+                    continue;
+                }
+                if meta.mode() & 0o077 != 0 {
+                    let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600));
+                    tracing::warn!(file = %entry.path().display(), "repaired the mode of a backup file to 0600");
+                }
+                backups.push(self.info_of(*kind, &name, &meta));
+            }
+        }
+        backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        Ok(backups)
+    }
+
+    fn info_of(&self, kind: BackupKind, id: &str, meta: &fs::Metadata) -> BackupInfo {
+        let path = self.dir(kind).join(id);
+        let mut info = read_metadata(&self.dir(kind).join(format!("{id}{METADATA_SUFFIX}")))
+            .unwrap_or_else(|| BackupInfo {
+                id: id.to_owned(),
+                kind,
+                path: String::new(),
+                created: OffsetDateTime::from_unix_timestamp(meta.mtime())
+                    .ok()
+                    .and_then(|time| time.format(&Rfc3339).ok())
+                    .unwrap_or_default(),
+                size_bytes: 0,
+                sha256: String::new(),
+                duration_ms: 0,
+                restore_point: String::new(),
+                source: String::new(),
+                server_version: String::new(),
+                timescaledb_version: String::new(),
+                schemas: Vec::new(),
+                table_rows: Default::default(),
+                downtime_ms: 0,
+                warnings: vec!["no metadata was found for this backup".into()],
+            });
+        info.id = id.to_owned();
+        info.kind = kind;
+        info.path = path.display().to_string();
+        info.size_bytes = meta.len();
+        info
+    }
+
+    /// The metadata of one backup, if it has any.
+    pub fn metadata(&self, backup: &BackupRef) -> Option<BackupInfo> {
+        read_metadata(
+            &backup
+                .path
+                .with_file_name(format!("{}{METADATA_SUFFIX}", backup.id)),
+        )
+    }
+
+    /// Deletes a backup and its metadata.
+    pub fn delete(&self, info: &BackupInfo) -> Result<(), Error> {
+        let dir = self.dir(info.kind);
+        kind_of_id(&info.id)?;
+        fs::remove_file(dir.join(&info.id)).map_err(|err| {
+            Error::Failed(format!(
+                "cannot delete {}: {err}",
+                dir.join(&info.id).display()
+            ))
+        })?;
+        let _ = fs::remove_file(dir.join(format!("{}{METADATA_SUFFIX}", info.id)));
+        sync_dir(&dir).map_err(|err| write_error(&dir, err))
+    }
+
+    /// Bytes free for the agent in the backup folder.
+    pub fn free_bytes(&self) -> Result<u64, Error> {
+        let stat = nix::sys::statvfs::statvfs(&self.root).map_err(|err| {
+            Error::Failed(format!(
+                "cannot check free space in {}: {err}",
+                self.root.display()
+            ))
+        })?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
+impl PendingBackup {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.id)
+    }
+
+    /// Makes the backup visible: the data file must be complete and synced.
+    /// The metadata goes first so a visible backup always has it.
+    pub fn commit(mut self, info: &BackupInfo) -> Result<BackupRef, Error> {
+        let meta_name = format!("{}{METADATA_SUFFIX}", self.id);
+        let meta_partial = self.dir.join(format!(".{meta_name}{PARTIAL_SUFFIX}"));
+        let json = serde_json::to_vec_pretty(info).expect("metadata serialises");
+        let write_meta = || -> io::Result<()> {
+            let _ = fs::remove_file(&meta_partial);
+            let mut file = create_private_file(&meta_partial)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&meta_partial, self.dir.join(&meta_name))
+        };
+        write_meta().map_err(|err| write_error(&meta_partial, err))?;
+        // link + unlink never replaces an existing file, unlike rename.
+        let path = self.path();
+        fs::hard_link(&self.partial, &path).map_err(|err| write_error(&path, err))?;
+        let _ = fs::remove_file(&self.partial);
+        sync_dir(&self.dir).map_err(|err| write_error(&self.dir, err))?;
+        self.committed = true;
+        Ok(BackupRef {
+            id: self.id.clone(),
+            kind: self.kind,
+            path,
+        })
+    }
+}
+
+impl Drop for PendingBackup {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+fn read_metadata(path: &Path) -> Option<BackupInfo> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    serde_json::from_reader(io::BufReader::new(file)).ok()
+}
+
+/// Creates `path` 0600, never through a symlink, never over an existing file.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens a backup for reading, refusing symlinks.
+pub fn open_backup(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| Error::Failed(format!("cannot open {}: {err}", path.display())))
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Turns a write failure into the error a technician can act on.
+pub fn write_error(path: &Path, err: io::Error) -> Error {
+    if err.raw_os_error() == Some(libc::ENOSPC) || err.raw_os_error() == Some(libc::EDQUOT) {
+        Error::NoSpace(format!(
+            "the disk holding {} is full; free space or move backup_dir, then retry",
+            path.display()
+        ))
+    } else {
+        Error::Failed(format!("cannot write {}: {err}", path.display()))
+    }
+}
+
+fn ensure_private_dir(path: &Path, repairs: &mut Vec<String>) -> Result<(), Error> {
+    let euid = nix::unistd::geteuid().as_raw();
+    match fs::symlink_metadata(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|err| write_error(path, err))?;
+            // The umask may have narrowed but never widened the mode; make it exact.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                .map_err(|err| write_error(path, err))?;
+            Ok(())
+        }
+        Err(err) => Err(Error::Failed(format!(
+            "cannot inspect {}: {err}",
+            path.display()
+        ))),
+        Ok(meta) if meta.file_type().is_symlink() => Err(Error::Config(format!(
+            "{} is a symlink; mesbak refuses to write through symlinks: point backup_dir at the real folder",
+            path.display()
+        ))),
+        Ok(meta) if !meta.is_dir() => Err(Error::Config(format!(
+            "{} exists but is not a folder; move it away or change backup_dir",
+            path.display()
+        ))),
+        Ok(meta) if meta.uid() != euid => Err(Error::Config(format!(
+            "{} is owned by uid {}, not by the agent (uid {euid}); fix with `chown root:root {}` or change backup_dir",
+            path.display(),
+            meta.uid(),
+            path.display()
+        ))),
+        Ok(meta) => {
+            if meta.mode() & 0o7777 != 0o700 {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                    .map_err(|err| write_error(path, err))?;
+                repairs.push(format!(
+                    "repaired the mode of {} from {:04o} to 0700",
+                    path.display(),
+                    meta.mode() & 0o7777
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_plain_names() {
+        assert_eq!(
+            kind_of_id("mes_2026-01-02_030405.sql.gz.enc").unwrap(),
+            BackupKind::Database
+        );
+        assert_eq!(
+            kind_of_id("ignition_2026-01-02_030405.tar.gz.enc").unwrap(),
+            BackupKind::Ignition
+        );
+        for bad in [
+            "",
+            "..",
+            "../x.sql.gz.enc",
+            "a/b.sql.gz.enc",
+            ".hidden.sql.gz.enc",
+            "x\0.sql.gz.enc",
+            "a..b.sql.gz.enc",
+            "mes.sql",
+            "mes name.sql.gz.enc",
+        ] {
+            assert!(kind_of_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn folders_are_created_private_and_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Storage::new(tmp.path().join("backups"));
+        assert!(storage.prepare().unwrap().is_empty());
+        for dir in [storage.root().to_owned(), storage.dir(BackupKind::Database)] {
+            assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+        }
+        fs::set_permissions(
+            storage.dir(BackupKind::Ignition),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let repairs = storage.prepare().unwrap();
+        assert_eq!(repairs.len(), 1, "{repairs:?}");
+        assert_eq!(
+            fs::metadata(storage.dir(BackupKind::Ignition))
+                .unwrap()
+                .mode()
+                & 0o7777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn symlinked_folder_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
+        let err = Storage::new(tmp.path().join("link")).prepare().unwrap_err();
+        assert!(err.message().contains("symlink"), "{}", err.message());
+    }
+
+    #[test]
+    fn pending_backup_is_invisible_until_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Storage::new(tmp.path().join("b"));
+        let (pending, mut file) = storage
+            .create(BackupKind::Database, "mes", "2026-01-02_030405", None)
+            .unwrap();
+        file.write_all(b"data").unwrap();
+        assert!(storage.list().unwrap().is_empty());
+        let info = BackupInfo {
+            id: pending.id.clone(),
+            kind: BackupKind::Database,
+            path: String::new(),
+            created: "2026-01-02T03:04:05Z".into(),
+            size_bytes: 4,
+            sha256: "ab".into(),
+            duration_ms: 1,
+            restore_point: "2026-01-02_030405".into(),
+            source: "mes".into(),
+            server_version: String::new(),
+            timescaledb_version: String::new(),
+            schemas: vec![],
+            table_rows: Default::default(),
+            downtime_ms: 0,
+            warnings: vec![],
+        };
+        let committed = pending.commit(&info).unwrap();
+        assert_eq!(committed.id, "mes_2026-01-02_030405.sql.gz.enc");
+        let listed = storage.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].sha256, "ab");
+        assert_eq!(fs::metadata(&committed.path).unwrap().mode() & 0o777, 0o600);
+        // A second backup in the same second gets its own name.
+        let (second, _file) = storage
+            .create(BackupKind::Database, "mes", "2026-01-02_030405", None)
+            .unwrap();
+        assert_eq!(second.id, "mes_2026-01-02_030405-1.sql.gz.enc");
+        drop(second);
+        assert!(storage.remove_partials().is_empty());
+    }
+
+    #[test]
+    fn resolve_refuses_tricks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Storage::new(tmp.path().join("b"));
+        storage.prepare().unwrap();
+        let target = tmp.path().join("elsewhere.sql.gz.enc");
+        fs::write(&target, b"x").unwrap();
+        std::os::unix::fs::symlink(
+            &target,
+            storage.dir(BackupKind::Database).join("link.sql.gz.enc"),
+        )
+        .unwrap();
+        assert!(matches!(
+            storage.resolve("link.sql.gz.enc", true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            storage.resolve("../elsewhere.sql.gz.enc", true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            storage.resolve(target.to_str().unwrap(), false),
+            Err(Error::NotAuthorized(_))
+        ));
+        assert!(storage.resolve(target.to_str().unwrap(), true).is_ok());
+        assert!(matches!(
+            storage.resolve("missing.sql.gz.enc", true),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
+
+/// Bytes for people: `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,38 @@
+//! The verify job: authenticate every chunk of a backup and check its gzip
+//! stream, without writing anything.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use mesbak_interface::Error;
+
+use crate::app::App;
+use crate::jobs::Job;
+use crate::pipeline::BackupReader;
+use crate::storage::{BackupRef, human_bytes, open_backup};
+
+/// Reads the whole file; Ok only when every chunk authenticated and the
+/// payload decompressed.
+pub async fn check(app: &App, job: &Job, backup: &BackupRef) -> Result<u64, Error> {
+    let key = app.key()?;
+    let file = open_backup(&backup.path)?;
+    let size = file
+        .metadata()
+        .map_err(|err| Error::Failed(format!("cannot read {}: {err}", backup.path.display())))?
+        .len();
+    job.reset_bytes(size);
+    job.set_stage(format!("authenticating {}", backup.id));
+    let reader = BackupReader::start(backup.id.clone(), file, key, true, job.bytes_done.clone());
+    let plain = reader.drain().await?;
+    job.bytes_done.store(size, Ordering::Relaxed);
+    Ok(plain)
+}
+
+pub async fn run(app: Arc<App>, job: Arc<Job>, backup: BackupRef) -> Result<String, Error> {
+    let plain = check(&app, &job, &backup).await?;
+    Ok(format!(
+        "backup {} is intact: every chunk authenticated, {} of payload",
+        backup.id,
+        human_bytes(plain)
+    ))
+}
