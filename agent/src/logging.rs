@@ -22,6 +22,7 @@ pub fn init() {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed()
     });
     tracing_subscriber::registry()

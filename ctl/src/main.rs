@@ -1,6 +1,7 @@
 //! mesbakctl: the client people type and systemd timers call.
 
 mod cli;
+mod client;
 mod docs;
 mod offline;
 
@@ -30,10 +31,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => offline::decrypt(&file, key_file.as_deref(), output.as_deref()),
         Command::Keygen { output } => offline::keygen(&output),
         Command::GenerateDocs { dir } => docs::generate(&dir),
-        other => anyhow::bail!(
-            "`{}` is not available yet in this version of mesbakctl",
-            command_name(&other)
-        ),
+        agent_command => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(ask_agent(agent_command, cli.json))
+        }
+    }
+}
+
+async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
+    match command {
+        Command::Backup { what } => client::backup(what.into(), json).await,
+        Command::List => client::list(json).await,
+        Command::Status => client::status(json).await,
+        Command::Verify { backup } => client::verify(&backup, json).await,
+        Command::Restore(args) => client::restore(&args, json).await,
+        Command::TestRestore { backup } => client::test_restore(backup.as_deref(), json).await,
+        Command::Prune { dry_run } => client::prune(dry_run, json).await,
+        other => anyhow::bail!("`{}` does not talk to the agent", command_name(&other)),
     }
 }
 
