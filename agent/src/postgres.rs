@@ -181,7 +181,7 @@ pub async fn table_row_counts(
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT LIKE '\\_timescaledb%' \
+               AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                                AND d.objid = c.oid AND d.deptype = 'e')",
             &[],
@@ -329,6 +329,8 @@ pub struct DumpReader {
     copying: Option<String>,
     pub table_rows: BTreeMap<String, u64>,
     pub schemas: Vec<String>,
+    /// The dump creates the `timescaledb` extension.
+    pub timescaledb: bool,
 }
 
 impl DumpReader {
@@ -380,6 +382,8 @@ impl DumpReader {
                             self.copying = Some(name);
                         }
                     }
+                } else if text.starts_with("CREATE EXTENSION") && text.contains(" timescaledb ") {
+                    self.timescaledb = true;
                 } else if let Some(rest) = text.strip_prefix("CREATE SCHEMA ") {
                     if let Some((name, _)) = split_ident(rest) {
                         self.schemas.push(name);
@@ -464,7 +468,8 @@ GRANT mes_owner TO "Line ""Operator""" GRANTED BY admin;
         let dump = "SET x = 1;\nCREATE SCHEMA mes_core;\nCREATE SCHEMA \"Odd \"\"Name\"\"\";\n\
                     COPY mes_core.asset (id, name) FROM stdin;\n1\ta\n2\tb\\nc\n3\t\\.x\n\\.\n\n\
                     COPY \"Odd \"\"Name\"\"\".\"Line Name\" (id) FROM stdin;\n\\.\n\
-                    COPY public.t (v) FROM stdin;\nx\n\\.\n";
+                    COPY public.t (v) FROM stdin;\nx\n\\.\n\
+                    CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public;\n";
         for block_size in [1, 2, 7, 1000] {
             let mut reader = DumpReader::default();
             for block in dump.as_bytes().chunks(block_size) {
@@ -474,6 +479,7 @@ GRANT mes_owner TO "Line ""Operator""" GRANTED BY admin;
             assert_eq!(reader.table_rows["Odd \"Name\".Line Name"], 0);
             assert_eq!(reader.table_rows["public.t"], 1);
             assert_eq!(reader.schemas, vec!["mes_core", "Odd \"Name\""]);
+            assert!(reader.timescaledb);
         }
     }
 
