@@ -1,1 +1,40 @@
-//! Shared harness for mesbak's integration tests (work in progress).
+//! Shared harness for mesbak's integration tests: real `dbus-daemon`,
+//! PostgreSQL in Docker containers, and the agent and client under test.
+//!
+//! ```no_run
+//! use mesbak_tests::*;
+//!
+//! # async fn example() {
+//! let bus = Bus::start();
+//! let pg = Postgres::start_with_fixture();
+//! let before = pg.fingerprint("mes");
+//! let config = AgentConfig::for_postgres(&pg);
+//! let agent = Agent::spawn(&bus, &config).await;
+//! let job = agent.proxy().await.backup("database").await.unwrap();
+//! let (ok, message) = wait_job(agent.connection(), &job).await;
+//! assert!(ok, "{message}");
+//! let out = mesbakctl_as(&bus, OPERATOR).args(["list", "--json"]).output().unwrap();
+//! assert!(out.status.success());
+//! pg.fingerprint("mes").assert_same(&before, "a backup changes nothing");
+//! # }
+//! ```
+//!
+//! Every service must be there: a missing `dockerd`, image, `dbus-daemon` or
+//! test user is a panic that says how to get it (`dev/test` sets all up),
+//! never a skipped test. Everything a test creates has a unique name, port
+//! and folder, so tests run in parallel; `Drop` removes it (and prints the
+//! relevant logs when the test is failing).
+
+mod agent;
+mod bus;
+mod fingerprint;
+mod postgres;
+pub mod util;
+
+pub use agent::{
+    Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
+    mesbakctl, mesbakctl_as, wait_job, wait_job_outcome, write_private,
+};
+pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
+pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
+pub use postgres::{ADMIN, DEFAULT_DB, IMAGE, Postgres, fixture_path, quote_ident, quote_literal};
