@@ -202,8 +202,11 @@ async fn update_bar(bar: &ProgressBar, job: &JobProxy<'_>, stage: &str) {
 /// A backup argument: an id as `list` shows it, or a path to a file.
 fn backup_argument(given: &str) -> Result<String> {
     if given.contains('/') || Path::new(given).exists() && !given.ends_with(".enc") {
-        let path =
-            std::fs::canonicalize(given).map_err(|err| anyhow!("cannot find {given}: {err}"))?;
+        // The agent opens the file (it may be readable by root only) and
+        // refuses symlinks, so resolve them here when we can.
+        let path = std::fs::canonicalize(given)
+            .or_else(|_| std::path::absolute(given))
+            .map_err(|err| anyhow!("cannot use the path {given}: {err}"))?;
         return Ok(path.display().to_string());
     }
     Ok(given.to_owned())

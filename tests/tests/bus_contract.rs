@@ -64,12 +64,25 @@ async fn callers_are_checked_by_the_bus_and_by_the_agent() {
     let out = mesbakctl_as(&bus, OUTSIDER).arg("list").output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not allowed") && stderr.contains("mesbak"), "{stderr}");
+    assert!(
+        stderr.contains("not allowed") && stderr.contains("mesbak"),
+        "{stderr}"
+    );
 
     // In group mesbak: may list and back up, may not restore or prune.
-    let out = mesbakctl_as(&bus, OPERATOR).args(["backup", "database"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let list = mesbakctl_as(&bus, OPERATOR).args(["list", "--json"]).output().unwrap();
+    let out = mesbakctl_as(&bus, OPERATOR)
+        .args(["backup", "database"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = mesbakctl_as(&bus, OPERATOR)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
     assert!(list.status.success());
     let backups: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     let id = backups[0]["id"].as_str().unwrap().to_owned();
@@ -86,7 +99,10 @@ async fn callers_are_checked_by_the_bus_and_by_the_agent() {
     }
     // The same through the bus, with the named error.
     let conn = bus.connection().await;
-    let outcome = mesbakctl_as(&bus, OPERATOR).args(["--json", "prune"]).output().unwrap();
+    let outcome = mesbakctl_as(&bus, OPERATOR)
+        .args(["--json", "prune"])
+        .output()
+        .unwrap();
     assert!(!outcome.status.success());
     drop(conn);
     assert!(
@@ -107,14 +123,23 @@ async fn a_second_mutating_job_is_busy() {
     let second = proxy.backup("database").await;
     match second {
         Err(Error::Busy(message)) => {
-            assert!(message.contains("backup") && message.contains("retry"), "{message}")
+            assert!(
+                message.contains("backup") && message.contains("retry"),
+                "{message}"
+            )
         }
         other => panic!("expected Busy, got {other:?}"),
     }
     let restore = proxy
-        .restore("mes_2000-01-01_000000.sql.gz.enc", RestoreOptions::default())
+        .restore(
+            "mes_2000-01-01_000000.sql.gz.enc",
+            RestoreOptions::default(),
+        )
         .await;
-    assert!(matches!(restore, Err(Error::NotFound(_) | Error::Busy(_))), "{restore:?}");
+    assert!(
+        matches!(restore, Err(Error::NotFound(_) | Error::Busy(_))),
+        "{restore:?}"
+    );
     let (ok, message) = wait_job(agent.connection(), &first).await;
     assert!(ok, "{message}");
     // Free again once the first ended.
@@ -133,8 +158,11 @@ async fn odd_backup_ids_are_refused() {
     let outside = config.dir().join("elsewhere/x.sql.gz.enc");
     std::fs::write(&outside, b"not a backup").unwrap();
     std::fs::create_dir_all(config.backup_dir().join("database")).unwrap();
-    std::os::unix::fs::symlink(&outside, config.backup_dir().join("database/link.sql.gz.enc"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        &outside,
+        config.backup_dir().join("database/link.sql.gz.enc"),
+    )
+    .unwrap();
     // (A NUL cannot cross D-Bus at all: the bus drops such a message; the
     // agent's own check is unit-tested in agent/src/storage.rs.)
     for id in [
@@ -162,13 +190,18 @@ async fn odd_backup_ids_are_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only root"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only root"), "{stderr}");
     // Root may name any file; this one is simply not a mesbak file.
     let job = proxy.verify(outside.to_str().unwrap()).await.unwrap();
     let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success);
     assert_eq!(outcome.error_name, "Integrity", "{}", outcome.message);
-    assert!(outcome.message.contains("not a mesbak backup"), "{}", outcome.message);
+    assert!(
+        outcome.message.contains("not a mesbak backup"),
+        "{}",
+        outcome.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,8 +211,14 @@ async fn bad_configuration_is_refused_naming_key_and_file() {
     config.set("database.port", "five thousand");
     let (status, log) = Agent::run_to_exit(&bus, &config, STARTUP_TIMEOUT).await;
     assert!(!status.success());
-    assert!(log.contains("`database.port`") && log.contains("mesbak.toml"), "{log}");
-    assert!(!log.contains("panicked") && !log.contains("RUST_BACKTRACE"), "{log}");
+    assert!(
+        log.contains("`database.port`") && log.contains("mesbak.toml"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("panicked") && !log.contains("RUST_BACKTRACE"),
+        "{log}"
+    );
 
     let mut config = AgentConfig::new();
     config.raw("[database\nport = 1\n");
