@@ -1,0 +1,410 @@
+//! Database backups end to end: real PostgreSQL in a container, the real
+//! agent on a private bus, restored with nothing but standard tools.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mesbak_interface::BackupInfo;
+use mesbak_tests::*;
+
+/// `mesbakctl decrypt FILE | gunzip | psql -v ON_ERROR_STOP=1` into the new
+/// database `db` on `pg`: what a plant does without the agent.
+fn restore_with_standard_tools(pg: &Postgres, file: &Path, key_file: &Path, db: &str) {
+    pg.create_database(db);
+    let script = format!(
+        "set -o pipefail; '{}' decrypt '{}' --key-file '{}' | gunzip | docker exec -i {} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} >/dev/null",
+        binary("mesbakctl").display(),
+        file.display(),
+        key_file.display(),
+        pg.name()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "decrypt | gunzip | psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn list(bus: &Bus) -> Vec<BackupInfo> {
+    let out = mesbakctl(bus).args(["list", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn backup_file(config: &AgentConfig, info: &BackupInfo) -> PathBuf {
+    config.backup_dir().join("database").join(&info.id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_restores_identically_with_standard_tools_with_and_without_roles() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    let config = AgentConfig::for_postgres(&pg);
+    let _agent = Agent::spawn(&bus, &config).await;
+    let original = pg.fingerprint("mes");
+
+    // The lines a timer's log shows, without a terminal.
+    let out = mesbakctl(&bus)
+        .args(["backup", "database"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"Backup started..."), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Creating backup: mes_") && l.ends_with(".sql.gz.enc")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("Backup completed successfully"),
+        "{stdout}"
+    );
+
+    let backups = list(&bus);
+    assert_eq!(backups.len(), 1);
+    let info = &backups[0];
+    let file = backup_file(&config, info);
+    // Name, modes and metadata.
+    let name_ok = info.id.len() == "mes_2026-01-01_000000.sql.gz.enc".len()
+        && info.id.starts_with("mes_20")
+        && info.id.ends_with(".sql.gz.enc");
+    assert!(name_ok, "{}", info.id);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for dir in [config.backup_dir(), config.backup_dir().join("database")] {
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(info.size_bytes, bytes.len() as u64);
+    assert_eq!(info.sha256, hex_sha256(&bytes));
+    assert!(
+        info.server_version.starts_with("15."),
+        "{}",
+        info.server_version
+    );
+    for schema in ["mes_core", "mes_audit", "mes_custom"] {
+        assert!(
+            info.schemas.iter().any(|s| s == schema),
+            "{:?}",
+            info.schemas
+        );
+    }
+    assert_eq!(
+        info.table_rows,
+        original.table_rows(),
+        "row counts in the metadata"
+    );
+    assert!(info.warnings.is_empty(), "{:?}", info.warnings);
+
+    // Same server: the roles exist.
+    restore_with_standard_tools(&pg, &file, &config.key_file(), "mes_copy");
+    pg.fingerprint("mes_copy")
+        .assert_same(&original, "restore next to the roles");
+
+    // A brand-new server that has none of the roles.
+    let empty = Postgres::start();
+    assert!(!empty.roles().iter().any(|r| r == "mes_app"));
+    empty.drop_database("mes");
+    restore_with_standard_tools(&empty, &file, &config.key_file(), "mes");
+    empty
+        .fingerprint("mes")
+        .assert_same(&original, "restore onto a server without the roles");
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_database_container_is_started_and_stopped_again() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    let original = pg.fingerprint("mes");
+    pg.stop();
+    let config = AgentConfig::for_postgres(&pg);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let (ok, message) = wait_job(agent.connection(), &job).await;
+    assert!(ok, "{message}");
+    assert!(!pg.is_running(), "the database container was left running");
+    let backups = list(&bus);
+    assert_eq!(backups[0].table_rows, original.table_rows());
+    // The state journal holds no pending change.
+    let journal = std::fs::read_to_string(config.state_dir().join("containers.json")).unwrap();
+    assert_eq!(journal.trim(), "[]");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_backup_leaves_no_complete_looking_file() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    pg.load_bulk("mes", 150);
+    let config = AgentConfig::for_postgres(&pg).with("backup.compression_level", 9);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let job_proxy = mesbak_interface::JobProxy::builder(agent.connection())
+        .path(job.clone())
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    // Wait until data flows, then kill.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while job_proxy.bytes_done().await.unwrap_or(0) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.kill9();
+    let dir = config.backup_dir().join("database");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with('.')),
+        "a visible file after the kill: {names:?}"
+    );
+    assert!(names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
+
+    // The next start removes the partial file; list shows nothing.
+    let _agent = Agent::spawn(&bus, &config).await;
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.is_empty(), "left over after restart: {names:?}");
+    assert!(list(&bus).is_empty());
+}
+
+/// A small tmpfs as the backup folder; unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the tests run as root)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disks_are_refused_before_and_handled_during_a_backup() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    let disk = SmallDisk::new("2m");
+    let before = pg.fingerprint("mes");
+
+    // Refused up front: the floor does not fit.
+    let config = AgentConfig::for_postgres(&pg)
+        .with("backup_dir", disk.path().to_str().unwrap())
+        .with("backup.min_free_bytes", 64 * 1024 * 1024);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "NoSpace");
+    assert!(
+        outcome.message.contains("free") && outcome.message.contains("backup.min_free_bytes"),
+        "{}",
+        outcome.message
+    );
+    drop(agent);
+
+    // Filling up while writing: the error says so, nothing is left behind.
+    pg.load_bulk("mes", 30);
+    let config = AgentConfig::for_postgres(&pg)
+        .with("backup_dir", disk.path().to_str().unwrap())
+        .with("backup.min_free_bytes", 0);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a 30 MiB dump fitted into 2 MiB?");
+    assert_eq!(outcome.error_name, "NoSpace", "{}", outcome.message);
+    let left: Vec<_> = std::fs::read_dir(disk.path().join("database"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(pg.fingerprint("mes").total_rows() > before.total_rows());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dump_missing_a_configured_schema_degrades_health() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    pg.psql("mes", "DROP SCHEMA mes_custom CASCADE;");
+    let config = AgentConfig::for_postgres(&pg);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    assert!(
+        outcome.warnings.iter().any(|w| w.contains("mes_custom")),
+        "{:?}",
+        outcome.warnings
+    );
+    let out = mesbakctl(&bus).args(["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(status["status"], "healthy", "{status}");
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("mes_custom"), "{problems}");
+    for key in [
+        "last_backup",
+        "last_database_backup",
+        "last_ignition_backup",
+        "last_test_restore",
+    ] {
+        assert!(
+            status.get(key).is_some(),
+            "status --json lacks {key}: {status}"
+        );
+    }
+    assert!(status["last_database_backup"].is_string());
+    assert!(status["last_test_restore"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_runs_after_success_and_keeps_the_newest() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    let config = AgentConfig::for_postgres(&pg).with("retention.days", 7);
+    let agent = Agent::spawn(&bus, &config).await;
+    let proxy = agent.proxy().await;
+    for _ in 0..2 {
+        let job = proxy.backup("database").await.unwrap();
+        let (ok, message) = wait_job(agent.connection(), &job).await;
+        assert!(ok, "{message}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Age both backups to 10 days by their metadata.
+    let dir = config.backup_dir().join("database");
+    let mut ids = Vec::new();
+    for info in list(&bus) {
+        let sidecar = dir.join(format!("{}.json", info.id));
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        meta["created"] = "2020-01-01T00:00:00Z".into();
+        std::fs::write(&sidecar, serde_json::to_vec(&meta).unwrap()).unwrap();
+        ids.push(info.id);
+    }
+    let plan = proxy.plan_prune().await.unwrap();
+    assert_eq!(
+        plan.len(),
+        1,
+        "the newest good backup is never pruned: {plan:?}"
+    );
+
+    // A failing backup deletes nothing.
+    pg.stop();
+    drop(agent);
+    let broken = AgentConfig::for_postgres(&pg)
+        .with("retention.days", 7)
+        .with("backup_dir", config.backup_dir().to_str().unwrap())
+        .with("database.container", "mesbak-test-no-such-container");
+    let agent = Agent::spawn(&bus, &broken).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "NotFound", "{}", outcome.message);
+    assert!(
+        outcome.message.contains("mesbak-test-no-such-container"),
+        "{}",
+        outcome.message
+    );
+    assert_eq!(list(&bus).len(), 2, "a failed backup must not prune");
+    drop(agent);
+
+    // A good one prunes the expired one of the two old ones... and both old
+    // ones, since the new backup is now the newest good one.
+    pg.start_again();
+    let agent = Agent::spawn(&bus, &config.clone().with("retention.days", 7)).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let (ok, message) = wait_job(agent.connection(), &job).await;
+    assert!(ok, "{message}");
+    let left: Vec<String> = list(&bus).into_iter().map(|b| b.id).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!ids.contains(&left[0]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlinked_backup_folder_is_refused() {
+    let bus = Bus::start();
+    let pg = Postgres::start();
+    let config = AgentConfig::for_postgres(&pg);
+    let real = config.dir().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, config.backup_dir()).unwrap();
+    let agent = Agent::spawn(&bus, &config).await;
+    let result = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &result, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "Config");
+    assert!(outcome.message.contains("symlink"), "{}", outcome.message);
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+}
