@@ -19,6 +19,7 @@ use zbus::zvariant::ObjectPath;
 use crate::bus::Bus;
 use crate::postgres::Postgres;
 use crate::util::{blocking, describe, free_port, random_hex, tail_file, workspace_root};
+use crate::volume::{Gateway, Volume};
 
 /// How long [`wait_job`] waits by default.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
@@ -238,6 +239,15 @@ impl AgentConfig {
         config
     }
 
+    /// Points `[ignition]` at `volume` and makes the agent stop `gateways`
+    /// for the copy (and, on restore, `[restore] stop_containers` too).
+    pub fn ignition(&mut self, volume: &Volume, gateways: &[&Gateway]) -> &mut AgentConfig {
+        let names: Vec<String> = gateways.iter().map(|g| g.name().to_owned()).collect();
+        self.set("ignition.volume", volume.name())
+            .set("ignition.stop_containers", names.clone())
+            .set("restore.stop_containers", names)
+    }
+
     /// Sets `key` (a dotted path such as `"database.port"` or
     /// `"backup_dir"`) to `value`, creating tables on the way.
     pub fn set(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut AgentConfig {
@@ -423,14 +433,14 @@ impl Agent {
         // A previous agent's name may linger for a moment after it died.
         let previous = dbus.get_name_owner(name.clone()).await.ok();
 
-        let (mut child, log) = start_agent(bus, config)?;
+        let (mut child, log, offset) = start_agent(bus, config)?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "mesbak-agent exited ({status}) before it owned {BUS_NAME}; log {}:\n{}",
                     log.display(),
-                    tail_file(&log, LOG_TAIL)
+                    run_tail(&log, offset)
                 );
             }
             match dbus.get_name_owner(name.clone()).await {
@@ -444,7 +454,7 @@ impl Agent {
                     "mesbak-agent did not own {BUS_NAME} within {} s; log {}:\n{}",
                     STARTUP_TIMEOUT.as_secs(),
                     log.display(),
-                    tail_file(&log, LOG_TAIL)
+                    run_tail(&log, offset)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -466,8 +476,8 @@ impl Agent {
         config: &AgentConfig,
         timeout: Duration,
     ) -> (ExitStatus, String) {
-        let start = std::fs::metadata(config.log_path()).map_or(0, |m| m.len() as usize);
-        let (mut child, log) = start_agent(bus, config).unwrap_or_else(|err| panic!("{err:#}"));
+        let (mut child, log, offset) =
+            start_agent(bus, config).unwrap_or_else(|err| panic!("{err:#}"));
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for mesbak-agent") {
@@ -479,15 +489,14 @@ impl Agent {
                 panic!(
                     "mesbak-agent still ran after {} s; log:\n{}",
                     timeout.as_secs(),
-                    tail_file(&log, LOG_TAIL)
+                    run_tail(&log, offset)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
-            .get(start..)
-            .unwrap_or_default()
-            .to_owned();
+        let bytes = std::fs::read(&log).unwrap_or_default();
+        let text =
+            String::from_utf8_lossy(&bytes[(offset as usize).min(bytes.len())..]).into_owned();
         (status, text)
     }
 
@@ -588,9 +597,12 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(bus: &Bus, config: &AgentConfig) -> Result<(Child, PathBuf)> {
+/// Starts the agent; returns the child, the log path and where this run's
+/// output starts in the log.
+fn start_agent(bus: &Bus, config: &AgentConfig) -> Result<(Child, PathBuf, u64)> {
     let path = config.write();
     let log = config.log_path();
+    let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
     let mut log_file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -620,7 +632,14 @@ fn start_agent(bus: &Bus, config: &AgentConfig) -> Result<(Child, PathBuf)> {
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
-    Ok((child, log))
+    Ok((child, log, offset))
+}
+
+/// The last lines of the log from `offset` on (this run's output).
+fn run_tail(log: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let start = (offset as usize).min(bytes.len());
+    crate::util::tail(&String::from_utf8_lossy(&bytes[start..]), LOG_TAIL)
 }
 
 /// A manager proxy on `connection` that reads properties fresh each time.

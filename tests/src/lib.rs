@@ -30,6 +30,7 @@ mod bus;
 mod fingerprint;
 mod postgres;
 pub mod util;
+mod volume;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
@@ -38,3 +39,4 @@ pub use agent::{
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
 pub use postgres::{ADMIN, DEFAULT_DB, IMAGE, Postgres, fixture_path, quote_ident, quote_literal};
+pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};

@@ -18,7 +18,7 @@ pub const ADMIN: &str = "admin";
 pub const DEFAULT_DB: &str = "mes";
 /// Label on everything the harness creates, with the test process's pid as
 /// value, so leftovers of killed test runs can be removed.
-const LABEL: &str = "mesbak.test.pid";
+pub(crate) const LABEL: &str = "mesbak.test.pid";
 
 /// The fixture: a realistic MES database (see the file's header).
 pub fn fixture_path() -> PathBuf {
@@ -529,7 +529,7 @@ fn check_docker() -> Result<()> {
 
 /// Removes containers and volumes labelled by test processes that no longer
 /// exist (a killed `cargo test`), once per process.
-fn reap_leftovers() {
+pub(crate) fn reap_leftovers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let alive = |pid: &str| {

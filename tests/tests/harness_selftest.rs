@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use mesbak_interface::{BUS_NAME, JOBS_PATH, MANAGER_PATH};
 use mesbak_tests::{
-    AgentConfig, Bus, OPERATOR, OUTSIDER, Postgres, assert_fingerprint_eq, binary, mesbakctl,
-    mesbakctl_as, wait_job, wait_job_outcome,
+    Agent, AgentConfig, Bus, Gateway, OPERATOR, OUTSIDER, Postgres, Volume, assert_fingerprint_eq,
+    binary, mesbakctl, mesbakctl_as, wait_job, wait_job_outcome,
 };
 use zbus::object_server::SignalEmitter;
 
@@ -669,4 +669,169 @@ async fn binaries_build_once_and_mesbakctl_runs_as_each_user() {
         let out = mesbakctl_as(&bus, user).arg("status").output().unwrap();
         assert!(!out.status.success(), "{user}: {}", text(&out));
     }
+}
+
+/// The agent's own parser accepts what `AgentConfig` writes
+/// (`mesbak-agent --check-config`; its sections deny unknown keys).
+fn assert_agent_accepts(config: &AgentConfig) {
+    let out = std::process::Command::new(binary("mesbak-agent"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(config.write())
+        .env_remove("POSTGRES_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mesbak-agent rejects the harness configuration:\n{}\n{}",
+        config.to_toml(),
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_accepts_the_harness_configurations() {
+    let volume = Volume::create();
+    let gateway = Gateway::create(&volume);
+    let mut config = AgentConfig::new();
+    assert_agent_accepts(&config);
+    config.ignition(&volume, &[&gateway]);
+    assert_agent_accepts(&config);
+    let pg = Postgres::start();
+    assert_agent_accepts(&AgentConfig::for_postgres(&pg));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_helpers_start_crash_restart_and_stop_the_agent() {
+    let bus = Bus::start();
+    let config = AgentConfig::new();
+    let t = Instant::now();
+    let mut agent = Agent::spawn(&bus, &config).await;
+    eprintln!("agent up in {:.2} s", t.elapsed().as_secs_f64());
+    assert!(agent.is_running());
+    assert!(!agent.proxy().await.version().await.unwrap().is_empty());
+    let dbus = zbus::fdo::DBusProxy::new(agent.connection()).await.unwrap();
+    let owner = dbus
+        .get_name_owner(BUS_NAME.try_into().unwrap())
+        .await
+        .unwrap();
+    let uid = dbus
+        .get_connection_unix_process_id(owner.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(uid, agent.pid(), "the name belongs to the agent we started");
+
+    let status = agent.kill9();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(!agent.is_running());
+    // A new agent from the same configuration: spawn waits for the new owner.
+    let mut again = Agent::spawn(&bus, &config).await;
+    let new_owner = dbus
+        .get_name_owner(BUS_NAME.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(new_owner, owner);
+    let status = again.terminate().await;
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    assert!(again.log().contains("===== mesbak-agent --config"));
+
+    // A configuration the agent must refuse: it exits, and both helpers say so.
+    let mut bad = AgentConfig::new();
+    bad.raw("backup_dir = 42\n");
+    let (status, output) = Agent::run_to_exit(&bus, &bad, Duration::from_secs(20)).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("backup_dir"), "{output}");
+    let err = Agent::try_spawn(&bus, &bad)
+        .await
+        .err()
+        .expect("a bad config does not start");
+    assert!(format!("{err:#}").contains("exited"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volume_fingerprint_survives_a_tar_copy_and_sees_changes() {
+    let source = Volume::create_populated();
+    let fp = source.fingerprint();
+    assert_eq!(source.fingerprint(), fp);
+    for (path, expected) in [
+        ("./db/config.idb", "regular file|600|0|0|1|3145744|"),
+        ("./logs/wrapper.log", "|644|1000|1000|2|"),
+        ("./config/current.idb", "-> ../db/config.idb"),
+        ("./config/dangling", "-> does-not-exist"),
+        ("./modules", "directory|2775|"),
+        ("./temp", "directory|1777|"),
+        ("./jar cache/ünïcødé/lib 1.jar", "|65534|65534|"),
+        ("./empty-folder", "directory|755|0|0|"),
+    ] {
+        let entry =
+            fp.0.get(path)
+                .unwrap_or_else(|| panic!("{path} missing: {:#?}", fp.0));
+        assert!(entry.contains(expected), "{path}: {entry} lacks {expected}");
+    }
+
+    // GNU tar on the host as the reference copy.
+    let copy = Volume::create();
+    let status = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(format!(
+            "tar -C '{}' --numeric-owner -cf - . | tar -C '{}' --numeric-owner --same-permissions -xf -",
+            source.mountpoint().display(),
+            copy.mountpoint().display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    copy.fingerprint().assert_same(&fp, "a tar copy");
+
+    copy.sh("chmod 0644 db/config.idb; echo x >> logs/wrapper.log; rm config/dangling; mkdir new");
+    let diff = copy.fingerprint().diff(&fp).join("\n");
+    for path in [
+        "./db/config.idb",
+        "./logs/wrapper.log",
+        "./config/dangling",
+        "./new",
+    ] {
+        assert!(diff.contains(&format!("{path}:")), "{path} not in:\n{diff}");
+    }
+    copy.clear();
+    assert_eq!(copy.fingerprint().0.len(), 1, "only the root is left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stand_in_gateway_stops_fast_and_starts_again() {
+    let volume = Volume::create_populated();
+    let gateway = Gateway::start(&volume);
+    assert!(gateway.name().starts_with("mesbak-test-gw-"));
+    assert!(gateway.is_running());
+    let first = gateway.started_at();
+    let t = Instant::now();
+    gateway.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "docker stop took {:?}",
+        t.elapsed()
+    );
+    assert!(!gateway.is_running());
+    gateway.start_again();
+    assert!(gateway.is_running());
+    assert_ne!(gateway.started_at(), first);
+    // It sees the volume at Ignition's path.
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            gateway.name(),
+            "cat",
+            "/usr/local/bin/ignition/data/.uuid",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "8d5c7a2e-0000-4000-8000-000000000001"
+    );
+    let stopped = Gateway::create(&volume);
+    assert!(!stopped.is_running());
 }
