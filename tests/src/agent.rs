@@ -180,7 +180,8 @@ impl AgentConfig {
     /// port, so nothing reaches a real server by accident.
     ///
     /// Defaults: backup and state folders in the temporary folder, a fresh
-    /// key file, `health.listen = ""`, `backup.min_free_bytes` = 1 MiB,
+    /// key file, `health.listen = ""` (health ages 26 h and 192 h),
+    /// `database.schemas` the three `mes_*` schemas, `backup.min_free_bytes` = 1 MiB,
     /// compression level 1, Ignition volume `mesbak-test-ign-<random>` (not
     /// created) with no containers to stop, helper image
     /// `mesbak-test/busybox`, no writer containers to stop on restore.
@@ -210,6 +211,10 @@ impl AgentConfig {
             .set("database.user", "admin")
             .set("database.host", "127.0.0.1")
             .set("database.port", i64::from(free_port()))
+            .set(
+                "database.schemas",
+                vec!["mes_core", "mes_audit", "mes_custom"],
+            )
             .set("ignition.volume", format!("mesbak-test-ign-{id}"))
             .set("ignition.stop_containers", Vec::<String>::new())
             .set("ignition.helper_image", "mesbak-test/busybox")
@@ -219,7 +224,9 @@ impl AgentConfig {
             .set("restore.stop_containers", Vec::<String>::new())
             .set("backup.compression_level", 1)
             .set("backup.min_free_bytes", 1024 * 1024)
-            .set("health.listen", "");
+            .set("health.listen", "")
+            .set("health.max_backup_age_hours", 26)
+            .set("health.max_test_restore_age_hours", 192);
         config
     }
 

@@ -294,6 +294,30 @@ impl Postgres {
         .stdout
     }
 
+    /// Size in bytes of `pg_dump` of `db` in plain format, streamed (for
+    /// bulk data, where [`Postgres::pg_dump`] would hold it all in memory).
+    pub fn pg_dump_size(&self, db: &str) -> u64 {
+        blocking(|| {
+            let mut cmd = Command::new("docker");
+            cmd.args(["exec", &self.name, "pg_dump", "-U", ADMIN, db]);
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run docker exec pg_dump");
+            let mut stdout = child.stdout.take().expect("piped");
+            let size = std::io::copy(&mut stdout, &mut std::io::sink()).expect("read pg_dump");
+            let out = child.wait_with_output().expect("wait for pg_dump");
+            assert!(
+                out.status.success(),
+                "`{}` failed: {}",
+                describe(&cmd),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            size
+        })
+    }
+
     /// Copies `from` into the new database `to` on the same server with
     /// `pg_dump | psql -v ON_ERROR_STOP=1`; the roles already exist.
     pub fn copy_database(&self, from: &str, to: &str) {

@@ -495,12 +495,12 @@ async fn an_empty_server_has_only_admin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn load_bulk_reaches_roughly_the_requested_dump_size() {
     let pg = Postgres::start_with_fixture();
-    let before = pg.pg_dump("mes").len() as u64;
+    let before = pg.pg_dump_size("mes");
     let t = Instant::now();
     pg.load_bulk("mes", 24);
     let load = t.elapsed();
     let t = Instant::now();
-    let after = pg.pg_dump("mes").len() as u64;
+    let after = pg.pg_dump_size("mes");
     let dump = t.elapsed();
     let grown = (after - before) as f64 / (1024.0 * 1024.0);
     eprintln!(
