@@ -26,6 +26,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
     }
     repair_containers(&app).await;
+    if crate::restore::interrupted(&app) {
+        // Best effort: the next restore or test restore retries.
+        match app.database().await {
+            Ok(server) => {
+                if let Err(err) = crate::restore::recover(&app, &server).await {
+                    tracing::warn!(error = %err.message(), "will retry at the next restore");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err.message(), "cannot clean up an interrupted restore yet")
+            }
+        }
+    }
 
     let conn = bus::serve(app.clone()).await?;
     tracing::info!(

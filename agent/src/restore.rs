@@ -99,11 +99,10 @@ pub async fn run(
     let summary = scan(&app, &job, &backup).await?;
     let expected = expected_rows(&app, &backup, &summary)?;
     let server = app.database().await?;
-    recover(&app, &server).await;
-
     let mut touched = touched_for(&server, &app);
     let result = async {
         ensure_server(&job, &server, touched.as_mut()).await?;
+        recover(&app, &server).await?;
         if options.skip_safety_backup != Some(true) {
             job.set_stage("taking a safety backup of the current database");
             let live_exists = database_exists(&server, &app.config.database.name).await?;
@@ -234,8 +233,7 @@ async fn restore_database(
     }
     .await;
     if let Err(err) = loaded {
-        drop_database(&admin, &new_db).await;
-        save_in_progress(app, None)?;
+        drop_database(app, &admin, &new_db).await?;
         return Err(err);
     }
 
@@ -437,10 +435,20 @@ async fn create_database_like(
         .map_err(|err| sql(err, &format!("cannot create database '{name}'")))
 }
 
-async fn drop_database(client: &tokio_postgres::Client, name: &str) {
+/// Drops a database the agent made. On failure the in-progress record
+/// stays, so the next start or restore drops it.
+async fn drop_database(
+    app: &App,
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), Error> {
     let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    if let Err(err) = client.batch_execute(&statement).await {
-        tracing::error!(database = name, error = %sql_error_text(&err), "could not drop a database the agent created");
+    match client.batch_execute(&statement).await {
+        Ok(()) => save_in_progress(app, None),
+        Err(err) => {
+            tracing::error!(database = name, error = %sql_error_text(&err), "could not drop a database the agent created; retrying at the next start");
+            Ok(())
+        }
     }
 }
 
@@ -526,44 +534,57 @@ fn save_in_progress(app: &App, record: Option<&InProgress>) -> Result<(), Error>
     }
 }
 
+/// Whether a restore or test restore was cut short and left work behind.
+pub fn interrupted(app: &App) -> bool {
+    app.config.state_dir.join("restore.json").exists()
+}
+
 /// Cleans up after a restore or test restore that was cut short: drops
 /// its database, or, when the swap had happened, records the kept one.
-pub async fn recover(app: &App, server: &Server) {
+pub async fn recover(app: &App, server: &Server) -> Result<(), Error> {
     let path = app.config.state_dir.join("restore.json");
     let Ok(bytes) = std::fs::read(&path) else {
-        return;
+        return Ok(());
     };
     let Ok(record) = serde_json::from_slice::<InProgress>(&bytes) else {
-        let _ = std::fs::remove_file(&path);
-        return;
+        tracing::warn!(file = %path.display(), "ignoring an unreadable restore record");
+        return save_in_progress(app, None);
     };
-    let Ok(admin) = server.connect(MAINTENANCE_DB).await else {
-        return;
-    };
-    let new_exists = database_exists_sql(&admin, &record.database)
-        .await
-        .unwrap_or(true);
-    if new_exists {
-        tracing::warn!(database = %record.database, backup = %record.backup, "dropping the database of an interrupted restore");
-        drop_database(&admin, &record.database).await;
-    } else if let Some(previous) = &record.previous_name {
-        if database_exists_sql(&admin, previous).await.unwrap_or(false) {
-            let _ = app.state.update(|state| {
-                state.previous_database = Some(PreviousDatabase {
-                    name: previous.clone(),
-                    live_name: record.live_name.clone(),
-                    replaced_at: now_rfc3339(),
-                    restored_backup: record.backup.clone(),
-                })
-            });
+    let cleanup = async {
+        let admin = server.connect(MAINTENANCE_DB).await?;
+        if database_exists_sql(&admin, &record.database).await? {
+            tracing::warn!(database = %record.database, backup = %record.backup, "dropping the database of an interrupted restore");
+            admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&record.database)
+                ))
+                .await
+                .map_err(|err| sql(err, &format!("cannot drop '{}'", record.database)))?;
+        } else if let Some(previous) = &record.previous_name {
+            if database_exists_sql(&admin, previous).await? {
+                app.state.update(|state| {
+                    state.previous_database = Some(PreviousDatabase {
+                        name: previous.clone(),
+                        live_name: record.live_name.clone(),
+                        replaced_at: now_rfc3339(),
+                        restored_backup: record.backup.clone(),
+                    })
+                })?;
+            }
         }
-    }
-    if !database_exists_sql(&admin, &record.database)
-        .await
-        .unwrap_or(true)
-    {
-        let _ = std::fs::remove_file(&path);
-    }
+        save_in_progress(app, None)
+    };
+    cleanup.await.map_err(|err: Error| {
+        Error::from_kind(
+            err.kind(),
+            format!(
+                "the database '{}' of an interrupted restore could not be cleaned up: {}",
+                record.database,
+                err.message()
+            ),
+        )
+    })
 }
 
 /// Puts back the database the last restore replaced.
@@ -700,10 +721,10 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
     let summary = scan(app, job, backup).await?;
     let expected = expected_rows(app, backup, &summary)?;
     let server = app.database().await?;
-    recover(app, &server).await;
     let mut touched = touched_for(&server, app);
     let result = async {
         ensure_server(job, &server, touched.as_mut()).await?;
+        recover(app, &server).await?;
         let scratch = format!("{}_testrestore_{}", app.config.database.name, stamp());
         let admin = server.connect(MAINTENANCE_DB).await?;
         save_in_progress(
@@ -722,8 +743,7 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
             check_restored(app, &server, &scratch, &expected).await
         }
         .await;
-        drop_database(&admin, &scratch).await;
-        save_in_progress(app, None)?;
+        drop_database(app, &admin, &scratch).await?;
         checked
     }
     .await;

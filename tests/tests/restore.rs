@@ -1,0 +1,523 @@
+//! Restores that cannot lose data: every failure before the swap leaves the
+//! live database exactly as it was and the writers as they were found.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mesbak_interface::{JobProxy, RestoreOptions};
+use mesbak_tests::util::random_hex;
+use mesbak_tests::*;
+
+/// A stand-in for the Ignition gateway: a container that writes to the
+/// database in real life and must be stopped during a restore.
+struct Writer {
+    name: String,
+}
+
+impl Writer {
+    fn start() -> Writer {
+        let name = format!("mesbak-test-writer-{}", random_hex(4));
+        let status = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                &name,
+                "mesbak-test/busybox",
+            ])
+            .args(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot start the writer container (dev/test builds mesbak-test/busybox)"
+        );
+        Writer { name }
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", format, &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn is_running(&self) -> bool {
+        self.inspect("{{.State.Running}}") == "true"
+    }
+
+    fn started_at(&self) -> String {
+        self.inspect("{{.State.StartedAt}}")
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// The fixture, a writer, an agent that stops the writer on restore, and
+/// one database backup.
+struct Setup {
+    bus: Bus,
+    pg: Postgres,
+    writer: Writer,
+    config: AgentConfig,
+    agent: Agent,
+    backup_id: String,
+}
+
+async fn setup(bulk_mib: u64) -> Setup {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    if bulk_mib > 0 {
+        pg.load_bulk("mes", bulk_mib);
+    }
+    let writer = Writer::start();
+    let config =
+        AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    let backup_id = outcome.files[0].clone();
+    Setup {
+        bus,
+        pg,
+        writer,
+        config,
+        agent,
+        backup_id,
+    }
+}
+
+/// Changes rows, a sequence and a role after the backup.
+fn change_data(pg: &Postgres) {
+    pg.psql(
+        "mes",
+        "UPDATE mes_core.asset_definition SET notes = 'changed after the backup';
+         DELETE FROM mes_audit.change_log WHERE true;
+         CREATE TABLE mes_custom.added_later (id int);
+         CREATE ROLE added_later_role;",
+    );
+}
+
+fn restore_databases(pg: &Postgres) -> Vec<String> {
+    pg.databases()
+        .into_iter()
+        .filter(|db| db.contains("_restore_") || db.contains("_testrestore_"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_brings_back_the_backup_and_keeps_the_previous_database() {
+    let s = setup(0).await;
+    let original = s.pg.fingerprint("mes");
+    change_data(&s.pg);
+    let changed = s.pg.fingerprint("mes");
+    assert_ne!(original, changed);
+    let writer_started = s.writer.started_at();
+
+    let out = mesbakctl(&s.bus)
+        .args(["restore", &s.backup_id, "--yes"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("--rollback") && stdout.contains("--drop-previous"),
+        "{stdout}"
+    );
+
+    // Data, sequences, owners and grants as backed up; roles the backup did
+    // not know are left alone (restores never drop roles).
+    let mut restored = s.pg.fingerprint("mes");
+    restored.roles.remove("added_later_role");
+    restored.assert_same(&original, "after restore");
+    // The writer was stopped and started again.
+    assert!(s.writer.is_running());
+    assert_ne!(
+        s.writer.started_at(),
+        writer_started,
+        "the writer was not stopped"
+    );
+    // The old database is kept under a dated name; a safety backup exists.
+    let kept: Vec<String> =
+        s.pg.databases()
+            .into_iter()
+            .filter(|d| d.starts_with("mes_previous_"))
+            .collect();
+    assert_eq!(kept.len(), 1, "{:?}", s.pg.databases());
+    s.pg.fingerprint(&kept[0])
+        .assert_same(&changed, "the kept previous database");
+    let backups = s.agent.proxy().await.list_backups().await.unwrap();
+    assert!(
+        backups.iter().any(|b| b.id.contains("pre-restore")),
+        "{backups:?}"
+    );
+    assert!(restore_databases(&s.pg).is_empty());
+
+    // Rollback puts the changed database back; drop-previous removes the restored one.
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--rollback"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.pg.fingerprint("mes")
+        .assert_same(&changed, "after rollback");
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--drop-previous"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leftovers: Vec<String> =
+        s.pg.databases()
+            .into_iter()
+            .filter(|d| d.starts_with("mes_"))
+            .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--drop-previous"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database kept"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_backup_or_a_wrong_key_changes_nothing() {
+    let s = setup(0).await;
+    change_data(&s.pg);
+    let live = s.pg.fingerprint("mes");
+    let databases = s.pg.databases();
+    let writer_started = s.writer.started_at();
+    let file = s.config.backup_dir().join("database").join(&s.backup_id);
+    let good = std::fs::read(&file).unwrap();
+
+    let mut damaged = good.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(&file, &damaged).unwrap();
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(&s.backup_id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "Integrity", "{}", outcome.message);
+    assert!(outcome.message.contains("damaged"), "{}", outcome.message);
+
+    // Truncated.
+    std::fs::write(&file, &good[..good.len() - 100]).unwrap();
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(&s.backup_id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert_eq!(outcome.error_name, "Integrity", "{}", outcome.message);
+
+    // The right file, the wrong key.
+    std::fs::write(&file, &good).unwrap();
+    write_private(&s.config.key_file(), b"another key entirely\n").unwrap();
+    let out = mesbakctl(&s.bus)
+        .args(["restore", &s.backup_id, "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("key does not match"), "{stderr}");
+
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "refused restores");
+    assert_eq!(s.pg.databases(), databases);
+    assert_eq!(
+        s.writer.started_at(),
+        writer_started,
+        "the writer was touched"
+    );
+    let backups = s.agent.proxy().await.list_backups().await.unwrap();
+    assert_eq!(
+        backups.len(),
+        1,
+        "no safety backup before authentication: {backups:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_failing_half_way_leaves_the_live_database_untouched() {
+    let bus = Bus::start();
+    let pg = Postgres::start_with_fixture();
+    let writer = Writer::start();
+    // A table in a tablespace that will be gone at restore time.
+    let status = Command::new("docker")
+        .args([
+            "exec",
+            pg.name(),
+            "sh",
+            "-c",
+            "mkdir -p /var/lib/postgresql/ts1 && chown postgres /var/lib/postgresql/ts1",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    pg.psql(
+        "postgres",
+        "CREATE TABLESPACE ts1 LOCATION '/var/lib/postgresql/ts1';",
+    );
+    pg.psql("mes", "CREATE TABLE mes_custom.zz_late (id int) TABLESPACE ts1; INSERT INTO mes_custom.zz_late SELECT generate_series(1, 10);");
+    let config =
+        AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    pg.psql(
+        "mes",
+        "ALTER TABLE mes_custom.zz_late SET TABLESPACE pg_default;",
+    );
+    pg.psql("postgres", "DROP TABLESPACE ts1;");
+    change_data(&pg);
+    let live = pg.fingerprint("mes");
+
+    let job = agent
+        .proxy()
+        .await
+        .restore(&outcome.files[0], RestoreOptions::default())
+        .await
+        .unwrap();
+    let failed = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!failed.success);
+    assert_eq!(failed.error_name, "Database", "{}", failed.message);
+    assert!(failed.message.contains("ts1"), "{}", failed.message);
+    assert!(failed.message.contains("psql"), "{}", failed.message);
+    pg.fingerprint("mes")
+        .assert_same(&live, "after a failed restore");
+    assert!(restore_databases(&pg).is_empty(), "{:?}", pg.databases());
+    assert!(writer.is_running(), "the writer was left stopped");
+    assert!(!config.state_dir().join("restore.json").exists());
+}
+
+async fn wait_for_restore_load(agent: &Agent, job: &zbus::zvariant::OwnedObjectPath) {
+    let proxy = JobProxy::builder(agent.connection())
+        .path(job.clone())
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stage = proxy.stage().await.unwrap_or_default();
+        let done = proxy.bytes_done().await.unwrap_or(0);
+        if stage.starts_with("restoring") && done > 8 << 20 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore never started loading (stage {stage})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start() {
+    let mut s = setup(120).await;
+    change_data(&s.pg);
+    let live = s.pg.fingerprint("mes");
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(
+            &s.backup_id,
+            RestoreOptions {
+                skip_safety_backup: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_restore_load(&s.agent, &job).await;
+    s.agent.kill9();
+    assert!(
+        !s.writer.is_running(),
+        "the writer should be stopped mid-restore"
+    );
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "right after the kill");
+
+    let _agent = Agent::spawn(&s.bus, &s.config).await;
+    assert!(
+        s.writer.is_running(),
+        "the next start did not restart the writer"
+    );
+    // The half-restored database goes once psql has let go of it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !restore_databases(&s.pg).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left over: {:?}",
+            restore_databases(&s.pg)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !s.config.state_dir().join("restore.json").exists() {
+            break;
+        }
+    }
+    assert!(
+        restore_databases(&s.pg).is_empty(),
+        "{:?}",
+        s.pg.databases()
+    );
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "after the repair");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_server_stopping_mid_restore_leaves_the_live_database() {
+    let s = setup(120).await;
+    change_data(&s.pg);
+    let live = s.pg.fingerprint("mes");
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(
+            &s.backup_id,
+            RestoreOptions {
+                skip_safety_backup: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_restore_load(&s.agent, &job).await;
+    s.pg.stop();
+    let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert!(s.writer.is_running(), "the writer was left stopped");
+    s.pg.start_again();
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "after the server came back");
+    // The next job cleans up the half-restored database.
+    let job = s.agent.proxy().await.test_restore("").await.unwrap();
+    let (ok, message) = wait_job(s.agent.connection(), &job).await;
+    assert!(ok, "{message}");
+    assert!(
+        restore_databases(&s.pg).is_empty(),
+        "{:?}",
+        s.pg.databases()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disaster_recovery_onto_an_empty_server() {
+    let s = setup(0).await;
+    let original = s.pg.fingerprint("mes");
+    // A new server: no `mes`, none of the roles; only the backup folder and the key.
+    let empty = Postgres::start();
+    empty.drop_database("mes");
+    let config = AgentConfig::for_postgres(&empty)
+        .with("backup_dir", s.config.backup_dir().to_str().unwrap())
+        .with("encryption.key_file", s.config.key_file().to_str().unwrap());
+    let bus = Bus::start();
+    let _agent = Agent::spawn(&bus, &config).await;
+    let out = mesbakctl(&bus)
+        .args(["restore", &s.backup_id, "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    empty
+        .fingerprint("mes")
+        .assert_same(&original, "restore onto an empty server");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_restore_passes_and_fails_and_is_recorded() {
+    let s = setup(0).await;
+    let databases = s.pg.databases();
+    let out = mesbakctl(&s.bus).arg("test-restore").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("passed") && stdout.contains("asset_definition"),
+        "{stdout}"
+    );
+    assert_eq!(
+        s.pg.databases(),
+        databases,
+        "the scratch database was not dropped"
+    );
+    let status = mesbakctl(&s.bus)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["last_test_restore"].is_string(), "{status}");
+    assert_eq!(status["last_test_restore_ok"], true, "{status}");
+
+    // A backup whose metadata does not match its contents.
+    let sidecar = s
+        .config
+        .backup_dir()
+        .join("database")
+        .join(format!("{}.json", s.backup_id));
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    let rows = meta["table_rows"]["mes_core.asset_definition"]
+        .as_u64()
+        .unwrap();
+    meta["table_rows"]["mes_core.asset_definition"] = (rows + 1).into();
+    std::fs::write(&sidecar, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let out = mesbakctl(&s.bus)
+        .args(["test-restore", &s.backup_id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mes_core.asset_definition"), "{stderr}");
+    let status = mesbakctl(&s.bus)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["last_test_restore_ok"], false, "{status}");
+    assert_ne!(status["status"], "healthy");
+    assert!(
+        status["problems"].to_string().contains("test restore"),
+        "{status}"
+    );
+    assert_eq!(s.pg.databases(), databases);
+}
