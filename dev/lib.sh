@@ -192,9 +192,10 @@ debian_rootfs() {
 }
 
 apt_mirror() {
-    local m
-    m=$(grep -rhoE '^(deb|URIs:)[^#]*https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-        | grep -oE 'https?://[^ ]+' | grep -v security | head -1 || true)
+    local m files
+    files=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    m=$( [ -n "$files" ] && grep -hoE '^(deb|URIs:)[^#]*https?://[^ ]+' $files 2>/dev/null \
+        | grep -oE 'https?://[^ ]+' | grep -E '/debian/?$' | grep -v security | head -1 || true)
     echo "${m:-http://deb.debian.org/debian}"
 }
 
