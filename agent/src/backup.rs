@@ -217,23 +217,6 @@ async fn dump(
     let started = std::time::Instant::now();
     let created = now_rfc3339();
 
-    job.set_stage("reading the roles the database uses");
-    let roles_argv = server.argv("pg_dumpall", &["--roles-only", "-l", database]);
-    let (roles, outcome) = server
-        .runner
-        .spawn(&roles_argv, &server.env(), false)
-        .await?
-        .collect()
-        .await?;
-    outcome.check(|detail| {
-        Error::Database(format!(
-            "pg_dumpall --roles-only failed in {}: {detail}",
-            server.runner.describe()
-        ))
-    })?;
-    let prelude = postgres::roles_prelude(&String::from_utf8_lossy(&roles));
-    let (server_version, timescaledb_version) = postgres::versions(server, database).await?;
-
     let previous = app
         .storage
         .list()?
@@ -244,12 +227,33 @@ async fn dump(
         .create(BackupKind::Database, database, point, tag)?;
     job.set_stage(format!("Creating backup: {}", pending.id));
     job.reset_bytes(0);
+    // The writer derives the file's key (PBKDF2) while the roles and
+    // versions are read.
     let writer = BackupWriter::start(
         file,
         key,
         app.config.backup.compression_level,
         job.bytes_done.clone(),
     );
+    let roles_argv = server.argv("pg_dumpall", &["--roles-only", "-l", database]);
+    let roles = async {
+        let (roles, outcome) = server
+            .runner
+            .spawn(&roles_argv, &server.env(), false)
+            .await?
+            .collect()
+            .await?;
+        outcome.check(|detail| {
+            Error::Database(format!(
+                "pg_dumpall --roles-only failed in {}: {detail}",
+                server.runner.describe()
+            ))
+        })?;
+        Ok::<_, Error>(roles)
+    };
+    let (roles, versions) = tokio::join!(roles, postgres::versions(server, database));
+    let prelude = postgres::roles_prelude(&String::from_utf8_lossy(&roles?));
+    let (server_version, timescaledb_version) = versions?;
     writer.write(Bytes::from(prelude.into_bytes())).await;
 
     let argv = server.argv("pg_dump", &["-d", database]);

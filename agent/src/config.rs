@@ -188,7 +188,7 @@ impl Default for Restore {
 impl Default for Backup {
     fn default() -> Self {
         Backup {
-            compression_level: 6,
+            compression_level: 5,
             min_free_bytes: 10 << 30,
         }
     }

@@ -324,9 +324,11 @@ fn split_ident(text: &str) -> Option<(String, &str)> {
 /// The counts match the dump's own snapshot exactly.
 #[derive(Default)]
 pub struct DumpReader {
+    /// The start of a line that continues in the next block.
     line: Vec<u8>,
     line_truncated: bool,
-    copying: Option<String>,
+    /// The table whose COPY data is passing, and its rows so far.
+    copying: Option<(String, u64)>,
     pub table_rows: BTreeMap<String, u64>,
     pub schemas: Vec<String>,
     /// The dump creates the `timescaledb` extension.
@@ -336,20 +338,23 @@ pub struct DumpReader {
 impl DumpReader {
     const LINE_PREFIX: usize = 4096;
 
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            match memchr(b'\n', data) {
-                Some(at) => {
-                    self.push_partial(&data[..at]);
-                    self.end_line();
-                    data = &data[at + 1..];
-                }
-                None => {
-                    self.push_partial(data);
-                    break;
-                }
+    /// Reads the next block of the dump. Complete lines are looked at in
+    /// place; only a line split across blocks is copied (its first 4 KiB).
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(at) = memchr::memchr(b'\n', rest) {
+            let (part, after) = (&rest[..at], &rest[at + 1..]);
+            if self.line.is_empty() && !self.line_truncated {
+                self.end_line(part, false);
+            } else {
+                self.push_partial(part);
+                let line = std::mem::take(&mut self.line);
+                let truncated = std::mem::replace(&mut self.line_truncated, false);
+                self.end_line(&line, truncated);
             }
+            rest = after;
         }
+        self.push_partial(rest);
     }
 
     fn push_partial(&mut self, part: &[u8]) {
@@ -360,37 +365,35 @@ impl DumpReader {
         self.line.extend_from_slice(&part[..part.len().min(room)]);
     }
 
-    fn end_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        let truncated = std::mem::replace(&mut self.line_truncated, false);
-        match &self.copying {
-            Some(table) => {
-                if line == b"\\." {
-                    self.copying = None;
-                } else {
-                    *self.table_rows.get_mut(table).expect("entry made at COPY") += 1;
+    fn end_line(&mut self, line: &[u8], truncated: bool) {
+        if let Some((table, rows)) = &mut self.copying {
+            if line == b"\\." {
+                let (table, rows) = (std::mem::take(table), *rows);
+                self.table_rows.insert(table, rows);
+                self.copying = None;
+            } else {
+                *rows += 1;
+            }
+            return;
+        }
+        if truncated {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return;
+        };
+        if let Some(rest) = text.strip_prefix("COPY ") {
+            if text.ends_with(" FROM stdin;") {
+                if let Some(name) = qualified_name(rest) {
+                    self.copying = Some((name, 0));
                 }
             }
-            None if !truncated => {
-                let Ok(text) = std::str::from_utf8(&line) else {
-                    return;
-                };
-                if let Some(rest) = text.strip_prefix("COPY ") {
-                    if text.ends_with(" FROM stdin;") {
-                        if let Some(name) = qualified_name(rest) {
-                            self.table_rows.insert(name.clone(), 0);
-                            self.copying = Some(name);
-                        }
-                    }
-                } else if text.starts_with("CREATE EXTENSION") && text.contains(" timescaledb ") {
-                    self.timescaledb = true;
-                } else if let Some(rest) = text.strip_prefix("CREATE SCHEMA ") {
-                    if let Some((name, _)) = split_ident(rest) {
-                        self.schemas.push(name);
-                    }
-                }
+        } else if text.starts_with("CREATE EXTENSION") && text.contains(" timescaledb ") {
+            self.timescaledb = true;
+        } else if let Some(rest) = text.strip_prefix("CREATE SCHEMA ") {
+            if let Some((name, _)) = split_ident(rest) {
+                self.schemas.push(name);
             }
-            None => {}
         }
     }
 }
@@ -401,10 +404,6 @@ fn qualified_name(text: &str) -> Option<String> {
     let rest = rest.strip_prefix('.')?;
     let (table, _) = split_ident(rest)?;
     Some(format!("{schema}.{table}"))
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesbak_format::Key;
 use mesbak_interface::{BackupKind, Error, RestoreOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -36,13 +37,16 @@ fn stamp() -> String {
     Storage::restore_point(OffsetDateTime::now_utc()).replace('-', "")
 }
 
-/// What the backup itself says, read while authenticating it.
-#[derive(Debug, Default)]
-pub struct DumpSummary {
-    pub table_rows: BTreeMap<String, u64>,
-    pub schemas: Vec<String>,
-    pub timescaledb: bool,
-    pub plain_bytes: u64,
+/// What a restore relies on, settled while authenticating the file.
+pub struct Plan {
+    /// Loaded once: both passes over the file share its derived key.
+    key: Key,
+    /// Row counts the restored database must have.
+    expected: BTreeMap<String, u64>,
+    /// Whether `expected` comes from the metadata (then the file's own
+    /// counts must agree with it too).
+    from_metadata: bool,
+    timescaledb: bool,
 }
 
 /// A database the agent created and must drop if it is interrupted, kept in
@@ -57,9 +61,10 @@ struct InProgress {
     backup: String,
 }
 
-/// Authenticates every chunk and the gzip stream, and reads the SQL for row
-/// counts, schemas and TimescaleDB, without touching anything.
-pub async fn scan(app: &App, job: &Job, backup: &BackupRef) -> Result<DumpSummary, Error> {
+/// Authenticates every chunk before anything is touched. With metadata the
+/// decryption alone suffices (the SQL is read during the load); without it
+/// the SQL is read now for the row counts and TimescaleDB.
+pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Plan, Error> {
     let key = app.key()?;
     let file = open_backup(&backup.path)?;
     let size = file
@@ -68,20 +73,37 @@ pub async fn scan(app: &App, job: &Job, backup: &BackupRef) -> Result<DumpSummar
         .len();
     job.reset_bytes(size);
     job.set_stage(format!("authenticating {}", backup.id));
-    let mut reader =
-        BackupReader::start(backup.id.clone(), file, key, true, job.bytes_done.clone());
+    let metadata = app
+        .storage
+        .metadata(backup)
+        .filter(|info| !info.table_rows.is_empty());
+    let mut reader = BackupReader::start(
+        backup.id.clone(),
+        file,
+        key.clone(),
+        metadata.is_none(),
+        job.bytes_done.clone(),
+    );
     let mut dump = DumpReader::default();
-    let mut plain_bytes = 0u64;
     while let Some(block) = reader.blocks.recv().await {
-        plain_bytes += block.len() as u64;
-        dump.feed(&block);
+        if metadata.is_none() {
+            dump.feed(&block);
+        }
     }
     reader.finish().await?;
-    Ok(DumpSummary {
-        table_rows: dump.table_rows,
-        schemas: dump.schemas,
-        timescaledb: dump.timescaledb,
-        plain_bytes,
+    Ok(match metadata {
+        Some(info) => Plan {
+            key,
+            expected: info.table_rows,
+            from_metadata: true,
+            timescaledb: !info.timescaledb_version.is_empty(),
+        },
+        None => Plan {
+            key,
+            expected: dump.table_rows,
+            from_metadata: false,
+            timescaledb: dump.timescaledb,
+        },
     })
 }
 
@@ -96,8 +118,7 @@ pub async fn run(
             "Ignition volume restores are not available in this build yet".into(),
         ));
     }
-    let summary = scan(&app, &job, &backup).await?;
-    let expected = expected_rows(&app, &backup, &summary)?;
+    let plan = authenticate(&app, &job, &backup).await?;
     let server = app.database().await?;
     let mut touched = touched_for(&server, &app);
     let result = async {
@@ -118,7 +139,7 @@ pub async fn run(
         if let Some(touched) = touched.as_mut() {
             stop_writers(&app, &job, touched).await?;
         }
-        restore_database(&app, &job, &server, &backup, &summary, &expected).await
+        restore_database(&app, &job, &server, &backup, &plan).await
     }
     .await;
     let put_back = match touched {
@@ -128,29 +149,6 @@ pub async fn run(
     let message = result?;
     put_back.map_err(|err| Error::Docker(format!("{message}, but {}", err.message())))?;
     Ok(message)
-}
-
-/// Row counts the restored database must have: the backup's metadata when
-/// it has any (and it must agree with the file), else the file's own.
-fn expected_rows(
-    app: &App,
-    backup: &BackupRef,
-    summary: &DumpSummary,
-) -> Result<BTreeMap<String, u64>, Error> {
-    match app.storage.metadata(backup) {
-        Some(info) if !info.table_rows.is_empty() => {
-            let differences = compare_rows(&info.table_rows, &summary.table_rows);
-            if !differences.is_empty() {
-                return Err(Error::Integrity(format!(
-                    "the metadata of {} does not match the backup's contents ({}); the file may have been replaced",
-                    backup.id,
-                    differences.join("; ")
-                )));
-            }
-            Ok(info.table_rows)
-        }
-        _ => Ok(summary.table_rows.clone()),
-    }
 }
 
 fn touched_for(server: &Server, app: &App) -> Option<Touched> {
@@ -196,8 +194,7 @@ async fn restore_database(
     job: &Job,
     server: &Server,
     backup: &BackupRef,
-    summary: &DumpSummary,
-    expected: &BTreeMap<String, u64>,
+    plan: &Plan,
 ) -> Result<String, Error> {
     let live = app.config.database.name.clone();
     let stamp = stamp();
@@ -217,12 +214,12 @@ async fn restore_database(
     )?;
     let loaded = async {
         create_database_like(&admin, &new_db, live_exists.then_some(live.as_str())).await?;
-        load(app, job, server, backup, summary, &new_db).await?;
+        load(job, server, backup, plan, &new_db).await?;
         job.set_stage("comparing row counts with the backup");
         let client = server.connect(&new_db).await?;
         let restored = crate::postgres::table_row_counts(&client).await?;
         drop(client);
-        let differences = compare_rows(expected, &restored);
+        let differences = compare_rows(&plan.expected, &restored);
         if !differences.is_empty() {
             return Err(Error::Integrity(format!(
                 "the restored copy does not match the backup ({}); the live database was not changed",
@@ -277,23 +274,24 @@ async fn restore_database(
 /// Streams the backup's SQL into `database` through psql with
 /// ON_ERROR_STOP, wrapped in TimescaleDB's pre/post restore when needed.
 async fn load(
-    app: &App,
     job: &Job,
     server: &Server,
     backup: &BackupRef,
-    summary: &DumpSummary,
+    plan: &Plan,
     database: &str,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     job.set_stage(format!("restoring {} into '{database}'", backup.id));
-    job.reset_bytes(summary.plain_bytes);
     let file = open_backup(&backup.path)?;
+    job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
     let mut reader = BackupReader::start(
         backup.id.clone(),
         file,
-        app.key()?,
+        plan.key.clone(),
         true,
-        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        job.bytes_done.clone(),
     );
+    let mut dump = DumpReader::default();
+    let mut plain_bytes = 0u64;
     let argv = server.argv(
         "psql",
         &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database],
@@ -306,7 +304,7 @@ async fn load(
     } = spawned;
     let mut stdin = stdin.ok_or_else(|| Error::Failed("psql has no input".into()))?;
     let discard = tokio::spawn(async move { while stdout.recv().await.is_some() {} });
-    let (prefix, suffix) = if summary.timescaledb {
+    let (prefix, suffix) = if plan.timescaledb {
         (
             "CREATE EXTENSION IF NOT EXISTS timescaledb;\nSELECT timescaledb_pre_restore();\n",
             "\nSELECT timescaledb_post_restore();\n",
@@ -319,10 +317,9 @@ async fn load(
         let Some(block) = reader.blocks.recv().await else {
             break;
         };
-        let len = block.len() as u64;
+        dump.feed(&block);
+        plain_bytes += block.len() as u64;
         fed = stdin.write_all(&block).await.is_ok();
-        job.bytes_done
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     }
     if fed {
         fed = stdin.write_all(suffix.as_bytes()).await.is_ok();
@@ -350,7 +347,16 @@ async fn load(
             backup.id
         )));
     }
-    Ok(())
+    if plan.from_metadata {
+        let differences = compare_rows(&plan.expected, &dump.table_rows);
+        if !differences.is_empty() {
+            return Err(Error::Integrity(format!(
+                "row counts differ from the backup's metadata ({}); the metadata file does not belong to this backup",
+                differences.join("; ")
+            )));
+        }
+    }
+    Ok(plain_bytes)
 }
 
 /// Differences between expected and restored row counts, one phrase each.
@@ -718,8 +724,7 @@ pub async fn test_restore(
 }
 
 async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Error> {
-    let summary = scan(app, job, backup).await?;
-    let expected = expected_rows(app, backup, &summary)?;
+    let plan = authenticate(app, job, backup).await?;
     let server = app.database().await?;
     let mut touched = touched_for(&server, app);
     let result = async {
@@ -738,9 +743,10 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
         )?;
         let checked = async {
             create_database_like(&admin, &scratch, None).await?;
-            load(app, job, &server, backup, &summary, &scratch).await?;
+            let plain_bytes = load(job, &server, backup, &plan, &scratch).await?;
             job.set_stage("checking the restored copy");
-            check_restored(app, &server, &scratch, &expected).await
+            let checks = check_restored(app, &server, &scratch, &plan.expected).await?;
+            Ok::<_, Error>(format!("{checks} ({} of SQL)", human_bytes(plain_bytes)))
         }
         .await;
         drop_database(app, &admin, &scratch).await?;
@@ -753,11 +759,7 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
     };
     let message = result?;
     put_back?;
-    Ok(format!(
-        "test restore of {} passed: {message} ({} of SQL)",
-        backup.id,
-        human_bytes(summary.plain_bytes)
-    ))
+    Ok(format!("test restore of {} passed: {message}", backup.id))
 }
 
 /// Row counts, schemas and a probe query on a restored copy.

@@ -54,7 +54,20 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct Key {
     material: Zeroizing<Vec<u8>>,
+    /// Keys derived for files already opened with this key (and its
+    /// clones), so reading a file twice (authenticate, then restore) pays
+    /// for PBKDF2 once.
+    derived: std::sync::Arc<std::sync::Mutex<Vec<CachedDerivation>>>,
 }
+
+struct CachedDerivation {
+    salt: [u8; SALT_LEN],
+    iterations: u32,
+    key: DerivedKey,
+}
+
+/// Derivations kept per key; a restore needs one, a test suite a few.
+const DERIVATION_CACHE: usize = 8;
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +76,7 @@ impl std::fmt::Debug for Key {
 }
 
 /// What PBKDF2 derives from a key and a file's salt.
+#[derive(Clone)]
 pub(crate) struct DerivedKey {
     pub cipher_key: Zeroizing<[u8; 32]>,
     pub key_check: [u8; KEY_CHECK_LEN],
@@ -79,6 +93,7 @@ impl Key {
         }
         Ok(Key {
             material: Zeroizing::new(secret[..end].to_vec()),
+            derived: Default::default(),
         })
     }
 
@@ -187,6 +202,29 @@ impl Key {
     }
 
     pub(crate) fn derive(&self, salt: &[u8; SALT_LEN], iterations: u32) -> DerivedKey {
+        let mut cache = self
+            .derived
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(hit) = cache
+            .iter()
+            .find(|c| c.salt == *salt && c.iterations == iterations)
+        {
+            return hit.key.clone();
+        }
+        let key = self.derive_uncached(salt, iterations);
+        if cache.len() == DERIVATION_CACHE {
+            cache.remove(0);
+        }
+        cache.push(CachedDerivation {
+            salt: *salt,
+            iterations,
+            key: key.clone(),
+        });
+        key
+    }
+
+    fn derive_uncached(&self, salt: &[u8; SALT_LEN], iterations: u32) -> DerivedKey {
         let mut output = Zeroizing::new([0u8; 32 + KEY_CHECK_LEN]);
         openssl::pkcs5::pbkdf2_hmac(
             &self.material,
