@@ -690,8 +690,8 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path() {
-        // The routing decisions come before any state is read, so a request
-        // without an agent behind it is enough.
+        // The handler on an agent context with an empty backup folder; the
+        // server around it is exercised by tests/tests/health_http.rs.
         let (_tmp, app) = test_app();
         let request = Request::builder().uri("/nope").body(()).unwrap();
         let response = handle(app.clone(), request).await;
