@@ -117,6 +117,8 @@ pub struct Schedule {
     /// systemd `OnCalendar=` of the backup timer (or a cron line).
     pub backup: String,
     pub test_restore: String,
+    /// Where the timers' drop-ins go; "" = the agent leaves the timers alone.
+    pub dropin_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -209,6 +211,7 @@ impl Default for Schedule {
         Schedule {
             backup: "*-*-* 00:00:00".into(),
             test_restore: "weekly".into(),
+            dropin_dir: "/etc/systemd/system".into(),
         }
     }
 }

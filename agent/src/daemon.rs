@@ -26,6 +26,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
     }
     repair_containers(&app).await;
+    for problem in crate::schedule::apply(&app.config).await {
+        app.add_problem(problem);
+    }
     if crate::restore::interrupted(&app) {
         // Best effort: the next restore or test restore retries.
         match app.database().await {

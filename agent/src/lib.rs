@@ -19,6 +19,7 @@ pub mod process;
 pub mod recovery;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod state;
 pub mod storage;
 pub mod verify;

@@ -312,9 +312,7 @@ fn split_ident(text: &str) -> Option<(String, &str)> {
         }
         None
     } else {
-        let end = text
-            .find(|c: char| matches!(c, ' ' | ';' | '.' | '('))
-            .unwrap_or(text.len());
+        let end = text.find([' ', ';', '.', '(']).unwrap_or(text.len());
         (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
     }
 }
@@ -330,6 +328,8 @@ pub struct DumpReader {
     /// The table whose COPY data is passing, and its rows so far.
     copying: Option<(String, u64)>,
     pub table_rows: BTreeMap<String, u64>,
+    /// Tables in the order their COPY statements come.
+    pub copy_order: Vec<String>,
     pub schemas: Vec<String>,
     /// The dump creates the `timescaledb` extension.
     pub timescaledb: bool,
@@ -385,6 +385,7 @@ impl DumpReader {
         if let Some(rest) = text.strip_prefix("COPY ") {
             if text.ends_with(" FROM stdin;") {
                 if let Some(name) = qualified_name(rest) {
+                    self.copy_order.push(name.clone());
                     self.copying = Some((name, 0));
                 }
             }
@@ -479,6 +480,10 @@ GRANT mes_owner TO "Line ""Operator""" GRANTED BY admin;
             assert_eq!(reader.table_rows["public.t"], 1);
             assert_eq!(reader.schemas, vec!["mes_core", "Odd \"Name\""]);
             assert!(reader.timescaledb);
+            assert_eq!(
+                reader.copy_order,
+                vec!["mes_core.asset", "Odd \"Name\".Line Name", "public.t"]
+            );
         }
     }
 

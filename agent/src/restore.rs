@@ -114,9 +114,7 @@ pub async fn run(
     options: RestoreOptions,
 ) -> Result<String, Error> {
     if backup.kind == BackupKind::Ignition {
-        return Err(Error::Failed(
-            "Ignition volume restores are not available in this build yet".into(),
-        ));
+        return crate::ignition::restore(app, job, backup, options).await;
     }
     let plan = authenticate(&app, &job, &backup).await?;
     let server = app.database().await?;
@@ -214,11 +212,17 @@ async fn restore_database(
     )?;
     let loaded = async {
         create_database_like(&admin, &new_db, live_exists.then_some(live.as_str())).await?;
-        load(job, server, backup, plan, &new_db).await?;
+        let loaded = load(job, server, backup, plan, &new_db).await?;
         job.set_stage("comparing row counts with the backup");
-        let client = server.connect(&new_db).await?;
-        let restored = crate::postgres::table_row_counts(&client).await?;
-        drop(client);
+        // The server's own count of the rows each COPY stored; a full count
+        // when the output could not be matched to the tables.
+        let restored = match loaded.copied_rows {
+            Some(rows) => rows,
+            None => {
+                let client = server.connect(&new_db).await?;
+                crate::postgres::table_row_counts(&client).await?
+            }
+        };
         let differences = compare_rows(&plan.expected, &restored);
         if !differences.is_empty() {
             return Err(Error::Integrity(format!(
@@ -279,7 +283,7 @@ async fn load(
     backup: &BackupRef,
     plan: &Plan,
     database: &str,
-) -> Result<u64, Error> {
+) -> Result<Loaded, Error> {
     job.set_stage(format!("restoring {} into '{database}'", backup.id));
     let file = open_backup(&backup.path)?;
     job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
@@ -292,10 +296,7 @@ async fn load(
     );
     let mut dump = DumpReader::default();
     let mut plain_bytes = 0u64;
-    let argv = server.argv(
-        "psql",
-        &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database],
-    );
+    let argv = server.argv("psql", &["-X", "-v", "ON_ERROR_STOP=1", "-d", database]);
     let spawned = server.runner.spawn(&argv, &server.env(), true).await?;
     let process::Spawned {
         mut stdout,
@@ -303,7 +304,28 @@ async fn load(
         done,
     } = spawned;
     let mut stdin = stdin.ok_or_else(|| Error::Failed("psql has no input".into()))?;
-    let discard = tokio::spawn(async move { while stdout.recv().await.is_some() {} });
+    // psql reports `COPY <rows>` per COPY it ran; everything else is noise.
+    let copy_reports = tokio::spawn(async move {
+        let mut counts = Vec::new();
+        let mut line = Vec::new();
+        while let Some(block) = stdout.recv().await {
+            for &byte in block.iter() {
+                if byte == b'\n' {
+                    if let Some(rows) = line.strip_prefix(b"COPY ") {
+                        counts.extend(
+                            std::str::from_utf8(rows)
+                                .ok()
+                                .and_then(|r| r.parse::<u64>().ok()),
+                        );
+                    }
+                    line.clear();
+                } else if line.len() < 64 {
+                    line.push(byte);
+                }
+            }
+        }
+        counts
+    });
     let (prefix, suffix) = if plan.timescaledb {
         (
             "CREATE EXTENSION IF NOT EXISTS timescaledb;\nSELECT timescaledb_pre_restore();\n",
@@ -333,7 +355,7 @@ async fn load(
         Ok(())
     };
     let outcome = process::join(done).await?;
-    let _ = discard.await;
+    let copy_reports = copy_reports.await.unwrap_or_default();
     outcome.check(|detail| {
         Error::Database(format!(
             "psql stopped restoring {} into '{database}': {detail}",
@@ -356,7 +378,20 @@ async fn load(
             )));
         }
     }
-    Ok(plain_bytes)
+    let copied_rows = (copy_reports.len() == dump.copy_order.len())
+        .then(|| dump.copy_order.iter().cloned().zip(copy_reports).collect());
+    Ok(Loaded {
+        plain_bytes,
+        copied_rows,
+    })
+}
+
+/// What a load did.
+struct Loaded {
+    plain_bytes: u64,
+    /// Rows stored per table, as the server reported each COPY; None when
+    /// the reports could not be matched to the dump's COPY statements.
+    copied_rows: Option<BTreeMap<String, u64>>,
 }
 
 /// Differences between expected and restored row counts, one phrase each.
@@ -743,7 +778,9 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
         )?;
         let checked = async {
             create_database_like(&admin, &scratch, None).await?;
-            let plain_bytes = load(job, &server, backup, &plan, &scratch).await?;
+            let plain_bytes = load(job, &server, backup, &plan, &scratch)
+                .await?
+                .plain_bytes;
             job.set_stage("checking the restored copy");
             let checks = check_restored(app, &server, &scratch, &plan.expected).await?;
             Ok::<_, Error>(format!("{checks} ({} of SQL)", human_bytes(plain_bytes)))

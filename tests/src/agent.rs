@@ -226,7 +226,8 @@ impl AgentConfig {
             .set("backup.min_free_bytes", 1024 * 1024)
             .set("health.listen", "")
             .set("health.max_backup_age_hours", 26)
-            .set("health.max_test_restore_age_hours", 192);
+            .set("health.max_test_restore_age_hours", 192)
+            .set("schedule.dropin_dir", path_str(&root.join("systemd")));
         config
     }
 
