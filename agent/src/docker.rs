@@ -221,3 +221,193 @@ pub fn unreachable(err: BollardError) -> Error {
         )),
     }
 }
+
+/// A container that mounts a volume, as [`Docker::containers_using_volume`]
+/// lists it.
+#[derive(Debug, Clone)]
+pub struct VolumeUser {
+    pub name: String,
+    pub running: bool,
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+// Volumes, images and short-lived helper containers (the Ignition volume's
+// snapshots and restores).
+impl Docker {
+    /// Whether the volume `name` exists.
+    pub async fn volume_exists(&self, name: &str) -> Result<bool, Error> {
+        match self.api.inspect_volume(name).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(err) => Err(unreachable(err)),
+        }
+    }
+
+    /// Whether the image `image` (name or id) is on this host.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
+        match self.api.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(err) => Err(unreachable(err)),
+        }
+    }
+
+    /// Every container, running or not, that mounts `volume`.
+    pub async fn containers_using_volume(&self, volume: &str) -> Result<Vec<VolumeUser>, Error> {
+        self.list_containers("volume", volume).await
+    }
+
+    /// Every container, running or not, labelled `label` (`key` or `key=value`).
+    pub async fn containers_with_label(&self, label: &str) -> Result<Vec<VolumeUser>, Error> {
+        self.list_containers("label", label).await
+    }
+
+    async fn list_containers(&self, filter: &str, value: &str) -> Result<Vec<VolumeUser>, Error> {
+        let options = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some([(filter.to_owned(), vec![value.to_owned()])].into()),
+            ..Default::default()
+        };
+        let list = self
+            .api
+            .list_containers(Some(options))
+            .await
+            .map_err(unreachable)?;
+        Ok(list
+            .into_iter()
+            .map(|summary| VolumeUser {
+                name: summary
+                    .names
+                    .and_then(|names| names.into_iter().next())
+                    .map(|name| name.trim_start_matches('/').to_owned())
+                    .or(summary.id)
+                    .unwrap_or_default(),
+                running: matches!(
+                    summary.state,
+                    Some(
+                        bollard::models::ContainerSummaryStateEnum::RUNNING
+                            | bollard::models::ContainerSummaryStateEnum::RESTARTING
+                            | bollard::models::ContainerSummaryStateEnum::PAUSED
+                    )
+                ),
+                labels: summary.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Creates (does not start) the container `name`; returns its id.
+    pub async fn create_container(
+        &self,
+        name: &str,
+        config: bollard::models::ContainerCreateBody,
+    ) -> Result<String, Error> {
+        let options = bollard::query_parameters::CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = self
+            .api
+            .create_container(Some(options), config)
+            .await
+            .map_err(|err| container_error(name, err))?;
+        Ok(created.id)
+    }
+
+    /// Removes `container` whatever its state, with its anonymous volumes;
+    /// one that is already gone is fine.
+    pub async fn remove_container(&self, container: &str) -> Result<(), Error> {
+        // `v`: anonymous volumes the image declares go too (named ones stay).
+        let options = bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.api.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(err) => Err(container_error(container, err)),
+        }
+    }
+
+    /// `path` in `container` as a tar stream (the archive API; works on a
+    /// container that was never started).
+    pub fn download(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        let options = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_owned(),
+        };
+        let container = container.to_owned();
+        self.api
+            .download_from_container(&container, Some(options))
+            .map(move |block| block.map_err(|err| container_error(&container, err)))
+    }
+
+    /// Extracts the tar stream `tar` into `path` in `container` (the archive
+    /// API, as root, keeping the archive's owners, modes and times). An
+    /// error item in the stream aborts the request.
+    pub async fn upload(
+        &self,
+        container: &str,
+        path: &str,
+        tar: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<(), Error> {
+        let options = bollard::query_parameters::UploadToContainerOptions {
+            path: path.to_owned(),
+            no_overwrite_dir_non_dir: Some("true".into()),
+            copy_uidgid: None,
+        };
+        self.api
+            .upload_to_container(container, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(|err| container_error(container, err))
+    }
+
+    /// Starts a created `container`, waits for it to exit and returns its
+    /// exit code with the tail of its output (stdout and stderr).
+    pub async fn run_to_exit(&self, container: &str) -> Result<Outcome, Error> {
+        self.api
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+            .map_err(|err| container_error(container, err))?;
+        let mut exit_code = None;
+        let mut wait = self.api.wait_container(
+            container,
+            Some(bollard::query_parameters::WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        while let Some(next) = wait.next().await {
+            match next {
+                Ok(response) => exit_code = Some(response.status_code),
+                Err(BollardError::DockerContainerWaitError { code, .. }) => exit_code = Some(code),
+                Err(err) => return Err(container_error(container, err)),
+            }
+        }
+        let mut output = StderrTail::default();
+        let mut logs = self.api.logs(
+            container,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "all".into(),
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(frame)) = logs.next().await {
+            output.push(&frame.into_bytes());
+        }
+        Ok(Outcome {
+            exit_code: exit_code.unwrap_or(-1),
+            stderr: output.into_string(),
+        })
+    }
+}
