@@ -14,14 +14,11 @@ use crate::ignition;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupWriter;
 use crate::postgres::{self, DumpReader, Server};
-use crate::process::{self, Runner};
-use crate::recovery::Touched;
+use crate::process;
+use crate::recovery::put_back_after;
 use crate::retention;
 use crate::state::FailureRecord;
 use crate::storage::{Storage, human_bytes};
-
-/// How long a database server started for a job may take to accept connections.
-const SERVER_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Runs a `Backup` job.
 pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<String, Error> {
@@ -172,37 +169,16 @@ pub async fn database(
     }
     check_space(app, BackupKind::Database)?;
     let server = app.database().await?;
-    let mut touched = match &server.runner {
-        Runner::Container { docker, .. } => Some(Touched::new(docker.clone(), app.journal.clone())),
-        Runner::Host => None,
-    };
+    let mut touched = server.touched(&app.journal);
     let result = async {
-        if let (Some(touched), Runner::Container { container, .. }) =
-            (touched.as_mut(), &server.runner)
-        {
-            if !touched.ensure_running(container).await? {
-                job.set_stage("waiting for the database server to start");
-                server
-                    .wait_ready(&app.config.database.name, SERVER_START_TIMEOUT)
-                    .await?;
-            }
-        }
+        server.ensure_up(job, touched.as_mut()).await?;
         dump(app, job, &server, key, point, tag).await
     }
     .await;
-    let put_back = match touched {
-        Some(touched) => touched.restore().await,
-        None => Ok(()),
-    };
-    let info = result?;
-    put_back.map_err(|err| {
-        Error::Docker(format!(
-            "backup {} was saved, but {}",
-            info.id,
-            err.message()
-        ))
-    })?;
-    Ok(info)
+    put_back_after(touched, result, |info| {
+        format!("backup {} was saved", info.id)
+    })
+    .await
 }
 
 async fn dump(

@@ -10,7 +10,14 @@ use mesbak_interface::Error;
 use tokio_postgres::NoTls;
 
 use crate::config::Config;
+use crate::jobs::Job;
 use crate::process::Runner;
+use crate::recovery::{Journal, Touched};
+
+/// The database every server has, to manage the others from.
+pub const MAINTENANCE_DB: &str = "postgres";
+/// How long a server started for a job may take to accept connections.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How to reach the database server, for programs and for SQL.
 #[derive(Clone)]
@@ -107,6 +114,29 @@ impl Server {
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
+    }
+
+    /// Follows the changes a job makes to the database's container (none
+    /// when the server runs on the host).
+    pub fn touched(&self, journal: &Journal) -> Option<Touched> {
+        match &self.runner {
+            Runner::Container { docker, .. } => Some(Touched::new(docker.clone(), journal.clone())),
+            Runner::Host => None,
+        }
+    }
+
+    /// Starts the database container if it is stopped (recorded in
+    /// `touched`, so it is stopped again at the end) and then waits until
+    /// the server answers.
+    pub async fn ensure_up(&self, job: &Job, touched: Option<&mut Touched>) -> Result<(), Error> {
+        if let (Some(touched), Runner::Container { container, .. }) = (touched, &self.runner) {
+            if !touched.ensure_running(container).await? {
+                job.set_stage("waiting for the database server to start");
+                self.wait_ready(MAINTENANCE_DB, SERVER_START_TIMEOUT)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens the agent's own SQL connection to `database`.

@@ -123,6 +123,30 @@ async fn put_back(docker: &Docker, change: &ContainerChange) -> Result<(), Error
     }
 }
 
+/// Puts back what `touched` changed once a job's work ended with `result`.
+/// The work's own error comes first; when the work succeeded but a
+/// container could not be put back, the error says both (`done` describes
+/// what succeeded).
+pub async fn put_back_after<T>(
+    touched: Option<Touched>,
+    result: Result<T, Error>,
+    done: impl FnOnce(&T) -> String,
+) -> Result<T, Error> {
+    let put_back = match touched {
+        Some(touched) => touched.restore().await,
+        None => Ok(()),
+    };
+    let value = result?;
+    match put_back {
+        Ok(()) => Ok(value),
+        Err(err) => Err(Error::Docker(format!(
+            "{}, but {}",
+            done(&value),
+            err.message()
+        ))),
+    }
+}
+
 /// The containers one job changed, to be put back with [`Touched::restore`].
 pub struct Touched {
     docker: Docker,

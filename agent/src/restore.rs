@@ -22,15 +22,13 @@ use crate::app::App;
 use crate::backup;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupReader;
-use crate::postgres::{DumpReader, Server, quote_ident, quote_literal, sql_error_text};
-use crate::process::{self, Runner};
-use crate::recovery::Touched;
+use crate::postgres::{
+    DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_literal, sql_error_text,
+};
+use crate::process;
+use crate::recovery::{Touched, put_back_after};
 use crate::state::{PreviousDatabase, TestRestoreRecord};
 use crate::storage::{BackupRef, Storage, human_bytes, open_backup};
-
-/// The database every other one is managed from.
-const MAINTENANCE_DB: &str = "postgres";
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A dated suffix for database names: `20261124_143000`.
 fn stamp() -> String {
@@ -118,9 +116,9 @@ pub async fn run(
     }
     let plan = authenticate(&app, &job, &backup).await?;
     let server = app.database().await?;
-    let mut touched = touched_for(&server, &app);
+    let mut touched = server.touched(&app.journal);
     let result = async {
-        ensure_server(&job, &server, touched.as_mut()).await?;
+        server.ensure_up(&job, touched.as_mut()).await?;
         recover(&app, &server).await?;
         if options.skip_safety_backup != Some(true) {
             job.set_stage("taking a safety backup of the current database");
@@ -140,37 +138,7 @@ pub async fn run(
         restore_database(&app, &job, &server, &backup, &plan).await
     }
     .await;
-    let put_back = match touched {
-        Some(touched) => touched.restore().await,
-        None => Ok(()),
-    };
-    let message = result?;
-    put_back.map_err(|err| Error::Docker(format!("{message}, but {}", err.message())))?;
-    Ok(message)
-}
-
-fn touched_for(server: &Server, app: &App) -> Option<Touched> {
-    match &server.runner {
-        Runner::Container { docker, .. } => Some(Touched::new(docker.clone(), app.journal.clone())),
-        Runner::Host => None,
-    }
-}
-
-/// Starts the database container if it is stopped (it is stopped again at
-/// the end) and waits for the server.
-async fn ensure_server(
-    job: &Job,
-    server: &Server,
-    touched: Option<&mut Touched>,
-) -> Result<(), Error> {
-    if let (Some(touched), Runner::Container { container, .. }) = (touched, &server.runner) {
-        if !touched.ensure_running(container).await? {
-            job.set_stage("waiting for the database server to start");
-        }
-    }
-    server
-        .wait_ready(MAINTENANCE_DB, SERVER_START_TIMEOUT)
-        .await
+    put_back_after(touched, result, String::clone).await
 }
 
 /// Stops the configured writers; a writer that does not exist is noted.
@@ -634,9 +602,9 @@ pub async fn rollback(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
         Error::NotFound("there is no database kept from a restore to roll back to".into())
     })?;
     let server = app.database().await?;
-    let mut touched = touched_for(&server, &app);
+    let mut touched = server.touched(&app.journal);
     let result = async {
-        ensure_server(&job, &server, touched.as_mut()).await?;
+        server.ensure_up(&job, touched.as_mut()).await?;
         let admin = server.connect(MAINTENANCE_DB).await?;
         if !database_exists_sql(&admin, &previous.name).await? {
             return Err(Error::NotFound(format!(
@@ -671,13 +639,7 @@ pub async fn rollback(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
         ))
     }
     .await;
-    let put_back = match touched {
-        Some(touched) => touched.restore().await,
-        None => Ok(()),
-    };
-    let message = result?;
-    put_back.map_err(|err| Error::Docker(format!("{message}, but {}", err.message())))?;
-    Ok(message)
+    put_back_after(touched, result, String::clone).await
 }
 
 /// Drops the database the last restore kept.
@@ -686,9 +648,9 @@ pub async fn drop_previous(app: Arc<App>, job: Arc<Job>) -> Result<String, Error
         Error::NotFound("there is no database kept from a restore to drop".into())
     })?;
     let server = app.database().await?;
-    let mut touched = touched_for(&server, &app);
+    let mut touched = server.touched(&app.journal);
     let result = async {
-        ensure_server(&job, &server, touched.as_mut()).await?;
+        server.ensure_up(&job, touched.as_mut()).await?;
         job.set_stage(format!("dropping '{}'", previous.name));
         let admin = server.connect(MAINTENANCE_DB).await?;
         admin
@@ -702,13 +664,7 @@ pub async fn drop_previous(app: Arc<App>, job: Arc<Job>) -> Result<String, Error
         Ok::<_, Error>(format!("dropped the kept database '{}'", previous.name))
     }
     .await;
-    let put_back = match touched {
-        Some(touched) => touched.restore().await,
-        None => Ok(()),
-    };
-    let message = result?;
-    put_back?;
-    Ok(message)
+    put_back_after(touched, result, String::clone).await
 }
 
 /// The backup a test restore uses: the one named, else the newest database backup.
@@ -761,9 +717,9 @@ pub async fn test_restore(
 async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Error> {
     let plan = authenticate(app, job, backup).await?;
     let server = app.database().await?;
-    let mut touched = touched_for(&server, app);
+    let mut touched = server.touched(&app.journal);
     let result = async {
-        ensure_server(job, &server, touched.as_mut()).await?;
+        server.ensure_up(&job, touched.as_mut()).await?;
         recover(app, &server).await?;
         let scratch = format!("{}_testrestore_{}", app.config.database.name, stamp());
         let admin = server.connect(MAINTENANCE_DB).await?;
@@ -790,12 +746,10 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
         checked
     }
     .await;
-    let put_back = match touched {
-        Some(touched) => touched.restore().await,
-        None => Ok(()),
-    };
-    let message = result?;
-    put_back?;
+    let message = put_back_after(touched, result, |message| {
+        format!("the test restore passed ({message})")
+    })
+    .await?;
     Ok(format!("test restore of {} passed: {message}", backup.id))
 }
 
