@@ -592,6 +592,11 @@ fn agent_config_writes_a_complete_private_setup() {
         written["encryption"]["key_file"].as_str(),
         config.key_file().to_str()
     );
+    // Timer drop-ins go into the test folder, never /etc/systemd/system.
+    assert_eq!(
+        written["schedule"]["dropin_dir"].as_str(),
+        config.dir().join("systemd").to_str()
+    );
     let keys: Vec<&String> = written.keys().collect();
     assert_eq!(
         keys,
@@ -604,6 +609,7 @@ fn agent_config_writes_a_complete_private_setup() {
             "ignition",
             "restore",
             "retention",
+            "schedule",
             "state_dir"
         ]
     );
