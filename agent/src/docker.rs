@@ -236,24 +236,12 @@ pub struct VolumeUser {
 impl Docker {
     /// Whether the volume `name` exists.
     pub async fn volume_exists(&self, name: &str) -> Result<bool, Error> {
-        match self.api.inspect_volume(name).await {
-            Ok(_) => Ok(true),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(err) => Err(unreachable(err)),
-        }
+        found(self.api.inspect_volume(name).await)
     }
 
     /// Whether the image `image` (name or id) is on this host.
     pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
-        match self.api.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(err) => Err(unreachable(err)),
-        }
+        found(self.api.inspect_image(image).await)
     }
 
     /// Every container, running or not, that mounts `volume`.
@@ -409,5 +397,16 @@ impl Docker {
             exit_code: exit_code.unwrap_or(-1),
             stderr: output.into_string(),
         })
+    }
+}
+
+/// An inspection's answer as "exists": 404 is "no", other errors are errors.
+fn found<T>(inspected: Result<T, BollardError>) -> Result<bool, Error> {
+    match inspected {
+        Ok(_) => Ok(true),
+        Err(BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(err) => Err(unreachable(err)),
     }
 }

@@ -36,6 +36,7 @@
 //! daemon calls it).
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -464,6 +465,34 @@ impl Copy<'_> {
             app.config.backup.compression_level,
             job.bytes_done.clone(),
         );
+        let (to_writer, mut relayed) = mpsc::channel::<Bytes>(4);
+        let feeder = tokio::spawn(async move {
+            let mut writer_ok = true;
+            while let Some(block) = relayed.recv().await {
+                if !writer.write(block).await {
+                    writer_ok = false;
+                    break;
+                }
+            }
+            drop(relayed);
+            (writer_ok, writer.finish().await)
+        });
+        // What the spool may take: the space left after the floor and a
+        // backup the size of the last one.
+        let spool_limit = app
+            .storage
+            .free_bytes()
+            .unwrap_or(0)
+            .saturating_sub(app.config.backup.min_free_bytes)
+            .saturating_sub(previous.as_ref().map_or(0, |p| p.size_bytes));
+        let spool = match Spool::create(&app.storage.dir(BackupKind::Ignition)) {
+            Ok(spool) => Some(spool),
+            Err(err) => {
+                tracing::warn!(error = %err, "no spool for the volume copy; the gateway waits for compression");
+                None
+            }
+        };
+        let relay = Relay::start(spool, spool_limit, to_writer);
 
         let down_since = Instant::now();
         let stopped = match touched.as_deref_mut() {
@@ -475,7 +504,7 @@ impl Copy<'_> {
         let mut stream = Box::pin(self.docker.download(self.helper, &format!("{MOUNT}/.")));
         let mut block = BytesMut::with_capacity(BLOCK);
         let mut failed = None;
-        let mut writer_ok = true;
+        let mut relay_ok = true;
         while let Some(item) = stream.next().await {
             let data = match item {
                 Ok(data) => data,
@@ -495,16 +524,16 @@ impl Copy<'_> {
             }
             block.extend_from_slice(&data);
             if block.len() >= BLOCK {
-                writer_ok = writer.write(block.split().freeze()).await;
-                if !writer_ok {
+                relay_ok = relay.send(block.split().freeze()).await;
+                if !relay_ok {
                     break;
                 }
             }
         }
         drop(stream);
-        if failed.is_none() && writer_ok {
+        if failed.is_none() && relay_ok {
             if !block.is_empty() {
-                writer_ok = writer.write(block.freeze()).await;
+                relay_ok = relay.send(block.freeze()).await;
             }
             if !walker.complete() {
                 failed = Some(Error::Docker(format!(
@@ -513,7 +542,8 @@ impl Copy<'_> {
             }
         }
 
-        // The data is read: the gateways need not wait for compression.
+        // Docker has sent the last byte: the gateways need not wait for
+        // compression.
         let restart_failures = match touched {
             Some(touched) => start_gateways(touched, &stopped).await,
             None => Vec::new(),
@@ -523,21 +553,37 @@ impl Copy<'_> {
         } else {
             down_since.elapsed().as_millis() as u64
         };
-        if !stopped.is_empty() && failed.is_none() && writer_ok {
+        if !stopped.is_empty() && failed.is_none() && relay_ok {
             job.set_stage(format!(
-                "{} running again after {:.1} s; finishing {}",
+                "{} running again after {:.1} s; compressing the rest of {}",
                 quoted(&stopped),
                 downtime_ms as f64 / 1000.0,
                 pending.id
             ));
         }
 
+        let spooled = if failed.is_none() {
+            relay.finish().await
+        } else {
+            relay.abort();
+            Ok(0)
+        };
+        let (writer_ok, written) = feeder
+            .await
+            .map_err(|err| Error::Failed(format!("internal error in the backup writer: {err}")))?;
         // A writer failure (disk full) explains a broken stream best.
-        let written = writer.finish().await;
-        let written = match (failed, written) {
+        let (written, spooled) = match (failed, written) {
             (_, Err(err)) if !writer_ok => return Err(err),
             (Some(err), _) => return Err(err),
-            (None, written) => written?,
+            (None, written) => {
+                let spooled = spooled?;
+                if !relay_ok {
+                    return Err(Error::Failed(format!(
+                        "the copy of volume '{volume}' stopped before its end; retry the backup"
+                    )));
+                }
+                (written?, spooled)
+            }
         };
         warnings.extend(size_change_warning(previous.as_ref(), written.size));
         for warning in &warnings {
@@ -571,6 +617,7 @@ impl Copy<'_> {
             bytes = info.size_bytes,
             plain_bytes = written.plain_bytes,
             entries = walker.entries,
+            spooled_bytes = spooled,
             duration_ms,
             downtime_ms,
             sha256 = %info.sha256,
@@ -1112,6 +1159,217 @@ rmdir -- "$S" || exit 23
 rm -rf -- "$O" || { echo "the previous files could not all be deleted from $O" >&2; exit 25; }
 "#;
 
+/// Carries the tar stream to the compressor without holding the copy back:
+/// when compression falls behind, blocks wait in a [`Spool`], so the
+/// gateways restart when Docker has sent the last byte rather than when the
+/// compressor has taken it. The spool grows to `limit` bytes at most; beyond
+/// that (or without a spool) the copy waits for the compressor.
+struct Relay {
+    input: mpsc::Sender<Bytes>,
+    worker: tokio::task::JoinHandle<Result<u64, Error>>,
+}
+
+impl Relay {
+    fn start(spool: Option<Spool>, limit: u64, output: mpsc::Sender<Bytes>) -> Relay {
+        let (input, receiver) = mpsc::channel(4);
+        let worker = tokio::spawn(relay(receiver, output, spool, limit));
+        Relay { input, worker }
+    }
+
+    /// Hands a block on; false when the relay stopped (see `finish`).
+    async fn send(&self, block: Bytes) -> bool {
+        self.input.send(block).await.is_ok()
+    }
+
+    /// Waits until every block is handed to the compressor; returns how
+    /// many bytes went through the spool.
+    async fn finish(self) -> Result<u64, Error> {
+        drop(self.input);
+        self.worker
+            .await
+            .map_err(|err| Error::Failed(format!("internal error in the copy relay: {err}")))?
+    }
+
+    fn abort(self) {
+        self.worker.abort();
+    }
+}
+
+async fn relay(
+    mut input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<Bytes>,
+    mut spool: Option<Spool>,
+    limit: u64,
+) -> Result<u64, Error> {
+    let compressor_gone =
+        || Error::Failed("the compressor stopped taking the volume's data".into());
+    let spool_error = |err: io::Error| {
+        Error::Failed(format!(
+            "cannot read back the spooled copy of the volume: {err}"
+        ))
+    };
+    let mut spooled_total = 0u64;
+    // A block that must wait until the spool is empty (spool full or broken).
+    let mut held: Option<Bytes> = None;
+    let mut broken = false;
+    let mut input_open = true;
+    loop {
+        let waiting = spool.as_ref().map_or(0, Spool::len);
+        if waiting == 0 {
+            if let Some(block) = held.take() {
+                output.send(block).await.map_err(|_| compressor_gone())?;
+                continue;
+            }
+            if !input_open {
+                return Ok(spooled_total);
+            }
+        }
+        let room = !broken && waiting < limit && spool.is_some();
+        let take = input_open && held.is_none() && (waiting == 0 || room);
+        tokio::select! {
+            // While Docker still sends, the spool is drained only when it is
+            // full: the compressor's threads then leave the CPU to the copy.
+            permit = output.reserve(), if waiting > 0 && (!input_open || !room) => {
+                let permit = permit.map_err(|_| compressor_gone())?;
+                if let Some(spool) = spool.as_mut() {
+                    permit.send(spool.pop(BLOCK).await.map_err(spool_error)?);
+                }
+            }
+            next = input.recv(), if take => {
+                let Some(block) = next else {
+                    input_open = false;
+                    continue;
+                };
+                let block = if waiting == 0 {
+                    match output.try_send(block) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Full(block)) => block,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(compressor_gone()),
+                    }
+                } else {
+                    block
+                };
+                match spool.as_mut() {
+                    Some(spool) if room => match spool.push(&block).await {
+                        Ok(()) => spooled_total += block.len() as u64,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "the spool of the volume copy failed; the gateway waits for compression");
+                            broken = true;
+                            held = Some(block);
+                        }
+                    },
+                    _ => held = Some(block),
+                }
+            }
+            else => {
+                return Err(Error::Failed("internal error: the copy relay stalled".into()));
+            }
+        }
+    }
+}
+
+/// A first-in first-out byte queue in a file of the backup folder, unlinked
+/// as soon as it is open (nothing is left after a crash) and encrypted with
+/// a key that only lives in memory: the volume's plain files never rest on
+/// the backup disk.
+struct Spool {
+    file: Arc<std::fs::File>,
+    key: [u8; 32],
+    seal: openssl::symm::Crypter,
+    open: openssl::symm::Crypter,
+    write_at: u64,
+    read_at: u64,
+}
+
+impl Spool {
+    fn create(dir: &std::path::Path) -> io::Result<Spool> {
+        let mut key = [0u8; 32];
+        openssl::rand::rand_bytes(&mut key).map_err(io::Error::other)?;
+        let mut name = [0u8; 6];
+        openssl::rand::rand_bytes(&mut name).map_err(io::Error::other)?;
+        let path = dir.join(format!(".spool-{}.partial", hex::encode(name)));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path);
+        let _ = std::fs::remove_file(&path);
+        let (seal, open) = Spool::crypters(&key)?;
+        Ok(Spool {
+            file: Arc::new(file?),
+            key,
+            seal,
+            open,
+            write_at: 0,
+            read_at: 0,
+        })
+    }
+
+    /// A fresh AES-256-CTR stream for writing and its twin for reading.
+    fn crypters(key: &[u8; 32]) -> io::Result<(openssl::symm::Crypter, openssl::symm::Crypter)> {
+        use openssl::symm::{Cipher, Crypter, Mode};
+        let mut iv = [0u8; 16];
+        openssl::rand::rand_bytes(&mut iv).map_err(io::Error::other)?;
+        let seal = Crypter::new(Cipher::aes_256_ctr(), Mode::Encrypt, key, Some(&iv))
+            .map_err(io::Error::other)?;
+        let open = Crypter::new(Cipher::aes_256_ctr(), Mode::Decrypt, key, Some(&iv))
+            .map_err(io::Error::other)?;
+        Ok((seal, open))
+    }
+
+    /// Bytes waiting.
+    fn len(&self) -> u64 {
+        self.write_at - self.read_at
+    }
+
+    async fn push(&mut self, block: &[u8]) -> io::Result<()> {
+        let mut sealed = vec![0u8; block.len() + 16];
+        let n = self
+            .seal
+            .update(block, &mut sealed)
+            .map_err(io::Error::other)?;
+        sealed.truncate(n);
+        let file = self.file.clone();
+        let at = self.write_at;
+        tokio::task::spawn_blocking(move || {
+            std::os::unix::fs::FileExt::write_all_at(&*file, &sealed, at)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.write_at += n as u64;
+        Ok(())
+    }
+
+    /// Takes up to `max` of the oldest bytes; an emptied spool starts over.
+    async fn pop(&mut self, max: usize) -> io::Result<Bytes> {
+        let n = (max as u64).min(self.len()) as usize;
+        let file = self.file.clone();
+        let at = self.read_at;
+        let sealed = tokio::task::spawn_blocking(move || {
+            let mut sealed = vec![0u8; n];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut sealed, at).map(|()| sealed)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut plain = vec![0u8; n + 16];
+        let got = self
+            .open
+            .update(&sealed, &mut plain)
+            .map_err(io::Error::other)?;
+        plain.truncate(got);
+        self.read_at += n as u64;
+        if self.len() == 0 {
+            self.file.set_len(0)?;
+            self.write_at = 0;
+            self.read_at = 0;
+            (self.seal, self.open) = Spool::crypters(&self.key)?;
+        }
+        Ok(Bytes::from(plain))
+    }
+}
+
 /// Owner, mode and time of the archive's root entry (`./`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootAttrs {
@@ -1525,6 +1783,69 @@ mod tests {
             Some(0)
         );
         assert_eq!(parse_stat("mkdir: can't create"), None);
+    }
+
+    /// Sends `blocks` through a relay to a consumer that sleeps `pause`
+    /// per block; returns what came out and the bytes spooled.
+    async fn relayed(blocks: &[Bytes], limit: u64, pause: u64) -> (Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_consumer, mut from_relay) = mpsc::channel::<Bytes>(2);
+        let consumer = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(block) = from_relay.recv().await {
+                out.extend_from_slice(&block);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            out
+        });
+        let relay = Relay::start(Some(Spool::create(dir.path()).unwrap()), limit, to_consumer);
+        for block in blocks {
+            assert!(relay.send(block.clone()).await);
+        }
+        let spooled = relay.finish().await.unwrap();
+        // The spool file was unlinked at once.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        (consumer.await.unwrap(), spooled)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_relay_keeps_order_through_the_spool() {
+        let blocks: Vec<Bytes> = (0..200u32)
+            .map(|i| {
+                let size = 1 + (i as usize * 7919) % 70_000;
+                Bytes::from(
+                    (0..size)
+                        .map(|j| (i as usize * 31 + j) as u8)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let expected: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        // A slow consumer: most of it goes through the spool.
+        let (out, spooled) = relayed(&blocks, u64::MAX, 1).await;
+        assert!(out == expected, "the bytes differ");
+        assert!(spooled > expected.len() as u64 / 2, "{spooled}");
+        // A spool that fills up: the rest waits for the consumer.
+        let (out, spooled) = relayed(&blocks, 300_000, 1).await;
+        assert!(out == expected, "the bytes differ with a full spool");
+        assert!(spooled > 0);
+        // No spool room at all: plain back-pressure.
+        let (out, spooled) = relayed(&blocks, 0, 0).await;
+        assert!(out == expected);
+        assert_eq!(spooled, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_spool_holds_no_plain_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::create(dir.path()).unwrap();
+        let plain = b"Motor 1 setpoint 42 ".repeat(1000);
+        spool.push(&plain).await.unwrap();
+        let mut on_disk = vec![0u8; plain.len()];
+        std::os::unix::fs::FileExt::read_exact_at(&*spool.file, &mut on_disk, 0).unwrap();
+        assert!(!on_disk.windows(8).any(|w| w == b"Motor 1 "));
+        assert_eq!(spool.pop(usize::MAX).await.unwrap(), Bytes::from(plain));
+        assert_eq!(spool.len(), 0);
     }
 
     #[test]
