@@ -366,20 +366,7 @@ impl Docker {
             .start_container(container, None::<StartContainerOptions>)
             .await
             .map_err(|err| container_error(container, err))?;
-        let mut exit_code = None;
-        let mut wait = self.api.wait_container(
-            container,
-            Some(bollard::query_parameters::WaitContainerOptions {
-                condition: "not-running".into(),
-            }),
-        );
-        while let Some(next) = wait.next().await {
-            match next {
-                Ok(response) => exit_code = Some(response.status_code),
-                Err(BollardError::DockerContainerWaitError { code, .. }) => exit_code = Some(code),
-                Err(err) => return Err(container_error(container, err)),
-            }
-        }
+        let exit_code = self.wait_exit(container).await?;
         let mut output = StderrTail::default();
         let mut logs = self.api.logs(
             container,
@@ -394,9 +381,28 @@ impl Docker {
             output.push(&frame.into_bytes());
         }
         Ok(Outcome {
-            exit_code: exit_code.unwrap_or(-1),
+            exit_code,
             stderr: output.into_string(),
         })
+    }
+
+    /// Waits until `container` does not run; its exit code (-1 if unknown).
+    pub async fn wait_exit(&self, container: &str) -> Result<i64, Error> {
+        let mut exit_code = -1;
+        let mut wait = self.api.wait_container(
+            container,
+            Some(bollard::query_parameters::WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        while let Some(next) = wait.next().await {
+            match next {
+                Ok(response) => exit_code = response.status_code,
+                Err(BollardError::DockerContainerWaitError { code, .. }) => exit_code = code,
+                Err(err) => return Err(container_error(container, err)),
+            }
+        }
+        Ok(exit_code)
     }
 }
 

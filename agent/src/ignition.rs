@@ -54,7 +54,7 @@ use crate::docker::Docker;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::{BackupReader, BackupWriter};
 use crate::process::{Outcome, last_lines};
-use crate::recovery::Touched;
+use crate::recovery::{Touched, put_back_after};
 use crate::storage::{BackupRef, Storage, open_backup};
 use crate::verify;
 
@@ -66,6 +66,8 @@ const HELPER_LABEL: &str = "org.mesbak.helper";
 const BLOCK: usize = 256 * 1024;
 /// The record of a restore in progress, in the state folder.
 const RECORD: &str = "ignition-restore.json";
+/// How long recovery waits for a helper that still runs.
+const HELPER_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 /// Largest extended tar header (PAX, GNU long name) the stream may carry.
 const MAX_EXTENDED_HEADER: u64 = 1 << 20;
 
@@ -84,10 +86,10 @@ struct Source {
 pub async fn backup(app: &App, job: &Job, point: &str) -> Result<BackupInfo, Error> {
     let key = output_ready(app)?;
     let docker = app.docker().await?;
+    let source = settle(app, &docker).await?;
     for warning in recover_with(app, &docker).await {
         job.warn(warning);
     }
-    let source = settle(app, &docker).await?;
     let warnings: Vec<String> = source
         .others_running
         .iter()
@@ -111,16 +113,10 @@ pub async fn backup(app: &App, job: &Job, point: &str) -> Result<BackupInfo, Err
         .snapshot(key, point, None, Some(&mut touched), warnings)
         .await;
     remove_helper(&docker, &helper).await;
-    let put_back = touched.restore().await;
-    let info = result?;
-    put_back.map_err(|err| {
-        Error::Docker(format!(
-            "backup {} was saved, but {}",
-            info.id,
-            err.message()
-        ))
-    })?;
-    Ok(info)
+    put_back_after(Some(touched), result, |info| {
+        format!("backup {} was saved", info.id)
+    })
+    .await
 }
 
 /// Restores an Ignition backup over `ignition.volume` (see the module
@@ -140,10 +136,10 @@ pub async fn restore(
     verify::check(&app, &job, &backup).await?;
     let key = app.key()?;
     let docker = app.docker().await?;
+    let source = settle(&app, &docker).await?;
     for warning in recover_with(&app, &docker).await {
         job.warn(warning);
     }
-    let source = settle(&app, &docker).await?;
     if !source.others_running.is_empty() {
         return Err(Error::Failed(format!(
             "container(s) {} use volume '{}' and are not in ignition.stop_containers; stop them or add them there, then retry (nothing was changed)",
@@ -162,10 +158,7 @@ pub async fn restore(
     };
     let result = copy.replace(key, &backup, &options, &mut touched).await;
     remove_helper(&docker, &helper).await;
-    let put_back = touched.restore().await;
-    let message = result?;
-    put_back.map_err(|err| Error::Docker(format!("{message}, but {}", err.message())))?;
-    Ok(message)
+    put_back_after(Some(touched), result, String::clone).await
 }
 
 /// Cleans up after an Ignition job that was cut short (the agent killed or
@@ -190,6 +183,11 @@ async fn recover_with(app: &App, docker: &Docker) -> Vec<String> {
     {
         Ok(helpers) => {
             for helper in helpers {
+                // A swap still running finishes first: cut short, it would
+                // leave the volume half-swapped.
+                if helper.running {
+                    let _ = tokio::time::timeout(HELPER_WAIT, docker.wait_exit(&helper.name)).await;
+                }
                 match docker.remove_container(&helper.name).await {
                     Ok(()) => {
                         tracing::warn!(container = %helper.name, "removed a helper container left by an interrupted job")
@@ -211,8 +209,12 @@ async fn recover_with(app: &App, docker: &Docker) -> Vec<String> {
         return problems;
     };
     match clean_staging(app, docker, &record).await {
-        Ok(()) => {
-            tracing::warn!(volume = %record.volume, backup = %record.backup, "removed the staging folder of an interrupted Ignition restore; the volume was not changed");
+        Ok(restored) => {
+            if restored {
+                tracing::warn!(volume = %record.volume, backup = %record.backup, "finished the swap of an interrupted Ignition restore: the volume holds the restored files");
+            } else {
+                tracing::warn!(volume = %record.volume, backup = %record.backup, "removed the staging folder of an interrupted Ignition restore; the volume was not changed");
+            }
             if let Err(err) = save_record(app, None) {
                 problems.push(err.message());
             }
@@ -238,6 +240,11 @@ async fn settle(app: &App, docker: &Docker) -> Result<Source, Error> {
     let config = &app.config.ignition;
     let origin = app.config.origin.display();
     let volume = config.volume.clone();
+    if volume.is_empty() {
+        return Err(Error::Config(format!(
+            "no Ignition volume is configured; set ignition.volume in {origin}"
+        )));
+    }
     if !docker.volume_exists(&volume).await? {
         return Err(Error::NotFound(format!(
             "volume '{volume}' does not exist; check `docker volume ls` and ignition.volume in {origin}"
@@ -667,6 +674,7 @@ impl Copy<'_> {
             old: format!(".mesbak-old-{id}"),
             backup: backup.id.clone(),
             root: None,
+            restored_root: None,
         };
         save_record(app, Some(&record))?;
         job.set_stage(format!("preparing a staging folder in volume '{volume}'"));
@@ -698,6 +706,8 @@ impl Copy<'_> {
         job.set_stage(format!(
             "swapping the restored files into volume '{volume}'"
         ));
+        record.restored_root = walked.root;
+        save_record(app, Some(&record))?;
         let swapped = run_script(
             app,
             self.docker,
@@ -720,20 +730,36 @@ impl Copy<'_> {
                 ));
                 return Err(self.abandon(&record, err).await);
             }
+            // Restored; the record stays so the next job deletes the rest.
             25 => job.warn(format!(
-                "volume '{volume}' holds the restored files, but {}",
+                "volume '{volume}' holds the restored files, but {}; the next Ignition job retries",
                 last_lines(&outcome.stderr, 3)
             )),
+            // Failed half-way: settle it now (finish, or undo).
             _ => {
-                return Err(Error::Docker(format!(
-                    "the swap of the restored files into volume '{volume}' failed half-way ({}); the previous files are in {} inside the volume{}; restore again once the cause is fixed",
-                    last_lines(&outcome.stderr, 3),
-                    record.old,
-                    safety
-                        .as_ref()
-                        .map(|id| format!(" and in the safety backup {id}"))
-                        .unwrap_or_default()
-                )));
+                let failure = last_lines(&outcome.stderr, 3);
+                match clean_staging(app, self.docker, &record).await {
+                    Ok(true) => job.warn(format!(
+                        "the swap into volume '{volume}' needed a second attempt ({failure})"
+                    )),
+                    Ok(false) => {
+                        let _ = save_record(app, None);
+                        return Err(Error::Docker(format!(
+                            "cannot swap the restored files into volume '{volume}' ({failure}); volume '{volume}' was not changed"
+                        )));
+                    }
+                    Err(err) => {
+                        return Err(Error::Docker(format!(
+                            "the swap of the restored files into volume '{volume}' failed half-way ({failure}; {}); the previous files are in {} inside the volume{}, and the agent finishes or undoes the swap before the next Ignition job",
+                            err.message(),
+                            record.old,
+                            safety
+                                .as_ref()
+                                .map(|id| format!(" and in the safety backup {id}"))
+                                .unwrap_or_default()
+                        )));
+                    }
+                }
             }
         }
         // The root's owner, mode and time: the backup's, else as found.
@@ -745,7 +771,9 @@ impl Copy<'_> {
                 ));
             }
         }
-        save_record(app, None)?;
+        if outcome.exit_code != 25 {
+            save_record(app, None)?;
+        }
 
         let restart_failures = start_gateways(touched, &stopped).await;
         let downtime_ms = down_since.elapsed().as_millis() as u64;
@@ -865,7 +893,7 @@ impl Copy<'_> {
     async fn abandon(&self, record: &Record, err: Error) -> Error {
         self.job.set_stage("removing the staged files");
         match clean_staging(self.app, self.docker, record).await {
-            Ok(()) => {
+            Ok(_) => {
                 let _ = save_record(self.app, None);
                 Error::from_kind(
                     err.kind(),
@@ -904,10 +932,12 @@ async fn start_gateways(touched: &mut Touched, stopped: &[String]) -> Vec<String
     failures
 }
 
-/// Removes a restore's staging (and old) folder from the volume.
-async fn clean_staging(app: &App, docker: &Docker, record: &Record) -> Result<(), Error> {
+/// Removes a restore's staging (and old) folder from the volume, settling a
+/// swap that was cut short; returns whether the volume holds the restored
+/// files.
+async fn clean_staging(app: &App, docker: &Docker, record: &Record) -> Result<bool, Error> {
     if !docker.volume_exists(&record.volume).await? {
-        return Ok(());
+        return Ok(false);
     }
     let source = Source {
         volume: record.volume.clone(),
@@ -923,20 +953,28 @@ async fn clean_staging(app: &App, docker: &Docker, record: &Record) -> Result<()
         &[&record.staging, &record.old],
     )
     .await?;
-    outcome.check(|detail| {
+    let said = outcome.check(|detail| {
         Error::Docker(format!(
             "the staging folder {} of an interrupted restore of {} could not be removed from volume '{}': {detail}",
             record.staging, record.backup, record.volume
         ))
     })?;
-    // Making and removing the folder changed the top folder's time.
-    if let Some(root) = &record.root {
+    // Making and removing folders changed the top folder's time: give it
+    // the backup's attributes if the swap went (or was finished) through,
+    // else those it was found with.
+    let restored = said.contains("restored");
+    let root = if restored {
+        record.restored_root
+    } else {
+        record.root
+    };
+    if let Some(root) = &root {
         let helper = create_helper(app, docker, &source, false).await?;
         let set = set_root(docker, &helper, root).await;
         remove_helper(docker, &helper).await;
         set?;
     }
-    Ok(())
+    Ok(restored)
 }
 
 /// Gives the volume's top folder `root`'s owner, mode and time (to the
@@ -1065,6 +1103,9 @@ struct Record {
     backup: String,
     /// The volume's top folder as found, once known.
     root: Option<RootAttrs>,
+    /// The backup's top folder, once the swap is about to start.
+    #[serde(default)]
+    restored_root: Option<RootAttrs>,
 }
 
 fn read_record(app: &App) -> Option<Record> {
@@ -1114,15 +1155,30 @@ fn save_record(app: &App, record: Option<&Record>) -> Result<(), Error> {
 /// Creates the staging folder (and proves the image has a shell).
 const MKDIR_SCRIPT: &str = r#"cd /volume && stat -c '%a %u %g %Y %y' . && mkdir -m 0700 -- "$1""#;
 
-/// Removes a staging folder, unless a swap was cut short half-way (both
-/// folders there): then the files are left for a person to look at.
+/// Removes what a restore left in the volume. A swap cut short is settled
+/// first: with the marker in the old folder every old file is already aside,
+/// so the restored files are moved in ("restored"); without it the old files
+/// are moved back. Exits non-zero if a move fails.
 const CLEAN_SCRIPT: &str = r#"
+S=$1 O=$2
+move_all() {
+    cd "$1" || exit 1
+    for e in * .[!.]* ..?*; do
+        if [ -e "$e" ] || [ -L "$e" ]; then mv -f -- "$e" /volume/ || exit 1; fi
+    done
+    cd /volume || exit 1
+}
 cd /volume || exit 1
-if [ -d "$1" ] && [ -d "$2" ]; then
-    echo "volume holds both $1 and $2: a restore was cut short while swapping files; restore the safety backup" >&2
-    exit 3
+if [ -d "$O" ]; then
+    if [ -e "$O/.mesbak-moved-aside" ] || [ ! -d "$S" ]; then
+        [ -d "$S" ] && move_all "/volume/$S"
+        echo restored
+    else
+        move_all "/volume/$O"
+        echo unchanged
+    fi
 fi
-rm -rf -- "$1" "$2"
+rm -rf -- "$S" "$O"
 "#;
 
 /// Swaps the staged files in by renames. Exit 10-19: failed, nothing
@@ -1148,6 +1204,7 @@ for e in * .[!.]* ..?*; do
         fi
     fi
 done
+: > "$O/.mesbak-moved-aside" || { echo "cannot mark $O" >&2; if put_back; then exit 14; else exit 24; fi; }
 cd "/volume/$S" || exit 21
 for e in * .[!.]* ..?*; do
     if [ -e "$e" ] || [ -L "$e" ]; then

@@ -824,3 +824,84 @@ async fn backup_all_gives_both_halves_one_timestamp() {
     assert!(ignition.downtime_ms > 0);
     assert!(gateway.is_running());
 }
+
+/// The agent's record of a restore in progress (`ignition-restore.json`),
+/// written by hand to stand for one cut short at a chosen point.
+fn write_restore_record(
+    config: &AgentConfig,
+    volume: &Volume,
+    root: &str,
+    restored_root: serde_json::Value,
+) {
+    let fields: Vec<&str> = root.split_whitespace().collect();
+    let nanos: u32 = fields[5]
+        .split_once('.')
+        .map(|(_, f)| format!("{:0<9}", &f[..f.len().min(9)]).parse().unwrap())
+        .unwrap_or(0);
+    let record = serde_json::json!({
+        "volume": volume.name(),
+        "image": BUSYBOX,
+        "staging": ".mesbak-restore-t1",
+        "old": ".mesbak-old-t1",
+        "backup": "ignition_2020-01-01_000000.tar.gz.enc",
+        "root": {
+            "mode": u32::from_str_radix(fields[0], 8).unwrap(),
+            "uid": fields[1].parse::<u64>().unwrap(),
+            "gid": fields[2].parse::<u64>().unwrap(),
+            "mtime": fields[3].parse::<i64>().unwrap(),
+            "nanos": nanos,
+        },
+        "restored_root": restored_root,
+    });
+    std::fs::create_dir_all(config.state_dir()).unwrap();
+    std::fs::write(
+        config.state_dir().join("ignition-restore.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_cut_short_is_undone_or_finished_by_the_next_job() {
+    let Stack {
+        bus: _bus,
+        volume,
+        gateway: _gateway,
+        config,
+        agent,
+    } = Stack::populated().await;
+    let restored_root = serde_json::json!({
+        "mode": 0o751, "uid": 1000, "gid": 1000, "mtime": 1_600_000_000, "nanos": 0
+    });
+    const RESTORED: &str = "mkdir -p \"$1/sub dir\" && printf new > \"$1/new.txt\" && printf deep > \"$1/sub dir/deep\" && ln -s new.txt \"$1/link\" && touch -h -d '2021-01-01 00:00:00' \"$1/sub dir/deep\" \"$1/sub dir\" \"$1/new.txt\" \"$1/link\"";
+
+    // Cut short while the old files were being moved aside: undone.
+    let found = exact_listing(&volume);
+    let root = volume.sh("stat -c '%a %u %g %Y %y' .");
+    volume.sh(&format!(
+        "set -- .mesbak-restore-t1; mkdir -m 0700 \"$1\"; {RESTORED}; mkdir -m 0700 .mesbak-old-t1; mv db logs .uuid .mesbak-old-t1/"
+    ));
+    write_restore_record(&config, &volume, &root, restored_root.clone());
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    assert_same_listing(&exact_listing(&volume), &found, "a swap undone");
+    assert!(!config.state_dir().join("ignition-restore.json").exists());
+
+    // Cut short while the restored files were being moved in: finished.
+    let expected = Volume::create();
+    expected.sh(&format!(
+        "set -- /data; {RESTORED}; chown 1000:1000 /data; chmod 0751 /data; touch -d @1600000000 /data"
+    ));
+    let root = volume.sh("stat -c '%a %u %g %Y %y' .");
+    volume.sh(&format!(
+        "set -- .mesbak-restore-t1; mkdir -m 0700 \"$1\"; {RESTORED}; mkdir -m 0700 .mesbak-old-t1; \
+         for e in * .[!.]*; do case \"$e\" in .mesbak-*) ;; *) mv \"$e\" .mesbak-old-t1/ ;; esac; done; \
+         : > .mesbak-old-t1/.mesbak-moved-aside; mv .mesbak-restore-t1/new.txt ."
+    ));
+    write_restore_record(&config, &volume, &root, restored_root);
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    assert_same_listing(&listing(&volume), &listing(&expected), "a swap finished");
+    assert!(!config.state_dir().join("ignition-restore.json").exists());
+    assert!(helpers_of(&config).is_empty());
+}
