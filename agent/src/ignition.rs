@@ -661,7 +661,16 @@ impl Copy<'_> {
             job.set_stage(format!("taking a safety backup of volume '{volume}'"));
             let info = self
                 .snapshot(key, &point, Some("pre-restore"), None, Vec::new())
-                .await?;
+                .await
+                .map_err(|err| {
+                    Error::from_kind(
+                        err.kind(),
+                        format!(
+                            "the safety backup of volume '{volume}' failed, so nothing was restored: {}",
+                            err.message()
+                        ),
+                    )
+                })?;
             job.warn(format!("safety backup of the current volume: {}", info.id));
             safety = Some(info.id);
         }
