@@ -25,6 +25,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     for partial in app.storage.remove_partials() {
         tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
     }
+    // An interrupted volume restore is settled while its gateway is still
+    // stopped, before the gateway is put back.
+    for problem in crate::ignition::recover(&app).await {
+        app.add_problem(problem);
+    }
     repair_containers(&app).await;
     for problem in crate::schedule::apply(&app.config).await {
         app.add_problem(problem);

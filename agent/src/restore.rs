@@ -719,7 +719,7 @@ async fn test_restore_checks(app: &App, job: &Job, backup: &BackupRef) -> Result
     let server = app.database().await?;
     let mut touched = server.touched(&app.journal);
     let result = async {
-        server.ensure_up(&job, touched.as_mut()).await?;
+        server.ensure_up(job, touched.as_mut()).await?;
         recover(app, &server).await?;
         let scratch = format!("{}_testrestore_{}", app.config.database.name, stamp());
         let admin = server.connect(MAINTENANCE_DB).await?;
