@@ -18,7 +18,7 @@ use crate::process;
 use crate::recovery::put_back_after;
 use crate::retention;
 use crate::state::FailureRecord;
-use crate::storage::{Storage, human_bytes};
+use crate::storage::{PendingBackup, Storage, human_bytes};
 
 /// Runs a `Backup` job.
 pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<String, Error> {
@@ -289,17 +289,31 @@ async fn dump(
         downtime_ms: 0,
         warnings,
     };
+    commit(job, pending, info, written.plain_bytes)
+}
+
+/// Commits a written backup (its final name and metadata), records the
+/// file on the job and logs it; `plain_bytes` is the size before
+/// compression.
+pub fn commit(
+    job: &Job,
+    pending: PendingBackup,
+    info: BackupInfo,
+    plain_bytes: u64,
+) -> Result<BackupInfo, Error> {
     pending.commit(&info)?;
     job.add_file(info.id.clone());
     tracing::info!(
         job = job.id,
-        kind = "database",
+        kind = info.kind.as_str(),
         file = %info.id,
         bytes = info.size_bytes,
-        plain_bytes = written.plain_bytes,
-        duration_ms,
+        plain_bytes,
+        duration_ms = info.duration_ms,
+        downtime_ms = info.downtime_ms,
         sha256 = %info.sha256,
-        "database backup written"
+        "{} backup written",
+        info.kind.as_str()
     );
     Ok(info)
 }

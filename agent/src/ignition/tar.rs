@@ -1,0 +1,531 @@
+//! Tar streams: the checker that follows one as it passes, and the
+//! one-entry archive that gives the volume's top folder its attributes.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest extended tar header (PAX, GNU long name) the stream may carry.
+const MAX_EXTENDED_HEADER: u64 = 1 << 20;
+
+/// Owner, mode and time of the archive's root entry (`./`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootAttrs {
+    /// Permission bits, setuid/setgid/sticky included.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch, and nanoseconds.
+    pub mtime: i64,
+    pub nanos: u32,
+}
+
+/// Follows a tar stream without keeping it: checks every header's checksum,
+/// honours PAX and GNU extended headers, counts entries, reads the root
+/// entry's attributes and notices the end-of-archive marker.
+#[derive(Debug, Default)]
+pub struct TarWalker {
+    /// A header block being assembled.
+    block: Vec<u8>,
+    /// Data bytes (with padding) still to pass over.
+    skip: u64,
+    /// An extended header's data being collected: (type, size, bytes).
+    extended: Option<(u8, u64, Vec<u8>)>,
+    /// PAX records for the next entry.
+    pax: Vec<(String, String)>,
+    /// A GNU long name for the next entry.
+    long_name: Option<String>,
+    zero_blocks: u8,
+    ended: bool,
+    /// Entries (files, folders, links...) seen.
+    pub entries: u64,
+    /// The root entry's attributes, when the archive starts with `./`.
+    pub root: Option<RootAttrs>,
+}
+
+impl TarWalker {
+    /// Takes the next bytes of the stream; an error describes the damage.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() && !self.ended {
+            if self.skip > 0 {
+                let n = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (512 - self.block.len()).min(data.len());
+            self.block.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.block.len() < 512 {
+                break;
+            }
+            let block = std::mem::take(&mut self.block);
+            self.next_block(&block)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the end-of-archive marker was seen.
+    pub fn complete(&self) -> bool {
+        self.ended
+    }
+
+    fn next_block(&mut self, block: &[u8]) -> Result<(), String> {
+        if let Some((kind, size, mut data)) = self.extended.take() {
+            data.extend_from_slice(block);
+            if (data.len() as u64) < size {
+                self.extended = Some((kind, size, data));
+            } else {
+                data.truncate(size as usize);
+                self.extended_header(kind, &data)?;
+            }
+            return Ok(());
+        }
+        if block.iter().all(|&b| b == 0) {
+            self.zero_blocks += 1;
+            self.ended = self.zero_blocks == 2;
+            return Ok(());
+        }
+        if self.zero_blocks > 0 {
+            return Err(format!(
+                "a header follows a single empty block after {} entries",
+                self.entries
+            ));
+        }
+        self.header(block)
+    }
+
+    fn header(&mut self, block: &[u8]) -> Result<(), String> {
+        let stored = octal(&block[148..156])
+            .ok_or_else(|| format!("unreadable header checksum after {} entries", self.entries))?;
+        // Summed with the checksum field as spaces; old writers summed signed bytes.
+        let (unsigned, signed) =
+            block
+                .iter()
+                .enumerate()
+                .fold((0u64, 0i64), |(unsigned, signed), (i, &b)| {
+                    let b = if (148..156).contains(&i) { b' ' } else { b };
+                    (unsigned + u64::from(b), signed + i64::from(b as i8))
+                });
+        if stored != unsigned && stored as i64 != signed {
+            return Err(format!(
+                "header checksum mismatch after {} entries",
+                self.entries
+            ));
+        }
+        let typeflag = block[156];
+        let pax_size = self.pax_value("size").and_then(|v| v.parse::<u64>().ok());
+        let size = match pax_size {
+            Some(size) => size,
+            None => numeric(&block[124..136])
+                .ok_or_else(|| format!("unreadable size field after {} entries", self.entries))?,
+        };
+        match typeflag {
+            b'x' | b'g' | b'L' | b'K' => {
+                if size > MAX_EXTENDED_HEADER {
+                    return Err(format!("an extended header of {size} bytes"));
+                }
+                if size == 0 {
+                    self.extended_header(typeflag, &[])?;
+                } else {
+                    self.extended = Some((typeflag, size, Vec::with_capacity(size as usize)));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let name = match (self.pax_value("path"), &self.long_name) {
+            (Some(path), _) => path.to_owned(),
+            (None, Some(long)) => long.clone(),
+            (None, None) => {
+                let name = field_str(&block[0..100]);
+                let prefix = if &block[257..262] == b"ustar" {
+                    field_str(&block[345..500])
+                } else {
+                    String::new()
+                };
+                if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                }
+            }
+        };
+        if self.entries == 0 && typeflag == b'5' && is_root(&name) {
+            let number = |key: &str, range: std::ops::Range<usize>| -> Option<u64> {
+                match self.pax_value(key) {
+                    Some(value) => value.split('.').next()?.parse().ok(),
+                    None => numeric(&block[range]),
+                }
+            };
+            self.root = Some(RootAttrs {
+                mode: (octal(&block[100..108]).unwrap_or(0o755) & 0o7777) as u32,
+                uid: number("uid", 108..116).unwrap_or(0),
+                gid: number("gid", 116..124).unwrap_or(0),
+                mtime: number("mtime", 136..148).unwrap_or(0) as i64,
+                nanos: self
+                    .pax_value("mtime")
+                    .and_then(|value| value.split_once('.'))
+                    .and_then(|(_, fraction)| {
+                        let digits: String = fraction.chars().take(9).collect();
+                        format!("{digits:0<9}").parse().ok()
+                    })
+                    .unwrap_or(0),
+            });
+        }
+        self.entries += 1;
+        self.pax.clear();
+        self.long_name = None;
+        // Links, devices, folders and FIFOs carry no data.
+        let has_data = !matches!(typeflag, b'1'..=b'6');
+        if has_data {
+            self.skip = size.div_ceil(512) * 512;
+        }
+        Ok(())
+    }
+
+    fn extended_header(&mut self, kind: u8, data: &[u8]) -> Result<(), String> {
+        match kind {
+            b'x' => self.pax = parse_pax(data)?,
+            b'L' => {
+                self.long_name = Some(
+                    String::from_utf8_lossy(data)
+                        .trim_end_matches('\0')
+                        .to_owned(),
+                )
+            }
+            // Global PAX records and GNU long link names change no path.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn pax_value(&self, key: &str) -> Option<&str> {
+        self.pax
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn is_root(name: &str) -> bool {
+    matches!(name.trim_end_matches('/'), "." | "")
+}
+
+fn field_str(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+fn octal(field: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// A numeric header field: octal, or GNU base-256 for large values.
+fn numeric(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut value: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            value = value.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        Some(value)
+    } else {
+        octal(field)
+    }
+}
+
+/// PAX records: `<length> <key>=<value>\n`.
+fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut records = Vec::new();
+    while !data.is_empty() {
+        let space = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("a PAX record without a length")?;
+        let length: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or("a PAX record with a bad length")?;
+        if length <= space + 1 || length > data.len() || data[length - 1] != b'\n' {
+            return Err("a PAX record with a bad length".into());
+        }
+        let record = &data[space + 1..length - 1];
+        let equals = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("a PAX record without a value")?;
+        records.push((
+            String::from_utf8_lossy(&record[..equals]).into_owned(),
+            String::from_utf8_lossy(&record[equals + 1..]).into_owned(),
+        ));
+        data = &data[length..];
+    }
+    Ok(records)
+}
+
+/// A tar archive holding one folder entry `name/` with `root`'s attributes.
+pub(super) fn root_archive(name: &str, root: &RootAttrs) -> Vec<u8> {
+    let mut records = String::new();
+    if root.nanos != 0 {
+        records.push_str(&pax_record(
+            "mtime",
+            &format!("{}.{:09}", root.mtime, root.nanos),
+        ));
+    }
+    for (key, id) in [("uid", root.uid), ("gid", root.gid)] {
+        if id > 0o7777777 {
+            records.push_str(&pax_record(key, &id.to_string()));
+        }
+    }
+    let mut tar = Vec::new();
+    if !records.is_empty() {
+        tar.extend(tar_header(
+            "PaxHeader",
+            b'x',
+            0o644,
+            0,
+            0,
+            records.len() as u64,
+            0,
+        ));
+        tar.extend_from_slice(records.as_bytes());
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.extend(tar_header(
+        &format!("{name}/"),
+        b'5',
+        root.mode,
+        root.uid.min(0o7777777),
+        root.gid.min(0o7777777),
+        0,
+        root.mtime.max(0) as u64,
+    ));
+    tar.extend([0u8; 1024]);
+    tar
+}
+
+/// One PAX record, `<length> <key>=<value>\n`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut length = body.len() + 1;
+    while format!("{length}{body}").len() != length {
+        length += 1;
+    }
+    format!("{length}{body}")
+}
+
+/// A ustar header block (the name must fit its 100 bytes).
+fn tar_header(
+    name: &str,
+    typeflag: u8,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: u64,
+) -> [u8; 512] {
+    let mut block = [0u8; 512];
+    let name = &name.as_bytes()[..name.len().min(100)];
+    block[..name.len()].copy_from_slice(name);
+    let mut put = |at: usize, width: usize, value: u64| {
+        let text = format!("{value:0w$o}\0", w = width - 1);
+        block[at..at + width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
+    };
+    put(100, 8, u64::from(mode & 0o7777));
+    put(108, 8, uid);
+    put(116, 8, gid);
+    put(124, 12, size);
+    put(136, 12, mtime);
+    block[156] = typeflag;
+    block[257..263].copy_from_slice(b"ustar\0");
+    block[263..265].copy_from_slice(b"00");
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, typeflag: u8, mode: u32, size: u64, uid: u64, mtime: u64) -> Vec<u8> {
+        tar_header(name, typeflag, mode, uid, uid, size, mtime).to_vec()
+    }
+
+    fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = header(name, typeflag, 0o644, data.len() as u64, 0, 1);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn pax(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let body = format!(" {key}={value}\n");
+            let mut length = body.len() + 1;
+            while format!("{length}{body}").len() != length {
+                length += 1;
+            }
+            data.extend_from_slice(format!("{length}{body}").as_bytes());
+        }
+        entry("PaxHeader", b'x', &data)
+    }
+
+    fn walk(bytes: &[u8], piece: usize) -> Result<TarWalker, String> {
+        let mut walker = TarWalker::default();
+        for chunk in bytes.chunks(piece) {
+            walker.feed(chunk)?;
+        }
+        Ok(walker)
+    }
+
+    fn archive() -> Vec<u8> {
+        let mut tar = header("./", b'5', 0o4751, 0, 1000, 1_600_000_000);
+        tar.extend(entry("./a b/", b'5', b""));
+        tar.extend(entry("./a b/file", b'0', &vec![7u8; 1300]));
+        tar.extend(pax(&[("path", "./ünï/ long name"), ("size", "3")]));
+        tar.extend(entry("ignored", b'0', b"abc"));
+        tar.extend(entry("./link", b'2', b""));
+        tar.extend(entry("././@LongLink", b'L', b"./very/long/name\0"));
+        tar.extend(entry("./very/long/na", b'0', b"xy"));
+        tar.extend(vec![0u8; 1024]);
+        tar
+    }
+
+    #[test]
+    fn walks_a_complete_archive_in_any_pieces() {
+        let tar = archive();
+        for piece in [1, 7, 511, 512, 513, 4096, tar.len()] {
+            let walker = walk(&tar, piece).unwrap();
+            assert!(walker.complete(), "piece {piece}");
+            assert_eq!(walker.entries, 6, "piece {piece}");
+            assert_eq!(
+                walker.root,
+                Some(RootAttrs {
+                    mode: 0o4751,
+                    uid: 1000,
+                    gid: 1000,
+                    mtime: 1_600_000_000,
+                    nanos: 0
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn pax_overrides_the_root_attributes() {
+        let mut tar = pax(&[("uid", "3000000"), ("mtime", "1700000000.25")]);
+        tar.extend(header(".", b'5', 0o700, 0, 5, 5));
+        tar.extend(vec![0u8; 1024]);
+        let walker = walk(&tar, 100).unwrap();
+        let root = walker.root.unwrap();
+        assert_eq!(
+            (root.uid, root.gid, root.mtime),
+            (3_000_000, 5, 1_700_000_000)
+        );
+        assert_eq!(root.mode, 0o700);
+    }
+
+    #[test]
+    fn truncation_and_damage_are_noticed() {
+        let tar = archive();
+        // Cut at a block boundary before the end marker: no error, but incomplete.
+        let walker = walk(&tar[..tar.len() - 1024], 512).unwrap();
+        assert!(!walker.complete());
+        // A flipped byte in a header.
+        let mut damaged = tar.clone();
+        damaged[512 + 10] ^= 1;
+        assert!(walk(&damaged, 512).unwrap_err().contains("checksum"));
+        // A header after a single empty block.
+        let mut odd = header("./", b'5', 0o755, 0, 0, 0);
+        odd.extend(vec![0u8; 512]);
+        odd.extend(entry("x", b'0', b"1"));
+        assert!(walk(&odd, 512).is_err());
+        // No root entry: no root attributes.
+        let mut plain = entry("x", b'0', b"1");
+        plain.extend(vec![0u8; 1024]);
+        let walker = walk(&plain, 512).unwrap();
+        assert!(walker.complete() && walker.root.is_none());
+    }
+
+    #[test]
+    fn root_archives_carry_owner_mode_and_nanoseconds() {
+        let root = RootAttrs {
+            mode: 0o4751,
+            uid: 1000,
+            gid: 5_000_000,
+            mtime: 1_700_000_000,
+            nanos: 123_456_789,
+        };
+        let tar = root_archive("volume", &root);
+        let walker = walk(&tar, 512).unwrap();
+        assert!(walker.complete());
+        assert_eq!(walker.entries, 1);
+        // The walker takes `volume/` for a plain folder, not the root.
+        assert_eq!(walker.root, None);
+        let listed = std::process::Command::new("tar")
+            .args(["--numeric-owner", "--full-time", "-tvf", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                std::io::Write::write_all(&mut child.stdin.take().unwrap(), &tar)?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(text.starts_with("drwsr-x--x 1000/5000000"), "{text}");
+        assert!(text.contains("volume/"), "{text}");
+    }
+
+    #[test]
+    fn base_256_sizes_are_read() {
+        let mut field = [0u8; 12];
+        field[0] = 0x80;
+        field[7] = 0x02; // 2 << 32 = 8 GiB
+        assert_eq!(numeric(&field), Some(8 << 30));
+        assert_eq!(numeric(b"00000001750\0"), Some(1000));
+    }
+
+    #[test]
+    fn gnu_tar_archives_are_walked() {
+        // What a real tar program writes, PAX and GNU formats, long and
+        // non-ASCII names included.
+        let dir = tempfile::tempdir().unwrap();
+        let long = "d".repeat(120);
+        std::fs::create_dir_all(dir.path().join(&long).join("ünïcødé dir")).unwrap();
+        std::fs::write(
+            dir.path().join(&long).join("ünïcødé dir/f"),
+            vec![1u8; 5000],
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../x", dir.path().join("link")).unwrap();
+        for format in ["pax", "gnu", "ustar"] {
+            let out = std::process::Command::new("tar")
+                .args(["--format", format, "-C"])
+                .arg(dir.path())
+                .args(["-cf", "-", "."])
+                .output()
+                .unwrap();
+            if format == "ustar" {
+                // ustar cannot hold the long name: tar says so.
+                continue;
+            }
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let walker = walk(&out.stdout, 1000).unwrap();
+            assert!(walker.complete(), "{format}");
+            assert_eq!(walker.entries, 5, "{format}");
+            assert!(walker.root.is_some(), "{format}");
+        }
+    }
+}
