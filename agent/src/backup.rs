@@ -267,10 +267,6 @@ async fn dump(
             missing.join(", ")
         ));
     }
-    warnings.extend(size_change_warning(previous.as_ref(), written.size));
-    for warning in &warnings {
-        job.warn(warning.clone());
-    }
     let duration_ms = started.elapsed().as_millis() as u64;
     let info = BackupInfo {
         id: pending.id.clone(),
@@ -289,18 +285,24 @@ async fn dump(
         downtime_ms: 0,
         warnings,
     };
-    commit(job, pending, info, written.plain_bytes)
+    commit(job, pending, info, previous.as_ref(), written.plain_bytes)
 }
 
-/// Commits a written backup (its final name and metadata), records the
-/// file on the job and logs it; `plain_bytes` is the size before
-/// compression.
+/// Commits a written backup (its final name and metadata), adds the
+/// size-change warning against `previous`, records the file and warnings on
+/// the job and logs it; `plain_bytes` is the size before compression.
 pub fn commit(
     job: &Job,
     pending: PendingBackup,
-    info: BackupInfo,
+    mut info: BackupInfo,
+    previous: Option<&BackupInfo>,
     plain_bytes: u64,
 ) -> Result<BackupInfo, Error> {
+    info.warnings
+        .extend(size_change_warning(previous, info.size_bytes));
+    for warning in &info.warnings {
+        job.warn(warning.clone());
+    }
     pending.commit(&info)?;
     job.add_file(info.id.clone());
     tracing::info!(

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::spool::{Relay, Spool};
 use super::tar::TarWalker;
 use super::{BLOCK, Copy, MOUNT, quoted, start_gateways};
-use crate::backup::{commit, size_change_warning};
+use crate::backup::commit;
 use crate::jobs::now_rfc3339;
 use crate::pipeline::BackupWriter;
 use crate::recovery::Touched;
@@ -27,7 +27,7 @@ impl Copy<'_> {
         point: &str,
         tag: Option<&str>,
         mut touched: Option<&mut Touched>,
-        mut warnings: Vec<String>,
+        warnings: Vec<String>,
     ) -> Result<BackupInfo, Error> {
         let app = self.app;
         let job = self.job;
@@ -170,10 +170,6 @@ impl Copy<'_> {
                 (written?, spooled)
             }
         };
-        warnings.extend(size_change_warning(previous.as_ref(), written.size));
-        for warning in &warnings {
-            job.warn(warning.clone());
-        }
         let duration_ms = started.elapsed().as_millis() as u64;
         let info = BackupInfo {
             id: pending.id.clone(),
@@ -192,7 +188,7 @@ impl Copy<'_> {
             downtime_ms,
             warnings,
         };
-        let info = commit(job, pending, info, written.plain_bytes)?;
+        let info = commit(job, pending, info, previous.as_ref(), written.plain_bytes)?;
         tracing::info!(
             job = job.id,
             file = %info.id,
