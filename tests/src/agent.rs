@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use mesbak_interface::{AgentProxy, BUS_NAME, JobProxy};
 use tempfile::TempDir;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::ObjectPath;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use crate::bus::Bus;
 use crate::postgres::Postgres;
@@ -657,6 +657,43 @@ pub async fn agent_proxy(connection: &zbus::Connection) -> AgentProxy<'static> {
         .build()
         .await
         .expect("build AgentProxy")
+}
+
+/// Waits (up to 120 s) until the job at `job` has handled `bytes` and its
+/// stage contains `stage`, to interrupt it there; panics if the job ends
+/// first.
+pub async fn wait_for_progress(
+    connection: &zbus::Connection,
+    job: &OwnedObjectPath,
+    stage: &str,
+    bytes: u64,
+) {
+    let proxy = JobProxy::builder(connection)
+        .path(job.clone())
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now_stage = proxy.stage().await.unwrap_or_default();
+        let done = proxy.bytes_done().await.unwrap_or(0);
+        if now_stage.contains(stage) && done >= bytes {
+            return;
+        }
+        assert_eq!(
+            proxy.state().await.unwrap_or_default(),
+            "running",
+            "the job ended before the point to interrupt it ({now_stage}): {}",
+            proxy.message().await.unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached '{stage}' with {bytes} bytes (stage '{now_stage}', {done} bytes)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// How a job ended.

@@ -178,22 +178,8 @@ async fn an_agent_killed_mid_backup_leaves_no_complete_looking_file() {
     let config = AgentConfig::for_postgres(&pg).with("backup.compression_level", 9);
     let mut agent = Agent::spawn(&bus, &config).await;
     let job = agent.proxy().await.backup("database").await.unwrap();
-    let job_proxy = mesbak_interface::JobProxy::builder(agent.connection())
-        .path(job.clone())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
     // Wait until data flows, then kill.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while job_proxy.bytes_done().await.unwrap_or(0) < 4 << 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the backup never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_progress(agent.connection(), &job, "Creating backup", 4 << 20).await;
     agent.kill9();
     let dir = config.backup_dir().join("database");
     let names: Vec<String> = std::fs::read_dir(&dir)

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use mesbak_interface::{BackupInfo, JobProxy, RestoreOptions};
+use mesbak_interface::{BackupInfo, RestoreOptions};
 use mesbak_tests::util::{random_hex, run, run_text};
 use mesbak_tests::*;
 use zbus::zvariant::OwnedObjectPath;
@@ -249,37 +248,6 @@ fn decrypt_into_tar(file: &Path, key: &Path, args: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits until the running job has handled `bytes` and its stage contains
-/// `stage`.
-async fn wait_for_progress(agent: &Agent, job: &OwnedObjectPath, stage: &str, bytes: u64) {
-    let proxy = JobProxy::builder(agent.connection())
-        .path(job.clone())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now_stage = proxy.stage().await.unwrap_or_default();
-        let done = proxy.bytes_done().await.unwrap_or(0);
-        if now_stage.contains(stage) && done >= bytes {
-            return;
-        }
-        assert_eq!(
-            proxy.state().await.unwrap_or_default(),
-            "running",
-            "the job ended before the point to interrupt it ({now_stage}): {}",
-            proxy.message().await.unwrap_or_default()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the job never reached '{stage}' with {bytes} bytes (stage '{now_stage}', {done} bytes)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -587,7 +555,7 @@ async fn an_agent_killed_while_the_gateway_is_stopped_restarts_it_at_its_next_st
     let job = agent.proxy().await.backup("ignition").await.unwrap();
     // The stage is set once the gateway is stopped; the copy takes about a
     // second from then on.
-    wait_for_progress(&agent, &job, "copying volume", 0).await;
+    wait_for_progress(agent.connection(), &job, "copying volume", 0).await;
     assert!(!gateway.is_running(), "the gateway ran during the copy");
     agent.kill9();
     assert!(!gateway.is_running());
@@ -633,7 +601,7 @@ async fn an_agent_killed_while_the_gateway_is_stopped_restarts_it_at_its_next_st
         )
         .await
         .unwrap();
-    wait_for_progress(&agent, &job, "extracting", 8 << 20).await;
+    wait_for_progress(agent.connection(), &job, "extracting", 8 << 20).await;
     assert!(!gateway.is_running());
     agent.kill9();
     assert!(config.state_dir().join("ignition-restore.json").exists());

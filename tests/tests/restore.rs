@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mesbak_interface::{JobProxy, RestoreOptions};
+use mesbak_interface::RestoreOptions;
 use mesbak_tests::util::random_hex;
 use mesbak_tests::*;
 
@@ -322,29 +322,6 @@ async fn psql_failing_half_way_leaves_the_live_database_untouched() {
     assert!(!config.state_dir().join("restore.json").exists());
 }
 
-async fn wait_for_restore_load(agent: &Agent, job: &zbus::zvariant::OwnedObjectPath) {
-    let proxy = JobProxy::builder(agent.connection())
-        .path(job.clone())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stage = proxy.stage().await.unwrap_or_default();
-        let done = proxy.bytes_done().await.unwrap_or(0);
-        if stage.starts_with("restoring") && done > 8 << 20 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restore never started loading (stage {stage})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start() {
     let mut s = setup(120).await;
@@ -362,7 +339,7 @@ async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start() {
         )
         .await
         .unwrap();
-    wait_for_restore_load(&s.agent, &job).await;
+    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
     s.agent.kill9();
     assert!(
         !s.writer.is_running(),
@@ -415,7 +392,7 @@ async fn the_database_server_stopping_mid_restore_leaves_the_live_database() {
         )
         .await
         .unwrap();
-    wait_for_restore_load(&s.agent, &job).await;
+    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
     s.pg.stop();
     let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success);
