@@ -29,7 +29,7 @@ impl Manager {
     async fn start<F, Fut>(
         &self,
         conn: &Connection,
-        header: &Header<'_>,
+        uid: u32,
         operation: JobOperation,
         target: String,
         root_only: Option<&str>,
@@ -39,7 +39,6 @@ impl Manager {
         F: FnOnce(Arc<App>, Arc<crate::jobs::Job>) -> Fut,
         Fut: std::future::Future<Output = Result<String, Error>> + Send + 'static,
     {
-        let uid = caller_uid(conn, header).await?;
         if let Some(what) = root_only {
             require_root(uid, what)?;
         }
@@ -66,7 +65,7 @@ impl Manager {
                 })?;
         self.start(
             conn,
-            &header,
+            caller_uid(conn, &header).await?,
             JobOperation::Backup,
             target.to_string(),
             None,
@@ -91,7 +90,7 @@ impl Manager {
         let found = self.app.storage.resolve(backup, uid == 0)?;
         self.start(
             conn,
-            &header,
+            uid,
             JobOperation::Verify,
             found.id.clone(),
             None,
@@ -108,11 +107,12 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
-        require_root(caller_uid(conn, &header).await?, "restore")?;
+        let uid = caller_uid(conn, &header).await?;
+        require_root(uid, "restore")?;
         let found = self.app.storage.resolve(backup, true)?;
         self.start(
             conn,
-            &header,
+            uid,
             JobOperation::Restore,
             found.id.clone(),
             None,
@@ -129,7 +129,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         self.start(
             conn,
-            &header,
+            caller_uid(conn, &header).await?,
             JobOperation::Rollback,
             String::new(),
             Some("rollback"),
@@ -146,7 +146,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         self.start(
             conn,
-            &header,
+            caller_uid(conn, &header).await?,
             JobOperation::DropPrevious,
             String::new(),
             Some("dropping the previous database"),
@@ -167,7 +167,7 @@ impl Manager {
         let found = restore::pick_test_restore_backup(&self.app, backup, uid == 0)?;
         self.start(
             conn,
-            &header,
+            uid,
             JobOperation::TestRestore,
             found.id.clone(),
             None,
@@ -193,7 +193,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         self.start(
             conn,
-            &header,
+            caller_uid(conn, &header).await?,
             JobOperation::Prune,
             String::new(),
             Some("prune"),
