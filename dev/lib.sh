@@ -82,6 +82,56 @@ import_image() {
     fi
 }
 
+# The entry point both PostgreSQL images share (as the official image's):
+# first start initialises the cluster from POSTGRES_USER, _PASSWORD and _DB;
+# `timescaledb` is preloaded when the server has it.
+postgres_entrypoint() {
+    cat <<'E'
+#!/bin/sh
+set -eu
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+export PGDATA
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$PGDATA" /var/run/postgresql
+    chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+    chmod 700 "$PGDATA"
+    exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    user=${POSTGRES_USER:-postgres}
+    pwfile=$(mktemp)
+    printf '%s\n' "${POSTGRES_PASSWORD:-postgres}" >"$pwfile"
+    initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" -A trust --auth-host=scram-sha-256 \
+        -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    db=${POSTGRES_DB:-$user}
+    if [ "$db" != postgres ]; then
+        postgres --single -D "$PGDATA" -c listen_addresses='' postgres >/dev/null <<SQL
+CREATE DATABASE "$db" OWNER "$user";
+SQL
+    fi
+    # As timescale/timescaledb does: preloaded, in template1 and in the
+    # database; telemetry off (it would call out of the machine).
+    if [ -e "$(pg_config --pkglibdir)/timescaledb.so" ]; then
+        printf "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n" \
+            >>"$PGDATA/postgresql.conf"
+        for target in template1 "$db"; do
+            postgres --single -D "$PGDATA" -c listen_addresses='' "$target" >/dev/null <<SQL
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+SQL
+        done
+    fi
+fi
+# docker stop sends SIGTERM, which PostgreSQL takes as a "smart" shutdown that
+# waits for clients; answer it with a fast shutdown as the official image does.
+postgres -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/run/postgresql "$@" &
+pid=$!
+trap 'kill -INT "$pid"' TERM INT
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+wait "$pid" 2>/dev/null || true
+E
+}
+
 # A PostgreSQL 15 image without a registry: a skeleton root that runs the
 # host's PostgreSQL from /usr, bind-mounted read-only (`-v /usr:/usr:ro`).
 # Entry point behaves like the official image: POSTGRES_USER, _PASSWORD, _DB,
@@ -108,39 +158,7 @@ G
         cp /etc/ld.so.cache etc/ld.so.cache
         chown -R 999:999 var/run/postgresql var/lib/postgresql
         chmod 700 var/lib/postgresql/data
-        cat >docker-entrypoint.sh <<'E'
-#!/bin/sh
-set -eu
-PGDATA=${PGDATA:-/var/lib/postgresql/data}
-export PGDATA
-if [ "$(id -u)" = 0 ]; then
-    mkdir -p "$PGDATA" /var/run/postgresql
-    chown -R postgres:postgres "$PGDATA" /var/run/postgresql
-    chmod 700 "$PGDATA"
-    exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
-fi
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    user=${POSTGRES_USER:-postgres}
-    pwfile=$(mktemp)
-    printf '%s\n' "${POSTGRES_PASSWORD:-postgres}" >"$pwfile"
-    initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" -A trust --auth-host=scram-sha-256 \
-        -E UTF8 --locale=C.UTF-8 >/dev/null
-    rm -f "$pwfile"
-    db=${POSTGRES_DB:-$user}
-    if [ "$db" != postgres ]; then
-        postgres --single -D "$PGDATA" -c listen_addresses='' postgres >/dev/null <<SQL
-CREATE DATABASE "$db" OWNER "$user";
-SQL
-    fi
-fi
-# docker stop sends SIGTERM, which PostgreSQL takes as a "smart" shutdown that
-# waits for clients; answer it with a fast shutdown as the official image does.
-postgres -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/run/postgresql "$@" &
-pid=$!
-trap 'kill -INT "$pid"' TERM INT
-while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
-wait "$pid" 2>/dev/null || true
-E
+        postgres_entrypoint >docker-entrypoint.sh
         chmod 755 docker-entrypoint.sh
     )
     tar -C "$root" --numeric-owner -c .
@@ -167,9 +185,45 @@ busybox_rootfs() {
     rm -rf "$root"
 }
 
+# The plant's database image, `timescale/timescaledb:latest-pg17`, built
+# without a registry: a Debian 13 root (debootstrap) with PostgreSQL 17 and
+# TimescaleDB 2.19 (Apache edition), whose entry point behaves like the
+# official image's: POSTGRES_USER, _PASSWORD, _DB, PGPORT; local (socket)
+# connections trusted, TCP on 127.0.0.1 with scram; `timescaledb` preloaded
+# and its telemetry off.
+timescaledb_rootfs() {
+    local root mirror
+    root=$(mktemp -d)
+    mirror=$(apt_mirror)
+    debootstrap --variant=minbase \
+        --include=postgresql-17,postgresql-17-timescaledb,postgresql-client-17 \
+        trixie "$root" "$mirror" >/dev/null ||
+        { rm -rf "$root"; return 1; }
+    (
+        cd "$root"
+        # The package made a cluster and its configuration: the entry point
+        # makes its own, as the official image does.
+        rm -rf etc/postgresql/17 var/lib/postgresql/17 var/cache/apt/archives/*.deb \
+            var/lib/apt/lists/* usr/share/doc usr/share/man usr/share/locale
+        mkdir -p var/run/postgresql var/lib/postgresql/data
+        chown -R postgres:postgres var/run/postgresql var/lib/postgresql
+        chmod 700 var/lib/postgresql/data
+        postgres_entrypoint >docker-entrypoint.sh
+        chmod 755 docker-entrypoint.sh
+    )
+    tar -C "$root" --numeric-owner -c .
+    rm -rf "$root"
+}
+
 ensure_images() {
     import_image mesbak-test/postgres:15 postgres_rootfs \
         'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin' \
+        'ENV PGDATA=/var/lib/postgresql/data' \
+        'ENV LANG=C.UTF-8' \
+        'VOLUME /var/lib/postgresql/data' \
+        'ENTRYPOINT ["/docker-entrypoint.sh"]'
+    import_image mesbak-test/timescaledb:pg17 timescaledb_rootfs \
+        'ENV PATH=/usr/lib/postgresql/17/bin:/usr/local/bin:/usr/bin:/bin' \
         'ENV PGDATA=/var/lib/postgresql/data' \
         'ENV LANG=C.UTF-8' \
         'VOLUME /var/lib/postgresql/data' \
