@@ -69,7 +69,8 @@ ensure_users() {
 import_image() {
     local name=$1 producer=$2; shift 2
     local recipe
-    recipe=$( { declare -f "$producer"; printf '%s\n' "$@"; } | sha256sum | cut -c1-16)
+    # The recipe: the producer, the shared pieces producers use, the changes.
+    recipe=$( { declare -f "$producer" postgres_entrypoint; printf '%s\n' "$@"; } | sha256sum | cut -c1-16)
     if [ "$(docker image inspect -f '{{index .Config.Labels "mesbak.recipe"}}' "$name" 2>/dev/null)" = "$recipe" ]; then
         return
     fi
@@ -105,22 +106,29 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         -E UTF8 --locale=C.UTF-8 >/dev/null
     rm -f "$pwfile"
     db=${POSTGRES_DB:-$user}
+    # As the official image: the initial database and extensions are made
+    # by a temporary server (single-user mode would give them OIDs that
+    # pg_dump takes for built-in objects and leaves out of every dump).
+    # Its socket is private, so nobody takes it for the real server.
+    PGHOST=$(mktemp -d)
+    export PGHOST
+    pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -c unix_socket_directories=$PGHOST" start >/dev/null
     if [ "$db" != postgres ]; then
-        postgres --single -D "$PGDATA" -c listen_addresses='' postgres >/dev/null <<SQL
-CREATE DATABASE "$db" OWNER "$user";
-SQL
+        psql -X -q -v ON_ERROR_STOP=1 -U "$user" -d postgres -c "CREATE DATABASE \"$db\" OWNER \"$user\""
     fi
     # As timescale/timescaledb does: preloaded, in template1 and in the
     # database; telemetry off (it would call out of the machine).
     if [ -e "$(pg_config --pkglibdir)/timescaledb.so" ]; then
         printf "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n" \
             >>"$PGDATA/postgresql.conf"
+        pg_ctl -D "$PGDATA" -w restart >/dev/null
         for target in template1 "$db"; do
-            postgres --single -D "$PGDATA" -c listen_addresses='' "$target" >/dev/null <<SQL
-CREATE EXTENSION IF NOT EXISTS timescaledb;
-SQL
+            psql -X -q -v ON_ERROR_STOP=1 -U "$user" -d "$target" -c "CREATE EXTENSION IF NOT EXISTS timescaledb"
         done
     fi
+    pg_ctl -D "$PGDATA" -w -m fast stop >/dev/null
+    rmdir "$PGHOST"
+    unset PGHOST
 fi
 # docker stop sends SIGTERM, which PostgreSQL takes as a "smart" shutdown that
 # waits for clients; answer it with a fast shutdown as the official image does.

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::docker::Docker;
 use crate::health;
 use crate::jobs::Jobs;
-use crate::postgres::Server;
+use crate::postgres::{Server, Session};
 use crate::process::Runner;
 use crate::recovery::Journal;
 use crate::state::StateStore;
@@ -85,6 +85,11 @@ impl App {
             .database_password()
             .map_err(|err| Error::Config(err.to_string()))?;
         Ok(Server::new(&self.config, runner, password))
+    }
+
+    /// A job's session with the database server (see [`Session`]).
+    pub async fn database_session(&self) -> Result<Session, Error> {
+        Ok(Session::new(self.database().await?, &self.journal))
     }
 
     pub fn add_problem(&self, problem: String) {

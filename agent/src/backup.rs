@@ -9,16 +9,16 @@ use mesbak_interface::{BackupInfo, BackupKind, BackupTarget, Error};
 use time::OffsetDateTime;
 
 use crate::app::App;
+use crate::commit::{check_space, commit};
 use crate::health::kind_configured;
 use crate::ignition;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupWriter;
-use crate::postgres::{self, DumpReader, Server};
+use crate::postgres::{self, DumpReader, Server, timescale};
 use crate::process;
-use crate::recovery::put_back_after;
 use crate::retention;
 use crate::state::FailureRecord;
-use crate::storage::{PendingBackup, Storage, human_bytes};
+use crate::storage::Storage;
 
 /// Runs a `Backup` job.
 pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<String, Error> {
@@ -117,44 +117,6 @@ fn apply_retention(app: &App, job: &Job, made: &[BackupInfo]) {
     }
 }
 
-/// Refuses to start when the disk could not hold another backup like the
-/// last one and still keep the configured floor free.
-pub fn check_space(app: &App, kind: BackupKind) -> Result<(), Error> {
-    let free = app.storage.free_bytes()?;
-    let previous = app
-        .storage
-        .list()?
-        .into_iter()
-        .find(|b| b.kind == kind)
-        .map_or(0, |b| b.size_bytes);
-    let floor = app.config.backup.min_free_bytes;
-    if free < previous.saturating_add(floor) {
-        return Err(Error::NoSpace(format!(
-            "only {} free in {}: a {kind} backup needs about {} (the size of the last one) and mesbak keeps {} free (backup.min_free_bytes); free space or move backup_dir, then retry",
-            human_bytes(free),
-            app.storage.root().display(),
-            human_bytes(previous),
-            human_bytes(floor),
-        )));
-    }
-    Ok(())
-}
-
-/// Warns when a backup's size changed by more than half since the last one.
-pub fn size_change_warning(previous: Option<&BackupInfo>, size: u64) -> Option<String> {
-    let previous = previous.filter(|p| p.size_bytes > 0)?;
-    let ratio = size as f64 / previous.size_bytes as f64;
-    (!(0.5..=1.5).contains(&ratio)).then(|| {
-        format!(
-            "this backup is {} where the previous one ({}) was {}: a change of {:+.0}%; check that the data is what you expect",
-            human_bytes(size),
-            previous.id,
-            human_bytes(previous.size_bytes),
-            (ratio - 1.0) * 100.0
-        )
-    })
-}
-
 /// Backs up the configured database as `<name>_<point>[_<tag>].sql.gz.enc`.
 /// Starts the database container if it is stopped, and stops it again.
 pub async fn database(
@@ -163,32 +125,34 @@ pub async fn database(
     point: &str,
     tag: Option<&str>,
 ) -> Result<BackupInfo, Error> {
+    let mut session = app.database_session().await?;
+    let result = async {
+        session.ensure_up(job).await?;
+        dump(app, job, &session.server, point, tag).await
+    }
+    .await;
+    session
+        .end(result, |info| format!("backup {} was saved", info.id))
+        .await
+}
+
+/// The payload of a database backup, in order: the roles it needs
+/// (created only where missing), TimescaleDB's restore prologue, pg_dump's
+/// plain SQL, TimescaleDB's epilogue, and the database-level facts pg_dump
+/// leaves out. So `decrypt | gunzip | psql` into an empty database brings
+/// all of it back, on a server with or without the roles.
+pub async fn dump(
+    app: &App,
+    job: &Job,
+    server: &Server,
+    point: &str,
+    tag: Option<&str>,
+) -> Result<BackupInfo, Error> {
     let key = app.key()?;
     for repair in app.storage.prepare()? {
         tracing::warn!(repair = %repair, "backup folder repaired");
     }
     check_space(app, BackupKind::Database)?;
-    let server = app.database().await?;
-    let mut touched = server.touched(&app.journal);
-    let result = async {
-        server.ensure_up(job, touched.as_mut()).await?;
-        dump(app, job, &server, key, point, tag).await
-    }
-    .await;
-    put_back_after(touched, result, |info| {
-        format!("backup {} was saved", info.id)
-    })
-    .await
-}
-
-async fn dump(
-    app: &App,
-    job: &Job,
-    server: &Server,
-    key: mesbak_format::Key,
-    point: &str,
-    tag: Option<&str>,
-) -> Result<BackupInfo, Error> {
     let database = &app.config.database.name;
     let started = std::time::Instant::now();
     let created = now_rfc3339();
@@ -203,37 +167,45 @@ async fn dump(
         .create(BackupKind::Database, database, point, tag)?;
     job.set_stage(format!("Creating backup: {}", pending.id));
     job.reset_bytes(0);
-    // The writer derives the file's key (PBKDF2) while the roles and
-    // versions are read.
+    // The writer derives the file's key (PBKDF2) while the roles, versions
+    // and database facts are read.
     let writer = BackupWriter::start(
         file,
         key,
         app.config.backup.compression_level,
         job.bytes_done.clone(),
     );
-    let roles_argv = server.argv("pg_dumpall", &["--roles-only", "-l", database]);
-    let roles = async {
-        let (roles, outcome) = server
-            .runner
-            .spawn(&roles_argv, &server.env(), false)
-            .await?
-            .collect()
-            .await?;
-        outcome.check(|detail| {
-            Error::Database(format!(
-                "pg_dumpall --roles-only failed in {}: {detail}",
-                server.runner.describe()
-            ))
-        })?;
-        Ok::<_, Error>(roles)
-    };
-    let (roles, versions) = tokio::join!(roles, postgres::versions(server, database));
-    let prelude = postgres::roles_prelude(&String::from_utf8_lossy(&roles?));
-    let (server_version, timescaledb_version) = versions?;
-    writer.write(Bytes::from(prelude.into_bytes())).await;
+    let roles_args = ["--roles-only", "-l", database.as_str()];
+    let roles = server.output("pg_dumpall", &roles_args, None, |detail| {
+        Error::Database(format!(
+            "pg_dumpall --roles-only failed in {}: {detail}",
+            server.runner.describe()
+        ))
+    });
+    let (roles, server_version, timescaledb, facts) = tokio::join!(
+        roles,
+        postgres::catalog::server_version(server),
+        timescale::installed(server, database),
+        postgres::facts::read(server, database),
+    );
+    let (server_version, timescaledb, facts) = (server_version?, timescaledb?, facts?);
+    let mut prologue = postgres::roles_prelude(&roles?);
+    let mut epilogue = String::new();
+    if let Some(extension) = &timescaledb {
+        if extension.schema == "public" {
+            prologue.push_str(&timescale::prologue(&extension.version));
+            epilogue.push_str(timescale::epilogue());
+        } else {
+            job.warn(format!(
+                "TimescaleDB is installed in schema '{}', not 'public': a restore by hand (decrypt | gunzip | psql) must call {0}.timescaledb_pre_restore() before and {0}.timescaledb_post_restore() after the load",
+                extension.schema
+            ));
+        }
+    }
+    epilogue.push_str(&facts.to_sql());
+    writer.write(Bytes::from(prologue.into_bytes())).await;
 
-    let argv = server.argv("pg_dump", &["-d", database]);
-    let mut spawned = server.runner.spawn(&argv, &server.env(), false).await?;
+    let mut spawned = server.spawn("pg_dump", &["-d", database], false).await?;
     let mut reader = DumpReader::default();
     while let Some(block) = spawned.stdout.recv().await {
         reader.feed(&block);
@@ -243,8 +215,11 @@ async fn dump(
     }
     drop(spawned.stdout);
     let outcome = process::join(spawned.done).await;
+    writer.write(Bytes::from(epilogue.into_bytes())).await;
     // A writer failure (disk full) explains a broken pipe better than pg_dump does.
     let written = writer.finish().await?;
+    // pg_dump's warnings (TimescaleDB's circular foreign keys among its
+    // catalog tables) go to stderr with exit status 0: not failures.
     outcome?.check(|detail| {
         Error::Database(format!(
             "pg_dump of database '{database}' failed in {}: {detail}",
@@ -279,82 +254,11 @@ async fn dump(
         restore_point: point.to_owned(),
         source: database.clone(),
         server_version,
-        timescaledb_version,
+        timescaledb_version: timescaledb.map(|t| t.version).unwrap_or_default(),
         schemas: reader.schemas,
         table_rows: reader.table_rows,
         downtime_ms: 0,
         warnings,
     };
     commit(job, pending, info, previous.as_ref(), written.plain_bytes)
-}
-
-/// Commits a written backup (its final name and metadata), adds the
-/// size-change warning against `previous`, records the file and warnings on
-/// the job and logs it; `plain_bytes` is the size before compression.
-pub fn commit(
-    job: &Job,
-    pending: PendingBackup,
-    mut info: BackupInfo,
-    previous: Option<&BackupInfo>,
-    plain_bytes: u64,
-) -> Result<BackupInfo, Error> {
-    info.warnings
-        .extend(size_change_warning(previous, info.size_bytes));
-    for warning in &info.warnings {
-        job.warn(warning.clone());
-    }
-    pending.commit(&info)?;
-    job.add_file(info.id.clone());
-    tracing::info!(
-        job = job.id,
-        kind = info.kind.as_str(),
-        file = %info.id,
-        bytes = info.size_bytes,
-        plain_bytes,
-        duration_ms = info.duration_ms,
-        downtime_ms = info.downtime_ms,
-        sha256 = %info.sha256,
-        "{} backup written",
-        info.kind.as_str()
-    );
-    Ok(info)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn size_changes_over_half_are_flagged() {
-        let previous = BackupInfo {
-            id: "mes_a.sql.gz.enc".into(),
-            kind: BackupKind::Database,
-            path: String::new(),
-            created: String::new(),
-            size_bytes: 1000,
-            sha256: String::new(),
-            duration_ms: 0,
-            restore_point: String::new(),
-            source: String::new(),
-            server_version: String::new(),
-            timescaledb_version: String::new(),
-            schemas: vec![],
-            table_rows: Default::default(),
-            downtime_ms: 0,
-            warnings: vec![],
-        };
-        assert!(size_change_warning(Some(&previous), 1400).is_none());
-        assert!(size_change_warning(Some(&previous), 600).is_none());
-        assert!(
-            size_change_warning(Some(&previous), 1600)
-                .unwrap()
-                .contains("+60%")
-        );
-        assert!(
-            size_change_warning(Some(&previous), 400)
-                .unwrap()
-                .contains("-60%")
-        );
-        assert!(size_change_warning(None, 400).is_none());
-    }
 }

@@ -62,7 +62,7 @@ pub struct Database {
     pub schemas: Vec<String>,
     /// The password from `POSTGRES_PASSWORD`; never logged.
     #[serde(skip)]
-    pub password_env: Option<String>,
+    pub password_env: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +216,17 @@ impl Default for Schedule {
     }
 }
 
+/// A secret from the environment: `Debug` (and so every log line and
+/// `--check-config` dump of the configuration) shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"(set, not shown)\"")
+    }
+}
+
 /// Source of environment variables, so tests can inject them.
 pub trait Environment {
     fn var(&self, name: &str) -> Option<String>;
@@ -277,7 +288,7 @@ impl Config {
         if let Some(user) = env.var("POSTGRES_USER") {
             self.database.user = user;
         }
-        self.database.password_env = env.var("POSTGRES_PASSWORD");
+        self.database.password_env = env.var("POSTGRES_PASSWORD").map(Secret);
         if let Some(schedule) = env.var("SCHEDULE") {
             self.schedule.backup = schedule;
         }
@@ -375,7 +386,7 @@ impl Config {
     /// The database password: `POSTGRES_PASSWORD`, else `password_file`.
     pub fn database_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(password) = &self.database.password_env {
-            return Ok(Some(password.clone()));
+            return Ok(Some(password.0.clone()));
         }
         if self.database.password_file.as_os_str().is_empty() {
             return Ok(None);
@@ -466,6 +477,8 @@ mod tests {
         );
         assert_eq!(config.retention.days, 14);
         assert_eq!(config.schedule.backup, "0 2 * * *");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         Err(err) => app.add_problem(err.message()),
     }
+    crate::postgres::remove_stale_password_files(&app.config.state_dir);
     for partial in app.storage.remove_partials() {
         tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
     }

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod backup;
 pub mod bus;
+pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod docker;

@@ -93,6 +93,9 @@ impl Runner {
     }
 }
 
+/// What a host program inherits from the agent's environment.
+const HOST_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_MESSAGES", "TZ"];
+
 fn spawn_host(
     argv: &[String],
     env: &[(String, String)],
@@ -101,8 +104,15 @@ fn spawn_host(
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| Error::Failed("empty command".into()))?;
+    // A minimal environment: the agent's own (BACKUP_ENCRYPTION_KEY,
+    // POSTGRES_PASSWORD, ...) never reaches another program.
+    let inherited = HOST_ENV
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|value| (*name, value)));
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(inherited)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -232,5 +242,24 @@ mod tests {
         assert_eq!(outcome.exit_code, 3);
         let err = outcome.check(Error::Database).unwrap_err();
         assert_eq!(err.message(), "err");
+    }
+
+    #[tokio::test]
+    async fn host_programs_get_a_minimal_environment() {
+        // cargo gives every test process CARGO_MANIFEST_DIR: it must not pass.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let spawned = Runner::Host
+            .spawn(
+                &["sh".into(), "-c".into(), "env".into()],
+                &[("PGCONNECT_TIMEOUT".into(), "15".into())],
+                false,
+            )
+            .await
+            .unwrap();
+        let (out, _) = spawned.collect().await.unwrap();
+        let env = String::from_utf8(out).unwrap();
+        assert!(!env.contains("CARGO_MANIFEST_DIR"), "{env}");
+        assert!(env.contains("PGCONNECT_TIMEOUT=15"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
     }
 }

@@ -231,19 +231,31 @@ impl AgentConfig {
         config
     }
 
-    /// [`AgentConfig::new`], with `[database]` pointing at `pg`: its
-    /// container, `127.0.0.1`, its port, user `admin`, database `mes` and its
-    /// password in a 0600 file.
+    /// [`AgentConfig::new`], with `[database]` pointing at `pg`: user
+    /// `admin`, database `mes`, its password in a 0600 file, and
+    /// * for a server reached through Docker only ([`crate::Reach::DockerOnly`]),
+    ///   its container (and a closed port: nothing may go over TCP);
+    /// * for one on the host's network ([`crate::Reach::HostPort`]), host
+    ///   mode: `container = ""`, `127.0.0.1` and its port.
     pub fn for_postgres(pg: &Postgres) -> AgentConfig {
         let mut config = AgentConfig::new();
         let password_file = config.dir().join("db-password");
         write_private(&password_file, format!("{}\n", pg.password()).as_bytes())
             .unwrap_or_else(|err| panic!("cannot write {}: {err:#}", password_file.display()));
         config
-            .set("database.container", pg.name())
-            .set("database.port", i64::from(pg.port()))
             .set("database.user", pg.user())
             .set("database.password_file", path_str(&password_file));
+        match pg.reach() {
+            crate::Reach::DockerOnly => {
+                config.set("database.container", pg.name());
+            }
+            crate::Reach::HostPort => {
+                config
+                    .set("database.container", "")
+                    .set("database.host", "127.0.0.1")
+                    .set("database.port", i64::from(pg.port()));
+            }
+        }
         config
     }
 

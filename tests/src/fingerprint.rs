@@ -26,6 +26,10 @@ use crate::postgres::{Postgres, quote_ident};
 ///   default privileges), outside PostgreSQL's own schemas and extensions.
 /// * Definitions: columns, constraints, indexes, triggers, views, functions,
 ///   partition keys and bounds, sequence parameters; comments; extensions.
+/// * The database itself: owner, ACL, comment, `ALTER DATABASE ... SET` and
+///   `ALTER ROLE ... IN DATABASE ... SET` settings.
+/// * TimescaleDB: each hypertable's dimensions and chunk count (chunks'
+///   rows are in `tables`, as `_timescaledb_internal._hyper_*` tables).
 ///
 /// Compare with [`Fingerprint::assert_same`] or [`assert_fingerprint_eq!`]:
 /// they print only the differences ([`Fingerprint::diff`]). (`assert_eq!`
@@ -52,6 +56,11 @@ pub struct Fingerprint {
     pub definitions: BTreeMap<String, String>,
     /// `<kind> <name>` to its comment.
     pub comments: BTreeMap<String, String>,
+    /// `owner`, `acl`, `comment`, `settings`, `settings of <role>` of the
+    /// database itself.
+    pub database: BTreeMap<String, String>,
+    /// `hypertable <schema>.<table>` to its dimensions and chunk count.
+    pub hypertables: BTreeMap<String, String>,
 }
 
 /// Contents of one table or materialized view.
@@ -157,7 +166,21 @@ impl Fingerprint {
             }
         }
 
+        let hypertables = if catalog
+            .extensions
+            .iter()
+            .any(|e| e.starts_with("timescaledb "))
+        {
+            let text = pg.try_psql(db, HYPERTABLES_SQL)?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing the hypertable query's output: {text}"))?
+        } else {
+            BTreeMap::new()
+        };
+
         Ok(Fingerprint {
+            database: catalog.database,
+            hypertables,
             schemas: catalog.schemas,
             extensions: catalog.extensions,
             tables,
@@ -208,6 +231,8 @@ impl Fingerprint {
             &mut out,
         );
         diff_maps("comment on", &self.comments, &other.comments, &mut out);
+        diff_maps("database", &self.database, &other.database, &mut out);
+        diff_maps("", &self.hypertables, &other.hypertables, &mut out);
         out
     }
 
@@ -228,7 +253,7 @@ impl Fingerprint {
     /// A one-line summary: counts of tables, rows, roles and so on.
     pub fn summary(&self) -> String {
         format!(
-            "{} schemas, {} tables with {} rows, {} materialized views, {} sequences, {} roles, {} owned objects, {} ACLs, {} definitions",
+            "{} schemas, {} tables with {} rows, {} materialized views, {} sequences, {} roles, {} owned objects, {} ACLs, {} definitions, {} database facts, {} hypertables",
             self.schemas.len(),
             self.tables.len(),
             self.total_rows(),
@@ -237,7 +262,9 @@ impl Fingerprint {
             self.roles.len(),
             self.owners.len(),
             self.acls.len(),
-            self.definitions.len()
+            self.definitions.len(),
+            self.database.len(),
+            self.hypertables.len()
         )
     }
 }
@@ -308,6 +335,7 @@ struct Catalog {
     acls: BTreeMap<String, String>,
     definitions: BTreeMap<String, String>,
     comments: BTreeMap<String, String>,
+    database: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +346,22 @@ struct Relation {
     kind: String,
     populated: bool,
 }
+
+/// Hypertables with their dimensions and chunk counts, as a JSON object.
+const HYPERTABLES_SQL: &str = r#"
+SELECT coalesce(json_object_agg(format('hypertable %s.%s', h.hypertable_schema, h.hypertable_name),
+                                format('dimensions %s; %s chunks',
+                                       (SELECT string_agg(format('%s %s%s', d.column_name, d.dimension_type,
+                                                                 coalesce(' ' || d.time_interval::text, '')
+                                                                 || coalesce(' ' || d.num_partitions::text || ' partitions', '')),
+                                                          ', ' ORDER BY d.dimension_number)
+                                        FROM timescaledb_information.dimensions d
+                                        WHERE d.hypertable_schema = h.hypertable_schema
+                                          AND d.hypertable_name = h.hypertable_name),
+                                       h.num_chunks)
+                                ORDER BY h.hypertable_schema, h.hypertable_name), '{}')
+FROM timescaledb_information.hypertables h;
+"#;
 
 /// One query returning the catalog side of the fingerprint as a JSON object.
 fn catalog_sql() -> String {
@@ -437,6 +481,16 @@ comments(k, v) AS (
     UNION ALL SELECT 'type ' || qname, obj_description(oid, 'pg_type') FROM typ
     UNION ALL SELECT 'function ' || qname, obj_description(oid, 'pg_proc') FROM fn
 ),
+dbfacts(k, v) AS (
+    SELECT 'owner', pg_get_userbyid(d.datdba) FROM pg_database d WHERE d.datname = current_database()
+    UNION ALL SELECT 'acl', (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(d.datacl) AS a)
+              FROM pg_database d WHERE d.datname = current_database()
+    UNION ALL SELECT 'comment', shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = current_database()
+    UNION ALL SELECT CASE WHEN s.setrole = 0 THEN 'settings' ELSE 'settings of ' || pg_get_userbyid(s.setrole) END,
+                     (SELECT string_agg(c, '; ' ORDER BY c) FROM unnest(s.setconfig) AS c)
+              FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+              WHERE d.datname = current_database()
+),
 roles AS (
     SELECT r.rolname, json_build_object(
         'superuser', r.rolsuper, 'inherit', r.rolinherit, 'createrole', r.rolcreaterole,
@@ -465,7 +519,8 @@ SELECT json_build_object(
     'owners', (SELECT coalesce(json_object_agg(k, v ORDER BY k), '{{}}') FROM owners),
     'acls', (SELECT coalesce(json_object_agg(k, v ORDER BY k), '{{}}') FROM acls),
     'definitions', (SELECT coalesce(json_object_agg(k, coalesce(v, '') ORDER BY k), '{{}}') FROM defs),
-    'comments', (SELECT coalesce(json_object_agg(k, v ORDER BY k), '{{}}') FROM comments WHERE v IS NOT NULL)
+    'comments', (SELECT coalesce(json_object_agg(k, v ORDER BY k), '{{}}') FROM comments WHERE v IS NOT NULL),
+    'database', (SELECT coalesce(json_object_agg(k, v ORDER BY k), '{{}}') FROM dbfacts WHERE v IS NOT NULL)
 );
 "#
     )

@@ -38,5 +38,38 @@ pub use agent::{
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
-pub use postgres::{ADMIN, DEFAULT_DB, IMAGE, Postgres, fixture_path, quote_ident, quote_literal};
+pub use postgres::{
+    ADMIN, DEFAULT_DB, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
+};
 pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};
+
+/// Runs each database test on both servers: PostgreSQL 15 and the plant's
+/// TimescaleDB on PostgreSQL 17. Write the test as
+/// `async fn name(flavor: Flavor)` and list it:
+///
+/// ```text
+/// on_both_servers!(backup_restores_identically, restore_survives_a_kill);
+/// ```
+///
+/// which makes `postgres15::name` and `timescaledb::name` tests.
+#[macro_export]
+macro_rules! on_both_servers {
+    ($($name:ident),+ $(,)?) => {
+        mod postgres15 {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::Flavor::Postgres15).await
+                }
+            )+
+        }
+        mod timescaledb {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::Flavor::TimescaleDb).await
+                }
+            )+
+        }
+    };
+}

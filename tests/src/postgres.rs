@@ -1,4 +1,5 @@
-//! PostgreSQL 15 servers in throwaway containers.
+//! PostgreSQL servers in throwaway containers: PostgreSQL 15 (Debian's, run
+//! from the host's `/usr`) and the plant's TimescaleDB 2.19 on PostgreSQL 17.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,8 +11,6 @@ use anyhow::{Context, Result, bail};
 use crate::fingerprint::Fingerprint;
 use crate::util::{blocking, describe, free_port, random_hex, run, run_text, run_unchecked};
 
-/// The image `dev/lib.sh` builds (`ensure_images`).
-pub const IMAGE: &str = "mesbak-test/postgres:15";
 /// The superuser every test server has.
 pub const ADMIN: &str = "admin";
 /// The database every test server starts with.
@@ -20,15 +19,64 @@ pub const DEFAULT_DB: &str = "mes";
 /// value, so leftovers of killed test runs can be removed.
 pub(crate) const LABEL: &str = "mesbak.test.pid";
 
+/// Which server a test runs on. Every database suite runs on both
+/// ([`crate::on_both_servers!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Debian 12's PostgreSQL 15 (`mesbak-test/postgres:15`).
+    Postgres15,
+    /// The plant's server: PostgreSQL 17 with TimescaleDB 2.19, as
+    /// `timescale/timescaledb:latest-pg17` (`mesbak-test/timescaledb:pg17`).
+    TimescaleDb,
+}
+
+impl Flavor {
+    pub const ALL: [Flavor; 2] = [Flavor::Postgres15, Flavor::TimescaleDb];
+
+    /// The image `dev/lib.sh` builds (`ensure_images`).
+    pub fn image(self) -> &'static str {
+        match self {
+            Flavor::Postgres15 => "mesbak-test/postgres:15",
+            Flavor::TimescaleDb => "mesbak-test/timescaledb:pg17",
+        }
+    }
+
+    /// Whether the server has TimescaleDB.
+    pub fn timescaledb(self) -> bool {
+        self == Flavor::TimescaleDb
+    }
+
+    /// The fixture files, in loading order.
+    pub fn fixtures(self) -> Vec<PathBuf> {
+        let mut files = vec![fixture_path()];
+        if self.timescaledb() {
+            files.push(crate::util::workspace_root().join("tests/fixtures/mes_timescaledb.sql"));
+        }
+        files
+    }
+}
+
+/// How the agent reaches a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// As on a plant: the container has `--network none`, no published port
+    /// and no shared socket; only `docker exec` reaches the server.
+    DockerOnly,
+    /// Host networking, listening on `127.0.0.1:`[`Postgres::port`], for
+    /// the agent's host mode (`database.container = ""`).
+    HostPort,
+}
+
 /// The fixture: a realistic MES database (see the file's header).
 pub fn fixture_path() -> PathBuf {
     crate::util::workspace_root().join("tests/fixtures/mes.sql")
 }
 
-/// A PostgreSQL 15 server in its own container (`mesbak-test-pg-<random>`)
-/// on host networking, listening on 127.0.0.1:[`Postgres::port`] with the
-/// superuser `admin` / [`Postgres::password`] and an empty database `mes`.
-/// Data lives in a named volume. Drop removes container and volume.
+/// A PostgreSQL server in its own container (`mesbak-test-pg-<random>`),
+/// with the superuser `admin` / [`Postgres::password`] and an empty
+/// database `mes` (which has the TimescaleDB extension on the TimescaleDB
+/// server, as the official image gives it). Data lives in a named volume.
+/// Drop removes container and volume.
 ///
 /// All methods block (inside a multi-threaded tokio runtime they step aside
 /// with `block_in_place`) and panic with the command's stderr on failure.
@@ -37,25 +85,45 @@ pub struct Postgres {
     volume: String,
     port: u16,
     password: String,
+    flavor: Flavor,
+    reach: Reach,
 }
 
 impl Postgres {
-    /// A fresh server with an empty database `mes` and no roles but
-    /// `admin`: also the "empty server" a restore must work on.
+    /// A fresh PostgreSQL 15 server reached through Docker only.
     pub fn start() -> Postgres {
-        Postgres::try_start().unwrap_or_else(|err| panic!("cannot start PostgreSQL: {err:#}"))
+        Postgres::start_on(Flavor::Postgres15)
     }
 
-    /// A fresh server with the fixture loaded into `mes`.
+    /// A fresh `flavor` server reached through Docker only, with an empty
+    /// database `mes` and no roles but `admin`: also the "empty server" a
+    /// restore must work on.
+    pub fn start_on(flavor: Flavor) -> Postgres {
+        Postgres::try_start(flavor, Reach::DockerOnly)
+            .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"))
+    }
+
+    /// A fresh `flavor` server on host networking at 127.0.0.1:[`Postgres::port`].
+    pub fn start_reachable(flavor: Flavor) -> Postgres {
+        Postgres::try_start(flavor, Reach::HostPort)
+            .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"))
+    }
+
+    /// A fresh PostgreSQL 15 server with the fixture loaded into `mes`.
     pub fn start_with_fixture() -> Postgres {
-        let pg = Postgres::start();
+        Postgres::with_fixture_on(Flavor::Postgres15)
+    }
+
+    /// A fresh `flavor` server with its fixture loaded into `mes`.
+    pub fn with_fixture_on(flavor: Flavor) -> Postgres {
+        let pg = Postgres::start_on(flavor);
         pg.load_fixture(DEFAULT_DB);
         pg
     }
 
-    /// [`Postgres::start`], returning the error instead of panicking.
-    pub fn try_start() -> Result<Postgres> {
-        check_docker()?;
+    /// Starts a server, returning the error instead of panicking.
+    pub fn try_start(flavor: Flavor, reach: Reach) -> Result<Postgres> {
+        check_docker(flavor)?;
         reap_leftovers();
         let mut last_error = None;
         // A port found free can be taken before the server binds it: retry.
@@ -64,8 +132,13 @@ impl Postgres {
             let pg = Postgres {
                 name: format!("mesbak-test-pg-{id}"),
                 volume: format!("mesbak-test-pg-{id}-data"),
-                port: free_port(),
+                port: match reach {
+                    Reach::HostPort => free_port(),
+                    Reach::DockerOnly => 5432,
+                },
                 password: random_hex(12),
+                flavor,
+                reach,
             };
             match pg.launch() {
                 Ok(()) => return Ok(pg),
@@ -87,53 +160,35 @@ impl Postgres {
             ]),
             None,
         )?;
-        run(
-            Command::new("docker").args([
-                "run",
-                "-d",
-                "--name",
-                &self.name,
-                "--label",
-                &format!("{LABEL}={pid}"),
-                "--network",
-                "host",
-                "-v",
-                "/usr:/usr:ro",
-                "-v",
-                &format!("{}:/var/lib/postgresql/data", self.volume),
-                "-e",
-                &format!("POSTGRES_USER={ADMIN}"),
-                "-e",
-                &format!("POSTGRES_PASSWORD={}", self.password),
-                "-e",
-                &format!("POSTGRES_DB={DEFAULT_DB}"),
-                "-e",
-                &format!("PGPORT={}", self.port),
-                IMAGE,
-            ]),
-            None,
-        )
-        .with_context(|| format!("docker run {IMAGE} (build it with dev/test)"))?;
+        let image = self.flavor.image();
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "-d", "--name", &self.name])
+            .args(["--label", &format!("{LABEL}={pid}")])
+            .args(["-v", &format!("{}:/var/lib/postgresql/data", self.volume)])
+            .args(["-e", &format!("POSTGRES_USER={ADMIN}")])
+            .args(["-e", &format!("POSTGRES_PASSWORD={}", self.password)])
+            .args(["-e", &format!("POSTGRES_DB={DEFAULT_DB}")])
+            .args(["-e", &format!("PGPORT={}", self.port)]);
+        match self.reach {
+            Reach::DockerOnly => cmd.args(["--network", "none"]),
+            Reach::HostPort => cmd.args(["--network", "host"]),
+        };
+        if self.flavor == Flavor::Postgres15 {
+            // Debian's PostgreSQL 15 runs from the host's /usr.
+            cmd.args(["-v", "/usr:/usr:ro"]);
+        }
+        cmd.arg(image);
+        run(&mut cmd, None)
+            .with_context(|| format!("docker run {image} (build it with dev/test)"))?;
         self.wait_ready()
     }
 
-    /// Waits until the server answers on its TCP port, for up to 60 s.
+    /// Waits until the server answers on its socket, for up to 90 s.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let ready = run_unchecked(
-                Command::new("docker").args([
-                    "exec",
-                    &self.name,
-                    "pg_isready",
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    ADMIN,
-                ]),
+                Command::new("docker").args(["exec", &self.name, "pg_isready", "-q", "-U", ADMIN]),
                 None,
             )?;
             if ready.status.success() {
@@ -148,13 +203,23 @@ impl Postgres {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "PostgreSQL in {} not ready within 60 s; its log:\n{}",
+                    "PostgreSQL in {} not ready within 90 s; its log:\n{}",
                     self.name,
                     self.logs(40)
                 );
             }
             blocking(|| std::thread::sleep(Duration::from_millis(200)));
         }
+    }
+
+    /// Which server this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// How the agent reaches it.
+    pub fn reach(&self) -> Reach {
+        self.reach
     }
 
     /// The container's name.
@@ -167,7 +232,8 @@ impl Postgres {
         &self.volume
     }
 
-    /// The TCP port on 127.0.0.1.
+    /// The TCP port: on 127.0.0.1 of the host for [`Reach::HostPort`], inside
+    /// the container's own network namespace otherwise.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -218,11 +284,14 @@ impl Postgres {
         Ok(text)
     }
 
-    /// Loads `tests/fixtures/mes.sql` into the existing database `db`.
+    /// Loads the server's fixtures (`tests/fixtures/mes.sql`, and on the
+    /// TimescaleDB server `mes_timescaledb.sql`) into the existing database `db`.
     pub fn load_fixture(&self, db: &str) {
-        let sql = std::fs::read_to_string(fixture_path())
-            .unwrap_or_else(|err| panic!("cannot read {}: {err}", fixture_path().display()));
-        self.psql(db, &sql);
+        for path in self.flavor.fixtures() {
+            let sql = std::fs::read_to_string(&path)
+                .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+            self.psql(db, &sql);
+        }
     }
 
     /// Creates an empty database owned by `admin`.
@@ -526,29 +595,35 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn check_docker() -> Result<()> {
-    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    CHECKED
+fn check_docker(flavor: Flavor) -> Result<()> {
+    static DOCKER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DOCKER
         .get_or_init(|| {
-            let info = run(
+            run(
                 Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
                 None,
-            );
-            if let Err(err) = info {
-                return Err(format!(
+            )
+            .map(|_| ())
+            .map_err(|err| {
+                format!(
                     "dockerd does not answer; run dev/test (or `source dev/lib.sh; ensure_dockerd`) as root: {err:#}"
-                ));
-            }
-            let image = run(Command::new("docker").args(["image", "inspect", IMAGE]), None);
-            if image.is_err() {
-                return Err(format!(
-                    "image {IMAGE} is missing; run dev/test (or `source dev/lib.sh; ensure_images`) as root"
-                ));
-            }
-            Ok(())
+                )
+            })
         })
         .clone()
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    let image = flavor.image();
+    if run(
+        Command::new("docker").args(["image", "inspect", image]),
+        None,
+    )
+    .is_err()
+    {
+        bail!(
+            "image {image} is missing; run dev/test (or `source dev/lib.sh; ensure_images`) as root"
+        );
+    }
+    Ok(())
 }
 
 /// Removes containers and volumes labelled by test processes that no longer

@@ -74,9 +74,9 @@ struct Setup {
     backup_id: String,
 }
 
-async fn setup(bulk_mib: u64) -> Setup {
+async fn setup(flavor: Flavor, bulk_mib: u64) -> Setup {
     let bus = Bus::start();
-    let pg = Postgres::start_with_fixture();
+    let pg = Postgres::with_fixture_on(flavor);
     if bulk_mib > 0 {
         pg.load_bulk("mes", bulk_mib);
     }
@@ -116,9 +116,8 @@ fn restore_databases(pg: &Postgres) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn restore_brings_back_the_backup_and_keeps_the_previous_database() {
-    let s = setup(0).await;
+async fn restore_brings_back_the_backup_and_keeps_the_previous_database(flavor: Flavor) {
+    let s = setup(flavor, 0).await;
     let original = s.pg.fingerprint("mes");
     change_data(&s.pg);
     let changed = s.pg.fingerprint("mes");
@@ -203,9 +202,8 @@ async fn restore_brings_back_the_backup_and_keeps_the_previous_database() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database kept"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_damaged_backup_or_a_wrong_key_changes_nothing() {
-    let s = setup(0).await;
+async fn a_damaged_backup_or_a_wrong_key_changes_nothing(flavor: Flavor) {
+    let s = setup(flavor, 0).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
     let databases = s.pg.databases();
@@ -268,10 +266,9 @@ async fn a_damaged_backup_or_a_wrong_key_changes_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn psql_failing_half_way_leaves_the_live_database_untouched() {
+async fn psql_failing_half_way_leaves_the_live_database_untouched(flavor: Flavor) {
     let bus = Bus::start();
-    let pg = Postgres::start_with_fixture();
+    let pg = Postgres::with_fixture_on(flavor);
     let writer = Writer::start();
     // A table in a tablespace that will be gone at restore time.
     let status = Command::new("docker")
@@ -322,9 +319,8 @@ async fn psql_failing_half_way_leaves_the_live_database_untouched() {
     assert!(!config.state_dir().join("restore.json").exists());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start() {
-    let mut s = setup(120).await;
+async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start(flavor: Flavor) {
+    let mut s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
     let job = s
@@ -375,9 +371,8 @@ async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start() {
         .assert_same(&live, "after the repair");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_database_server_stopping_mid_restore_leaves_the_live_database() {
-    let s = setup(120).await;
+async fn the_database_server_stopping_mid_restore_leaves_the_live_database(flavor: Flavor) {
+    let s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
     let job = s
@@ -411,12 +406,11 @@ async fn the_database_server_stopping_mid_restore_leaves_the_live_database() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn disaster_recovery_onto_an_empty_server() {
-    let s = setup(0).await;
+async fn disaster_recovery_onto_an_empty_server(flavor: Flavor) {
+    let s = setup(flavor, 0).await;
     let original = s.pg.fingerprint("mes");
     // A new server: no `mes`, none of the roles; only the backup folder and the key.
-    let empty = Postgres::start();
+    let empty = Postgres::start_on(flavor);
     empty.drop_database("mes");
     let config = AgentConfig::for_postgres(&empty)
         .with("backup_dir", s.config.backup_dir().to_str().unwrap())
@@ -437,9 +431,8 @@ async fn disaster_recovery_onto_an_empty_server() {
         .assert_same(&original, "restore onto an empty server");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn test_restore_passes_and_fails_and_is_recorded() {
-    let s = setup(0).await;
+async fn test_restore_passes_and_fails_and_is_recorded(flavor: Flavor) {
+    let s = setup(flavor, 0).await;
     let databases = s.pg.databases();
     let out = mesbakctl(&s.bus).arg("test-restore").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -498,3 +491,13 @@ async fn test_restore_passes_and_fails_and_is_recorded() {
     );
     assert_eq!(s.pg.databases(), databases);
 }
+
+on_both_servers!(
+    restore_brings_back_the_backup_and_keeps_the_previous_database,
+    a_damaged_backup_or_a_wrong_key_changes_nothing,
+    psql_failing_half_way_leaves_the_live_database_untouched,
+    an_agent_killed_mid_restore_is_repaired_at_its_next_start,
+    the_database_server_stopping_mid_restore_leaves_the_live_database,
+    disaster_recovery_onto_an_empty_server,
+    test_restore_passes_and_fails_and_is_recorded,
+);

@@ -56,7 +56,7 @@ use mesbak_format::Key;
 use mesbak_interface::{BackupInfo, BackupKind, Error, RestoreOptions};
 
 use crate::app::App;
-use crate::backup::check_space;
+use crate::commit::check_space;
 use crate::docker::Docker;
 use crate::jobs::Job;
 use crate::recovery::{Touched, put_back_after};

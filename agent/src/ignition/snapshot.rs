@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::spool::{Relay, Spool};
 use super::tar::TarWalker;
 use super::{BLOCK, Copy, MOUNT, quoted, start_gateways};
-use crate::backup::commit;
+use crate::commit::commit;
 use crate::jobs::now_rfc3339;
 use crate::pipeline::BackupWriter;
 use crate::recovery::Touched;

@@ -1,0 +1,132 @@
+//! The restore's crash journal (`state_dir/restore.json`): the database a
+//! restore or test restore created, recorded before it is created and
+//! removed only once it is dropped or swapped in. After a crash the next
+//! start (or the next restore) drops it, or, when the swap had committed,
+//! records the database it kept.
+
+use mesbak_interface::Error;
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::jobs::now_rfc3339;
+use crate::postgres::{MAINTENANCE_DB, Server, catalog, quote_ident};
+use crate::state::PreviousDatabase;
+
+const FILE: &str = "restore.json";
+
+/// A database the agent created and must drop if it is interrupted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InProgress {
+    /// The scratch or new database.
+    pub database: String,
+    /// For a restore: the name the live database gets at the swap.
+    pub previous_name: Option<String>,
+    pub live_name: String,
+    pub backup: String,
+}
+
+/// Records `record` (before its database is created) or clears the record.
+pub fn save(app: &App, record: Option<&InProgress>) -> Result<(), Error> {
+    let path = app.config.state_dir.join(FILE);
+    match record {
+        None => match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Error::Failed(format!(
+                "cannot remove {}: {err}",
+                path.display()
+            ))),
+        },
+        Some(record) => {
+            let tmp = app.config.state_dir.join(format!(".{FILE}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            let write = || -> std::io::Result<()> {
+                let mut file = crate::storage::create_private_file(&tmp)?;
+                std::io::Write::write_all(
+                    &mut file,
+                    &serde_json::to_vec_pretty(record).expect("serialises"),
+                )?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                crate::storage::sync_dir(&app.config.state_dir)
+            };
+            write().map_err(|err| {
+                Error::Failed(format!(
+                    "cannot record the restore in {}: {err}; nothing was changed",
+                    path.display()
+                ))
+            })
+        }
+    }
+}
+
+/// Whether a restore or test restore was cut short and left work behind.
+pub fn interrupted(app: &App) -> bool {
+    app.config.state_dir.join(FILE).exists()
+}
+
+/// Drops a database the agent made and clears the record. On failure the
+/// record stays, so the next start or restore drops it.
+pub async fn drop_database(app: &App, server: &Server, name: &str) -> Result<(), Error> {
+    let statement = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE);\n",
+        quote_ident(name)
+    );
+    match server.execute(MAINTENANCE_DB, &statement).await {
+        Ok(_) => save(app, None),
+        Err(err) => {
+            tracing::error!(database = name, error = %err.message(), "could not drop a database the agent created; retrying at the next start");
+            Ok(())
+        }
+    }
+}
+
+/// Cleans up after a restore or test restore that was cut short: drops
+/// its database, or, when the swap had happened, records the kept one.
+pub async fn recover(app: &App, server: &Server) -> Result<(), Error> {
+    let path = app.config.state_dir.join(FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let Ok(record) = serde_json::from_slice::<InProgress>(&bytes) else {
+        tracing::warn!(file = %path.display(), "ignoring an unreadable restore record");
+        return save(app, None);
+    };
+    let cleanup = async {
+        if catalog::database_exists(server, &record.database).await? {
+            tracing::warn!(database = %record.database, backup = %record.backup, "dropping the database of an interrupted restore");
+            server
+                .execute(
+                    MAINTENANCE_DB,
+                    &format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE);\n",
+                        quote_ident(&record.database)
+                    ),
+                )
+                .await?;
+        } else if let Some(previous) = &record.previous_name {
+            if catalog::database_exists(server, previous).await? {
+                tracing::warn!(database = %previous, backup = %record.backup, "an interrupted restore had swapped; keeping the replaced database for rollback");
+                app.state.update(|state| {
+                    state.previous_database = Some(PreviousDatabase {
+                        name: previous.clone(),
+                        live_name: record.live_name.clone(),
+                        replaced_at: now_rfc3339(),
+                        restored_backup: record.backup.clone(),
+                    })
+                })?;
+            }
+        }
+        save(app, None)
+    };
+    cleanup.await.map_err(|err: Error| {
+        Error::from_kind(
+            err.kind(),
+            format!(
+                "the database '{}' of an interrupted restore could not be cleaned up: {}",
+                record.database,
+                err.message()
+            ),
+        )
+    })
+}

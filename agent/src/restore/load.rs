@@ -1,0 +1,244 @@
+//! Loading a backup into a new database: created like the live one,
+//! streamed through psql with ON_ERROR_STOP (TimescaleDB's prologue and
+//! epilogue around it), the extension updated where the server's is newer,
+//! and the rows each COPY stored compared with the backup's.
+
+use std::collections::BTreeMap;
+
+use mesbak_interface::Error;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::plan::Plan;
+use crate::jobs::Job;
+use crate::pipeline::BackupReader;
+use crate::postgres::{DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_literal, timescale};
+use crate::process;
+use crate::storage::{BackupRef, open_backup};
+
+/// What a load did.
+pub struct Loaded {
+    pub plain_bytes: u64,
+    /// Rows stored per table, as the server reported each COPY; None when
+    /// the reports could not be matched to the dump's COPY statements.
+    pub copied_rows: Option<BTreeMap<String, u64>>,
+}
+
+/// Creates `name` empty from template0, with the owner, encoding and
+/// locale of `like` when given.
+pub async fn create_database_like(
+    server: &Server,
+    name: &str,
+    like: Option<&str>,
+) -> Result<(), Error> {
+    let mut statement = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(like) = like {
+        #[derive(Deserialize)]
+        struct Like {
+            owner: String,
+            encoding: String,
+            collate: String,
+            ctype: String,
+        }
+        let like: Like = server
+            .query_value(
+                MAINTENANCE_DB,
+                &format!(
+                    "SELECT pg_catalog.json_build_object('owner', pg_catalog.pg_get_userbyid(datdba), \
+                     'encoding', pg_catalog.pg_encoding_to_char(encoding), \
+                     'collate', datcollate, 'ctype', datctype) \
+                     FROM pg_catalog.pg_database WHERE datname = {}",
+                    quote_literal(like)
+                ),
+            )
+            .await?;
+        statement.push_str(&format!(
+            " OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(&like.owner),
+            quote_literal(&like.encoding),
+            quote_literal(&like.collate),
+            quote_literal(&like.ctype)
+        ));
+    }
+    statement.push_str(";\n");
+    server.execute(MAINTENANCE_DB, &statement).await.map(|_| ())
+}
+
+/// Streams the backup's SQL into `database` through psql with
+/// ON_ERROR_STOP, wrapped in TimescaleDB's prologue and epilogue when the
+/// backup has TimescaleDB, then updates the extension where planned.
+pub async fn load(
+    job: &Job,
+    server: &Server,
+    backup: &BackupRef,
+    plan: &Plan,
+    timescale: Option<&timescale::RestorePlan>,
+    database: &str,
+) -> Result<Loaded, Error> {
+    job.set_stage(format!("restoring {} into '{database}'", backup.id));
+    let file = open_backup(&backup.path)?;
+    job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
+    let mut reader = BackupReader::start(
+        backup.id.clone(),
+        file,
+        plan.key.clone(),
+        true,
+        job.bytes_done.clone(),
+    );
+    let mut dump = DumpReader::default();
+    let mut plain_bytes = 0u64;
+    let spawned = server
+        .spawn(
+            "psql",
+            &["-X", "-v", "ON_ERROR_STOP=1", "-d", database],
+            true,
+        )
+        .await?;
+    let process::Spawned {
+        mut stdout,
+        stdin,
+        done,
+    } = spawned;
+    let mut stdin = stdin.ok_or_else(|| Error::Failed("psql has no input".into()))?;
+    // psql reports `COPY <rows>` per COPY it ran; everything else is noise.
+    let copy_reports = tokio::spawn(async move {
+        let mut counts = Vec::new();
+        let mut line = Vec::new();
+        while let Some(block) = stdout.recv().await {
+            for &byte in block.iter() {
+                if byte == b'\n' {
+                    if let Some(rows) = line.strip_prefix(b"COPY ") {
+                        counts.extend(
+                            std::str::from_utf8(rows)
+                                .ok()
+                                .and_then(|r| r.parse::<u64>().ok()),
+                        );
+                    }
+                    line.clear();
+                } else if line.len() < 64 {
+                    line.push(byte);
+                }
+            }
+        }
+        counts
+    });
+    let (prologue, epilogue) = match timescale {
+        Some(ts) => (timescale::prologue(&ts.version), timescale::epilogue()),
+        None => (String::new(), ""),
+    };
+    let mut fed = stdin.write_all(prologue.as_bytes()).await.is_ok();
+    while fed {
+        let Some(block) = reader.blocks.recv().await else {
+            break;
+        };
+        dump.feed(&block);
+        plain_bytes += block.len() as u64;
+        fed = stdin.write_all(&block).await.is_ok();
+    }
+    if fed {
+        fed = stdin.write_all(epilogue.as_bytes()).await.is_ok();
+    }
+    let _ = stdin.shutdown().await;
+    drop(stdin);
+    let read = if fed {
+        reader.finish().await.map(|_| ())
+    } else {
+        drop(reader);
+        Ok(())
+    };
+    let outcome = process::join(done).await?;
+    let copy_reports = copy_reports.await.unwrap_or_default();
+    outcome.check(|detail| {
+        Error::Database(format!(
+            "psql stopped restoring {} into '{database}': {detail}",
+            backup.id
+        ))
+    })?;
+    read?;
+    if !fed {
+        return Err(Error::Database(format!(
+            "psql stopped reading while restoring {} into '{database}'",
+            backup.id
+        )));
+    }
+    if plan.from_metadata {
+        let differences = compare_rows(&plan.expected, &dump.table_rows);
+        if !differences.is_empty() {
+            return Err(Error::Integrity(format!(
+                "row counts differ from the backup's metadata ({}); the metadata file does not belong to this backup",
+                differences.join("; ")
+            )));
+        }
+    }
+    if let Some(to) = timescale.and_then(|ts| ts.update_to.as_deref()) {
+        job.set_stage(format!("updating TimescaleDB in '{database}' to {to}"));
+        timescale::update_extension(server, database, to).await?;
+    }
+    let copied_rows = (copy_reports.len() == dump.copy_order.len())
+        .then(|| dump.copy_order.iter().cloned().zip(copy_reports).collect());
+    Ok(Loaded {
+        plain_bytes,
+        copied_rows,
+    })
+}
+
+/// Differences between expected and restored row counts, one phrase each.
+/// TimescaleDB's catalog tables belong to the extension and are not counted.
+pub fn compare_rows(
+    expected: &BTreeMap<String, u64>,
+    actual: &BTreeMap<String, u64>,
+) -> Vec<String> {
+    let internal = |name: &str| {
+        [
+            "_timescaledb_catalog.",
+            "_timescaledb_config.",
+            "_timescaledb_cache.",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+    };
+    let mut differences = Vec::new();
+    for (table, want) in expected.iter().filter(|(t, _)| !internal(t)) {
+        match actual.get(table) {
+            Some(got) if got == want => {}
+            Some(got) => differences.push(format!("{table}: {got} rows, expected {want}")),
+            None => differences.push(format!("{table} is missing")),
+        }
+    }
+    for (table, got) in actual {
+        if !expected.contains_key(table) && !internal(table) && *got > 0 {
+            differences.push(format!("{table}: {got} rows not in the backup"));
+        }
+    }
+    differences
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_comparison_names_each_difference() {
+        let expected: BTreeMap<String, u64> = [
+            ("a.t".to_owned(), 3),
+            ("a.gone".to_owned(), 1),
+            ("_timescaledb_catalog.hypertable".to_owned(), 2),
+        ]
+        .into();
+        let actual: BTreeMap<String, u64> = [
+            ("a.t".to_owned(), 2),
+            ("a.extra".to_owned(), 5),
+            ("a.empty".to_owned(), 0),
+        ]
+        .into();
+        assert_eq!(
+            compare_rows(&expected, &actual),
+            vec![
+                "a.gone is missing",
+                "a.t: 2 rows, expected 3",
+                "a.extra: 5 rows not in the backup"
+            ]
+        );
+        assert!(compare_rows(&actual, &actual).is_empty());
+    }
+}

@@ -1,0 +1,200 @@
+//! Database restore that cannot lose the current data, rollback, and the
+//! test restore.
+//!
+//! Order of a restore: authenticate the whole file (and read its row counts)
+//! → check the server can take it (TimescaleDB version, room for a second
+//! copy) → safety backup → stop the writers → restore into a new database →
+//! compare row counts → swap names in one transaction, keeping the old
+//! database → restart the writers. Until the swap the live database is not
+//! touched; the new database is dropped on any failure, and a restore cut
+//! short by a crash is cleaned up at the next start ([`journal`]).
+//!
+//! Every step goes through [`crate::postgres::Server`]: inside the database
+//! container when one is configured, so no port needs publishing.
+
+mod journal;
+mod load;
+mod plan;
+mod previous;
+mod swap;
+mod test_restore;
+
+use std::sync::Arc;
+
+use mesbak_interface::{BackupKind, Error, RestoreOptions};
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::backup;
+use crate::jobs::{Job, now_rfc3339};
+use crate::postgres::{Server, catalog};
+use crate::recovery::Touched;
+use crate::state::PreviousDatabase;
+use crate::storage::{BackupRef, Storage};
+
+pub use journal::{interrupted, recover};
+pub use load::compare_rows;
+pub use previous::{drop_previous, rollback};
+pub use test_restore::{pick_backup as pick_test_restore_backup, run as test_restore};
+
+use journal::InProgress;
+use plan::{Plan, authenticate, preflight};
+
+/// A dated suffix for database names: `20261124_143000`.
+fn stamp() -> String {
+    Storage::restore_point(OffsetDateTime::now_utc()).replace('-', "")
+}
+
+pub async fn run(
+    app: Arc<App>,
+    job: Arc<Job>,
+    backup: BackupRef,
+    options: RestoreOptions,
+) -> Result<String, Error> {
+    if backup.kind == BackupKind::Ignition {
+        return crate::ignition::restore(app, job, backup, options).await;
+    }
+    let plan = authenticate(&app, &job, &backup).await?;
+    let mut session = app.database_session().await?;
+    let result = async {
+        session.ensure_up(&job).await?;
+        let server = session.server.clone();
+        journal::recover(&app, &server).await?;
+        let live = &app.config.database.name;
+        let live_exists = catalog::database_exists(&server, live).await?;
+        let timescale = preflight(&app, &job, &server, &plan, live_exists).await?;
+        if live_exists && options.skip_safety_backup != Some(true) {
+            job.set_stage("taking a safety backup of the current database");
+            let point = Storage::restore_point(OffsetDateTime::now_utc());
+            let safety = backup::dump(&app, &job, &server, &point, Some("pre-restore")).await?;
+            job.warn(format!(
+                "safety backup of the current database: {}",
+                safety.id
+            ));
+        }
+        if let Some(touched) = session.touched() {
+            stop_writers(&app, &job, touched).await?;
+        }
+        restore_database(
+            &app,
+            &job,
+            &server,
+            &backup,
+            &plan,
+            timescale.as_ref(),
+            live_exists,
+        )
+        .await
+    }
+    .await;
+    session.end(result, String::clone).await
+}
+
+/// Stops the configured writers; a writer that does not exist is noted.
+async fn stop_writers(app: &App, job: &Job, touched: &mut Touched) -> Result<(), Error> {
+    for container in &app.config.restore.stop_containers {
+        match touched.ensure_stopped(container, 30).await {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => job.warn(format!(
+                "container '{container}' (restore.stop_containers) does not exist; nothing to stop"
+            )),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+async fn restore_database(
+    app: &App,
+    job: &Job,
+    server: &Server,
+    backup: &BackupRef,
+    plan: &Plan,
+    timescale: Option<&crate::postgres::timescale::RestorePlan>,
+    live_exists: bool,
+) -> Result<String, Error> {
+    let live = app.config.database.name.clone();
+    let stamp = stamp();
+    let new_db = format!("{live}_restore_{stamp}");
+    let previous = format!("{live}_previous_{stamp}");
+
+    journal::save(
+        app,
+        Some(&InProgress {
+            database: new_db.clone(),
+            previous_name: Some(previous.clone()),
+            live_name: live.clone(),
+            backup: backup.id.clone(),
+        }),
+    )?;
+    let loaded = async {
+        load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
+        let loaded = load::load(job, server, backup, plan, timescale, &new_db).await?;
+        job.set_stage("comparing row counts with the backup");
+        // The server's own count of the rows each COPY stored; a full count
+        // when the output could not be matched to the tables.
+        let restored = match loaded.copied_rows {
+            Some(rows) => rows,
+            None => catalog::table_row_counts(server, &new_db).await?,
+        };
+        let differences = compare_rows(&plan.expected, &restored);
+        if !differences.is_empty() {
+            return Err(Error::Integrity(format!(
+                "the restored copy does not match the backup ({}); the live database was not changed",
+                differences.join("; ")
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(err) = loaded {
+        journal::drop_database(app, server, &new_db).await?;
+        return Err(err);
+    }
+
+    job.set_stage(format!("switching '{live}' to the restored copy"));
+    swap::swap(
+        server,
+        &live,
+        live_exists.then_some(previous.as_str()),
+        &new_db,
+    )
+    .await?;
+    // From here the restore has happened: a failure to record it is a
+    // warning, and the journal (kept) lets the next start record it.
+    let older = app.state.get().previous_database;
+    let recorded = if live_exists {
+        app.state.update(|state| {
+            state.previous_database = Some(PreviousDatabase {
+                name: previous.clone(),
+                live_name: live.clone(),
+                replaced_at: now_rfc3339(),
+                restored_backup: backup.id.clone(),
+            })
+        })
+    } else {
+        Ok(())
+    };
+    match recorded.and_then(|()| journal::save(app, None)) {
+        Ok(()) => {}
+        Err(err) => job.warn(format!(
+            "the restore is done, but recording the kept database failed ({}); the agent records it at its next start",
+            err.message()
+        )),
+    }
+    if let Some(older) = older.filter(|_| live_exists) {
+        job.warn(format!(
+            "an older kept database '{}' (from a restore at {}) still exists; drop it with DROP DATABASE when it is no longer needed",
+            older.name, older.replaced_at
+        ));
+    }
+    tracing::info!(job = job.id, file = %backup.id, database = %live, "database restored");
+    Ok(if live_exists {
+        format!(
+            "restored {} into '{live}'; the previous database is kept as '{previous}': `mesbakctl restore --rollback` puts it back, `mesbakctl restore --drop-previous` deletes it",
+            backup.id
+        )
+    } else {
+        format!("restored {} into the new database '{live}'", backup.id)
+    })
+}

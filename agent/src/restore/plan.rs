@@ -1,0 +1,155 @@
+//! What a restore relies on, settled before anything is touched: every
+//! chunk of the file authenticated, the row counts the result must have,
+//! the TimescaleDB version the server must provide, and room on the
+//! server's disk for a second copy of the database.
+
+use std::collections::BTreeMap;
+
+use mesbak_format::Key;
+use mesbak_interface::Error;
+
+use crate::app::App;
+use crate::jobs::Job;
+use crate::pipeline::BackupReader;
+use crate::postgres::{DumpReader, Server, catalog, timescale};
+use crate::storage::{BackupRef, human_bytes, open_backup};
+
+/// Room kept free beyond the new copy's size (and at least this much).
+const MARGIN_MIN: u64 = 64 << 20;
+
+pub struct Plan {
+    /// Loaded once: both passes over the file share its derived key.
+    pub key: Key,
+    /// Row counts the restored database must have.
+    pub expected: BTreeMap<String, u64>,
+    /// Whether `expected` comes from the metadata (then the file's own
+    /// counts must agree with it too).
+    pub from_metadata: bool,
+    /// The backup's TimescaleDB version: `Some("")` when the dump has the
+    /// extension but no recorded version; `None` without TimescaleDB.
+    pub timescaledb: Option<String>,
+    /// The size of the backup file.
+    pub file_size: u64,
+}
+
+/// Authenticates every chunk before anything is touched. With metadata the
+/// decryption alone suffices (the SQL is read during the load); without it
+/// the SQL is read now for the row counts and TimescaleDB.
+pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Plan, Error> {
+    let key = app.key()?;
+    let file = open_backup(&backup.path)?;
+    let file_size = file
+        .metadata()
+        .map_err(|err| Error::Failed(format!("cannot read {}: {err}", backup.path.display())))?
+        .len();
+    job.reset_bytes(file_size);
+    job.set_stage(format!("authenticating {}", backup.id));
+    let metadata = app
+        .storage
+        .metadata(backup)
+        .filter(|info| !info.table_rows.is_empty());
+    let mut reader = BackupReader::start(
+        backup.id.clone(),
+        file,
+        key.clone(),
+        metadata.is_none(),
+        job.bytes_done.clone(),
+    );
+    let mut dump = DumpReader::default();
+    while let Some(block) = reader.blocks.recv().await {
+        if metadata.is_none() {
+            dump.feed(&block);
+        }
+    }
+    reader.finish().await?;
+    Ok(match metadata {
+        Some(info) => Plan {
+            key,
+            expected: info.table_rows,
+            from_metadata: true,
+            timescaledb: (!info.timescaledb_version.is_empty()).then_some(info.timescaledb_version),
+            file_size,
+        },
+        None => Plan {
+            key,
+            expected: dump.table_rows,
+            from_metadata: false,
+            timescaledb: dump
+                .timescaledb
+                .then(|| dump.timescaledb_version.unwrap_or_default()),
+            file_size,
+        },
+    })
+}
+
+/// The server-side checks before a restore or test restore creates its
+/// database: the TimescaleDB version (`None` without TimescaleDB) and room
+/// for the copy.
+pub async fn preflight(
+    app: &App,
+    job: &Job,
+    server: &Server,
+    plan: &Plan,
+    live_exists: bool,
+) -> Result<Option<timescale::RestorePlan>, Error> {
+    let timescale = match &plan.timescaledb {
+        Some(version) => Some(timescale::plan_restore(server, version).await?),
+        None => None,
+    };
+    check_room(app, job, server, plan, live_exists).await?;
+    Ok(timescale)
+}
+
+/// Refuses when the file system of the server's data directory cannot take
+/// a copy of the database (the live one's size, or for a restore onto an
+/// empty server an estimate from the backup) plus a margin.
+async fn check_room(
+    app: &App,
+    job: &Job,
+    server: &Server,
+    plan: &Plan,
+    live_exists: bool,
+) -> Result<(), Error> {
+    let live = &app.config.database.name;
+    let (size, basis) = if live_exists {
+        (
+            catalog::database_size(server, live).await?,
+            format!("the size of '{live}'"),
+        )
+    } else {
+        (
+            plan.file_size.saturating_mul(4),
+            "four times the backup file".to_owned(),
+        )
+    };
+    let needed = size + (size / 10).max(MARGIN_MIN);
+    let Some(free) = catalog::data_directory_free(server).await? else {
+        job.warn(format!(
+            "the free space where {} keeps its data cannot be told (no `df` there); the restore needs about {}",
+            server.runner.describe(),
+            human_bytes(needed)
+        ));
+        return Ok(());
+    };
+    if free >= needed {
+        return Ok(());
+    }
+    let mut kept = Vec::new();
+    for name in catalog::databases_like(server, &format!("{live}_previous_")).await? {
+        let size = catalog::database_size(server, &name).await?;
+        kept.push(format!("'{name}' ({})", human_bytes(size)));
+    }
+    let hint = if kept.is_empty() {
+        "free space on the server's disk (or grow its volume), then retry".to_owned()
+    } else {
+        format!(
+            "the database(s) kept by earlier restores take room: {}; drop what is no longer needed (`mesbakctl restore --drop-previous`) or free space on the server's disk, then retry",
+            kept.join(", ")
+        )
+    };
+    Err(Error::NoSpace(format!(
+        "the database server has {} free where it keeps its data, and the restore needs about {} ({basis} plus a margin); nothing was changed: {hint}",
+        human_bytes(free),
+        human_bytes(needed)
+    )))
+}
