@@ -7,8 +7,17 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// Libraries whose debug output would carry secrets: bollard logs every
+/// answer of the engine, and a container's inspection holds its
+/// environment (the stack's POSTGRES_PASSWORD). Whatever RUST_LOG asks,
+/// they log at most at info.
+const QUIET: &[&str] = &["bollard=info", "hyper=info", "hyper_util=info", "zbus=info"];
+
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in QUIET {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     let journald = if Path::new("/run/systemd/journal/socket").exists() {
         tracing_journald::layer().ok().map(|layer| {
             layer

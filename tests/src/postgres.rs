@@ -87,6 +87,8 @@ pub struct Postgres {
     password: String,
     flavor: Flavor,
     reach: Reach,
+    /// Size of a tmpfs holding the data instead of the volume, in MiB.
+    small_disk_mib: Option<u64>,
 }
 
 impl Postgres {
@@ -121,8 +123,19 @@ impl Postgres {
         pg
     }
 
+    /// A fresh `flavor` server whose data directory is a tmpfs of `mib` MiB
+    /// (fill it with [`Postgres::fill_data_disk`]).
+    pub fn start_on_small_disk(flavor: Flavor, mib: u64) -> Postgres {
+        Postgres::launch_with(flavor, Reach::DockerOnly, Some(mib))
+            .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"))
+    }
+
     /// Starts a server, returning the error instead of panicking.
     pub fn try_start(flavor: Flavor, reach: Reach) -> Result<Postgres> {
+        Postgres::launch_with(flavor, reach, None)
+    }
+
+    fn launch_with(flavor: Flavor, reach: Reach, small_disk_mib: Option<u64>) -> Result<Postgres> {
         check_docker(flavor)?;
         reap_leftovers();
         let mut last_error = None;
@@ -139,6 +152,7 @@ impl Postgres {
                 password: random_hex(12),
                 flavor,
                 reach,
+                small_disk_mib,
             };
             match pg.launch() {
                 Ok(()) => return Ok(pg),
@@ -164,7 +178,19 @@ impl Postgres {
         let mut cmd = Command::new("docker");
         cmd.args(["run", "-d", "--name", &self.name])
             .args(["--label", &format!("{LABEL}={pid}")])
-            .args(["-v", &format!("{}:/var/lib/postgresql/data", self.volume)])
+            .args(match self.small_disk_mib {
+                None => [
+                    "-v".to_owned(),
+                    format!("{}:/var/lib/postgresql/data", self.volume),
+                ],
+                Some(mib) => [
+                    "--mount".to_owned(),
+                    format!(
+                        "type=tmpfs,destination=/var/lib/postgresql/data,tmpfs-size={}",
+                        mib << 20
+                    ),
+                ],
+            })
             .args(["-e", &format!("POSTGRES_USER={ADMIN}")])
             .args(["-e", &format!("POSTGRES_PASSWORD={}", self.password)])
             .args(["-e", &format!("POSTGRES_DB={DEFAULT_DB}")])
@@ -388,9 +414,14 @@ impl Postgres {
     }
 
     /// Copies `from` into the new database `to` on the same server with
-    /// `pg_dump | psql -v ON_ERROR_STOP=1`; the roles already exist.
+    /// `pg_dump | psql -v ON_ERROR_STOP=1` (between TimescaleDB's
+    /// pre_restore and post_restore on that server); the roles already exist.
     pub fn copy_database(&self, from: &str, to: &str) {
         self.create_database(to);
+        // Timescale's logical restore: restoring mode around the load.
+        if self.flavor.timescaledb() {
+            self.psql(to, "SELECT public.timescaledb_pre_restore();");
+        }
         blocking(|| {
             let mut dump_cmd = Command::new("docker");
             dump_cmd.args(["exec", &self.name, "pg_dump", "-U", ADMIN, from]);
@@ -436,6 +467,9 @@ impl Postgres {
                 );
             }
         });
+        if self.flavor.timescaledb() {
+            self.psql(to, "SELECT public.timescaledb_post_restore();");
+        }
     }
 
     /// Adds time-series rows to `mes_core.production_event` in `db` (which
@@ -513,6 +547,22 @@ impl Postgres {
         )
         .unwrap_or_else(|err| panic!("{err:#}"));
         output.stdout.len() as u64
+    }
+
+    /// Fills the file system of the data directory with a file until only
+    /// about `leave_mib` MiB stay free.
+    pub fn fill_data_disk(&self, leave_mib: u64) {
+        let script = format!(
+            "free=$(df -Pk /var/lib/postgresql/data | awk 'NR==2 {{print $4}}'); \
+             fill=$(( free / 1024 - {leave_mib} )); [ $fill -gt 0 ] && \
+             head -c ${{fill}}M /dev/zero > /var/lib/postgresql/data/mesbak-test-filler; sync; \
+             df -Pk /var/lib/postgresql/data | awk 'NR==2 {{print $4}}'"
+        );
+        run(
+            Command::new("docker").args(["exec", &self.name, "sh", "-c", &script]),
+            None,
+        )
+        .unwrap_or_else(|err| panic!("cannot fill the data disk of {}: {err:#}", self.name));
     }
 
     /// Size of `db` on disk, in bytes.

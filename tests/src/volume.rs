@@ -22,16 +22,30 @@ pub struct Volume {
 impl Volume {
     /// An empty volume.
     pub fn create() -> Volume {
+        Volume::create_with(&[])
+    }
+
+    /// An empty volume on a tmpfs of `mib` MiB (a small disk).
+    pub fn create_small(mib: u64) -> Volume {
+        Volume::create_with(&[
+            "--opt",
+            "type=tmpfs",
+            "--opt",
+            "device=tmpfs",
+            "--opt",
+            &format!("o=size={}", mib << 20),
+        ])
+    }
+
+    fn create_with(options: &[&str]) -> Volume {
         reap_leftovers();
         let name = format!("mesbak-test-vol-{}", random_hex(6));
         run(
-            Command::new("docker").args([
-                "volume",
-                "create",
-                "--label",
-                &format!("{LABEL}={}", std::process::id()),
-                &name,
-            ]),
+            Command::new("docker")
+                .args(["volume", "create", "--label"])
+                .arg(format!("{LABEL}={}", std::process::id()))
+                .args(options)
+                .arg(&name),
             None,
         )
         .unwrap_or_else(|err| panic!("cannot create a Docker volume: {err:#}"));

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use mesbak_interface::{BUS_NAME, JOBS_PATH, MANAGER_PATH};
 use mesbak_tests::{
-    Agent, AgentConfig, Bus, Gateway, OPERATOR, OUTSIDER, Postgres, Volume, assert_fingerprint_eq,
-    binary, mesbakctl, mesbakctl_as, wait_job, wait_job_outcome,
+    Agent, AgentConfig, Bus, Flavor, Gateway, OPERATOR, OUTSIDER, Postgres, Reach, Volume,
+    assert_fingerprint_eq, binary, mesbakctl, mesbakctl_as, on_both_servers, wait_job,
+    wait_job_outcome,
 };
 use zbus::object_server::SignalEmitter;
 
@@ -305,10 +306,9 @@ async fn wait_job_sees_running_finished_and_failed_jobs() {
     finisher.await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fixture_loads_and_fingerprint_is_stable_and_sensitive() {
+async fn fixture_loads_and_fingerprint_is_stable_and_sensitive(flavor: Flavor) {
     let started = Instant::now();
-    let pg = Postgres::start_with_fixture();
+    let pg = Postgres::with_fixture_on(flavor);
     eprintln!("server + fixture: {:.1} s", started.elapsed().as_secs_f64());
     assert!(pg.is_running());
     assert!(pg.name().starts_with("mesbak-test-pg-"));
@@ -354,7 +354,46 @@ async fn fixture_loads_and_fingerprint_is_stable_and_sensitive() {
         !fp.tables.contains_key("mes_core.production_event"),
         "partitioned parents are skipped"
     );
-    assert!((3000..20000).contains(&fp.total_rows()), "{}", fp.summary());
+    // The database's own settings, grants and comment.
+    assert!(
+        fp.database["settings"].contains("search_path=mes_core, public, \"$user\""),
+        "{:?}",
+        fp.database
+    );
+    assert!(fp.database["settings of mes_report"].contains("statement_timeout=45s"));
+    assert!(
+        fp.database["acl"].contains("mes_readonly=c/admin"),
+        "{:?}",
+        fp.database
+    );
+    assert!(fp.database["comment"].contains("Werk Süd"));
+    match flavor {
+        Flavor::Postgres15 => {
+            assert!((3000..20000).contains(&fp.total_rows()), "{}", fp.summary());
+            assert!(fp.hypertables.is_empty());
+        }
+        Flavor::TimescaleDb => {
+            assert!(
+                fp.extensions
+                    .iter()
+                    .any(|e| e.starts_with("timescaledb 2."))
+            );
+            assert_eq!(
+                fp.hypertables["hypertable mes_core.machine_metric"],
+                "dimensions time Time 1 day; 36 chunks"
+            );
+            assert!(
+                fp.hypertables["hypertable mes_core.quality_measurement"].contains("2 partitions")
+            );
+            let chunks = fp
+                .tables
+                .keys()
+                .filter(|t| t.starts_with("_timescaledb_internal._hyper_"))
+                .count();
+            assert!(chunks >= 60, "dozens of chunks: {chunks}");
+            assert!(fp.owners["table mes_core.machine_metric"] == "mes_owner");
+        }
+    }
     assert_eq!(
         fp.materialized_views["mes_core.mv_asset_state_summary"].digest,
         "not populated"
@@ -430,15 +469,20 @@ async fn fixture_loads_and_fingerprint_is_stable_and_sensitive() {
     assert_fingerprint_eq!(pg.fingerprint("mes"), changed, "after a restart");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pg_dump_copy_has_the_same_fingerprint() {
-    let pg = Postgres::start_with_fixture();
+async fn a_pg_dump_copy_has_the_same_fingerprint(flavor: Flavor) {
+    let pg = Postgres::with_fixture_on(flavor);
     let original = pg.fingerprint("mes");
     let t = Instant::now();
     pg.copy_database("mes", "mes_copy");
     eprintln!("pg_dump | psql: {:.2} s", t.elapsed().as_secs_f64());
     assert_eq!(pg.databases(), ["mes", "mes_copy", "postgres"]);
-    assert_fingerprint_eq!(pg.fingerprint("mes_copy"), original, "pg_dump | psql copy");
+    // pg_dump without --create leaves out the database's own settings,
+    // grants and comment (which is why a mesbak backup carries them):
+    // everything else is the same.
+    let mut copy = pg.fingerprint("mes_copy");
+    assert_ne!(copy.database, original.database);
+    copy.database = original.database.clone();
+    assert_fingerprint_eq!(copy, original, "pg_dump | psql copy");
 
     // An empty database differs in every table, readably.
     pg.create_database("empty");
@@ -452,9 +496,8 @@ async fn a_pg_dump_copy_has_the_same_fingerprint() {
     assert!(empty.tables.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_empty_server_has_only_admin() {
-    let pg = Postgres::start();
+async fn an_empty_server_has_only_admin(flavor: Flavor) {
+    let pg = Postgres::start_on(flavor);
     assert_eq!(pg.roles(), ["admin"]);
     assert_eq!(pg.databases(), ["mes", "postgres"]);
     assert_eq!(
@@ -464,7 +507,8 @@ async fn an_empty_server_has_only_admin() {
         ),
         "0"
     );
-    // The password works over TCP, as the agent will use it.
+    // The password works over TCP (inside the container's own network:
+    // it has none other), as a hardened socket would want it too.
     let out = std::process::Command::new("docker")
         .args([
             "exec",
@@ -633,9 +677,11 @@ async fn for_postgres_points_at_the_server_and_protects_the_password() {
         .parse()
         .unwrap();
     let db = &written["database"];
+    // Reached through Docker only: the container, and a port nothing listens on.
+    assert_eq!(pg.reach(), Reach::DockerOnly);
     assert_eq!(db["container"].as_str(), Some(pg.name()));
-    assert_eq!(db["port"].as_integer(), Some(i64::from(pg.port())));
-    assert_eq!(db["host"].as_str(), Some("127.0.0.1"));
+    let port = db["port"].as_integer().unwrap() as u16;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert_eq!(db["name"].as_str(), Some("mes"));
     assert_eq!(db["user"].as_str(), Some("admin"));
     let password_file = db["password_file"].as_str().unwrap();
@@ -648,6 +694,19 @@ async fn for_postgres_points_at_the_server_and_protects_the_password() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+
+    // Host mode: no container, the server's TCP port on the host.
+    let reachable = Postgres::start_reachable(Flavor::Postgres15);
+    let config = AgentConfig::for_postgres(&reachable);
+    let written: toml::Table = std::fs::read_to_string(config.write())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let db = &written["database"];
+    assert_eq!(db["container"].as_str(), Some(""));
+    assert_eq!(db["host"].as_str(), Some("127.0.0.1"));
+    assert_eq!(db["port"].as_integer(), Some(i64::from(reachable.port())));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", reachable.port())).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -841,3 +900,9 @@ async fn stand_in_gateway_stops_fast_and_starts_again() {
     let stopped = Gateway::create(&volume);
     assert!(!stopped.is_running());
 }
+
+on_both_servers!(
+    fixture_loads_and_fingerprint_is_stable_and_sensitive,
+    a_pg_dump_copy_has_the_same_fingerprint,
+    an_empty_server_has_only_admin,
+);

@@ -435,6 +435,46 @@ async fn a_damaged_backup_changes_nothing_not_even_the_gateway() {
     assert!(helpers_of(&config).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_without_room_for_the_staged_copy_is_refused_before_the_gateway_stops() {
+    let volume = Volume::create_small(120);
+    volume.populate();
+    volume.sh("head -c 30000000 /dev/urandom > big.bin");
+    let Stack {
+        bus: _bus,
+        volume,
+        gateway,
+        config,
+        agent,
+    } = Stack::start(volume, true, AgentConfig::new(), |_| {}).await;
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    let id = made.files[0].clone();
+    // Leave about 10 MiB: the restore stages ~30 MB beside the live files.
+    volume.sh(
+        "free=$(df -Pk . | awk 'NR==2 {print $4}'); head -c $(( (free - 10240) * 1024 )) /dev/zero > filler",
+    );
+    let live = exact_listing(&volume);
+    let (started, _) = container_times(gateway.name());
+
+    let outcome = restore(&agent, &id, false).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "NoSpace", "{}", outcome.message);
+    assert!(
+        outcome.message.contains("free") && outcome.message.contains("nothing was changed"),
+        "{}",
+        outcome.message
+    );
+    assert_same_listing(&exact_listing(&volume), &live, "after a refused restore");
+    assert_eq!(
+        container_times(gateway.name()).0,
+        started,
+        "the gateway was stopped for a restore that could not fit"
+    );
+    assert_eq!(list(&agent).await.len(), 1, "no safety backup was due");
+    assert!(helpers_of(&config).is_empty());
+}
+
 /// One tar entry (ustar), padded.
 fn tar_entry(name: &str, typeflag: u8, mode: u32, data: &[u8], link: &str) -> Vec<u8> {
     let mut block = vec![0u8; 512];
@@ -753,9 +793,8 @@ async fn a_stopped_gateway_stays_stopped_and_costs_no_downtime() {
     assert!(journal_is_empty(&config));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn backup_all_gives_both_halves_one_timestamp() {
-    let pg = Postgres::start_with_fixture();
+async fn backup_all_gives_both_halves_one_timestamp(flavor: Flavor) {
+    let pg = Postgres::with_fixture_on(flavor);
     let Stack {
         bus: _bus,
         volume: _volume,
@@ -873,3 +912,5 @@ async fn a_swap_cut_short_is_undone_or_finished_by_the_next_job() {
     assert!(!config.state_dir().join("ignition-restore.json").exists());
     assert!(helpers_of(&config).is_empty());
 }
+
+on_both_servers!(backup_all_gives_both_halves_one_timestamp);

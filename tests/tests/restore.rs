@@ -492,6 +492,74 @@ async fn test_restore_passes_and_fails_and_is_recorded(flavor: Flavor) {
     assert_eq!(s.pg.databases(), databases);
 }
 
+async fn a_restore_without_room_for_a_second_copy_is_refused(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::start_on_small_disk(flavor, 400);
+    pg.load_fixture("mes");
+    let writer = Writer::start();
+    let config =
+        AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
+    let agent = Agent::spawn(&bus, &config).await;
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    let backup_id = outcome.files[0].clone();
+    // A first restore has room; it keeps the replaced database.
+    let out = mesbakctl(&bus)
+        .args(["restore", &backup_id, "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    pg.fill_data_disk(20);
+    let live = pg.fingerprint("mes");
+    let databases = pg.databases();
+    let backups = agent.proxy().await.list_backups().await.unwrap().len();
+    let writer_started = writer.started_at();
+    let out = mesbakctl(&bus)
+        .args(["restore", &backup_id, "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("free where it keeps its data") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mes_previous_"),
+        "the kept database is named: {stderr}"
+    );
+    let out = mesbakctl(&bus)
+        .args(["test-restore", &backup_id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("free where it keeps its data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    pg.fingerprint("mes")
+        .assert_same(&live, "refused for lack of room");
+    assert_eq!(pg.databases(), databases);
+    assert_eq!(
+        writer.started_at(),
+        writer_started,
+        "the writer was touched"
+    );
+    assert_eq!(
+        agent.proxy().await.list_backups().await.unwrap().len(),
+        backups,
+        "no safety backup before the room check"
+    );
+}
+
 on_both_servers!(
     restore_brings_back_the_backup_and_keeps_the_previous_database,
     a_damaged_backup_or_a_wrong_key_changes_nothing,
@@ -500,4 +568,5 @@ on_both_servers!(
     the_database_server_stopping_mid_restore_leaves_the_live_database,
     disaster_recovery_onto_an_empty_server,
     test_restore_passes_and_fails_and_is_recorded,
+    a_restore_without_room_for_a_second_copy_is_refused,
 );

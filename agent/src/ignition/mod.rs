@@ -60,10 +60,10 @@ use crate::commit::check_space;
 use crate::docker::Docker;
 use crate::jobs::Job;
 use crate::recovery::{Touched, put_back_after};
-use crate::storage::BackupRef;
+use crate::storage::{BackupRef, human_bytes};
 use crate::verify;
 
-use helper::{create_helper, remove_helper};
+use helper::{create_helper, remove_helper, run_script};
 use recovery::recover_with;
 pub use tar::{RootAttrs, TarWalker};
 
@@ -138,13 +138,14 @@ pub async fn restore(
             backup.id
         )));
     }
-    verify::check(&app, &job, &backup).await?;
+    let tar_bytes = verify::check(&app, &job, &backup).await?;
     let key = app.key()?;
     let docker = app.docker().await?;
     let source = settle(&app, &docker).await?;
     for warning in recover_with(&app, &docker).await {
         job.warn(warning);
     }
+    check_room(&app, &job, &docker, &source, tar_bytes).await?;
     if !source.others_running.is_empty() {
         return Err(Error::Failed(format!(
             "container(s) {} use volume '{}' and are not in ignition.stop_containers; stop them or add them there, then retry (nothing was changed)",
@@ -165,6 +166,52 @@ pub async fn restore(
     remove_helper(&docker, &helper).await;
     put_back_after(Some(touched), result, String::clone).await
 }
+
+/// Refuses when the volume's file system cannot take the staged copy (the
+/// backup's files, about the size of its tar stream) plus a margin: the
+/// restore extracts beside the current files before swapping them.
+async fn check_room(
+    app: &App,
+    job: &Job,
+    docker: &Docker,
+    source: &Source,
+    tar_bytes: u64,
+) -> Result<(), Error> {
+    const MARGIN_MIN: u64 = 64 << 20;
+    let needed = tar_bytes + (tar_bytes / 10).max(MARGIN_MIN);
+    let outcome = run_script(app, docker, source, DF_SCRIPT, &[]).await?;
+    let free = (outcome.exit_code == 0)
+        .then(|| {
+            outcome
+                .stderr
+                .lines()
+                .find_map(|line| line.trim().parse::<u64>().ok())
+        })
+        .flatten();
+    let Some(free_kib) = free else {
+        job.warn(format!(
+            "the free space of volume '{}' cannot be told (no `df` in image '{}'); the restore needs about {}",
+            source.volume,
+            source.image,
+            human_bytes(needed)
+        ));
+        return Ok(());
+    };
+    let free = free_kib * 1024;
+    if free < needed {
+        return Err(Error::NoSpace(format!(
+            "volume '{}' has {} free, and the restore needs about {} to extract the backup beside the current files before swapping them; nothing was changed: free space on Docker's disk, then retry",
+            source.volume,
+            human_bytes(free),
+            human_bytes(needed)
+        )));
+    }
+    Ok(())
+}
+
+/// Prints the free KiB of the volume's file system (on the output the
+/// helper's log gives back).
+const DF_SCRIPT: &str = r#"df -Pk /volume | awk 'NR==2 {print $4}'"#;
 
 /// Cleans up after an Ignition job that was cut short (the agent killed or
 /// the host down): removes this agent's helper containers and the staging
