@@ -6,9 +6,15 @@
 //!   peak RSS;
 //! - restore: `gunzip | psql` of the same dump into an empty database.
 //!
+//! Both servers, one after the other: PostgreSQL 15 (the bulk rows in a
+//! partitioned table) and the plant's TimescaleDB on PostgreSQL 17 (the bulk
+//! rows in a hypertable; its baseline restore follows Timescale's procedure,
+//! `timescaledb_pre_restore()` / `gunzip | psql` / `timescaledb_post_restore()`).
+//!
 //! `cargo bench -p mesbak-tests --bench database`; `MESBAK_BENCH_MIB`
 //! sets the size of the dump (default 300), `MESBAK_BENCH_ROUNDS` the
-//! rounds (best of, default 2).
+//! rounds (best of, default 2), `MESBAK_BENCH_SERVERS` which servers
+//! (`postgres15,timescaledb`, the default).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,9 +79,22 @@ fn mib(bytes: u64) -> f64 {
 async fn main() {
     let size_mib = env_u64("MESBAK_BENCH_MIB", 300);
     let rounds = env_u64("MESBAK_BENCH_ROUNDS", 2).max(1);
+    let servers = std::env::var("MESBAK_BENCH_SERVERS")
+        .unwrap_or_else(|_| "postgres15,timescaledb".into());
+    for server in servers.split(',').map(str::trim) {
+        let flavor = match server {
+            "postgres15" => Flavor::Postgres15,
+            "timescaledb" => Flavor::TimescaleDb,
+            other => panic!("MESBAK_BENCH_SERVERS: unknown server {other:?} (postgres15, timescaledb)"),
+        };
+        bench(flavor, size_mib, rounds).await;
+    }
+}
+
+async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
     let work = tempfile::tempdir().expect("temporary folder");
     let bus = Bus::start();
-    let pg = Postgres::start_with_fixture();
+    let pg = Postgres::with_fixture_on(flavor);
     eprintln!("loading about {size_mib} MiB of time-series rows...");
     pg.load_bulk("mes", size_mib);
     let dump_bytes = pg.pg_dump_size("mes");
@@ -160,8 +179,16 @@ async fn main() {
         n += 1;
         let db = format!("bench_plain_{n}");
         pg.create_database(&db);
+        let (pre, post) = if flavor.timescaledb() {
+            (
+                format!("docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_pre_restore()' > /dev/null; "),
+                format!("; docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_post_restore()' > /dev/null"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let took = shell(&format!(
-            "gunzip -c {} | docker exec -i {c} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} > /dev/null",
+            "{pre}gunzip -c {} | docker exec -i {c} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} > /dev/null{post}",
             sql_gz.display()
         ));
         pg.drop_database(&db);
@@ -190,7 +217,11 @@ async fn main() {
 
     let secs = |d: Duration| d.as_secs_f64();
     println!(
-        "database: {:.0} MiB of SQL ({} rounds, best of)",
+        "database on {}: {:.0} MiB of SQL ({} rounds, best of)",
+        match flavor {
+            Flavor::Postgres15 => "PostgreSQL 15",
+            Flavor::TimescaleDb => "TimescaleDB 2.19 / PostgreSQL 17 (bulk rows in a hypertable)",
+        },
         mib(dump_bytes),
         rounds
     );
@@ -229,7 +260,7 @@ async fn main() {
         rss as f64 / 1024.0
     );
     println!(
-        "  gunzip | psql (baseline restore)  {:7.2} s",
+        "  gunzip | psql (baseline restore)  {:7.2} s  (TimescaleDB: with pre/post_restore)",
         secs(baseline_restore)
     );
     println!(

@@ -472,12 +472,55 @@ impl Postgres {
         }
     }
 
-    /// Adds time-series rows to `mes_core.production_event` in `db` (which
-    /// must hold the fixture) until its `pg_dump` grows by about
-    /// `approx_mib` MiB. Rows are generated server-side and look like a real
-    /// historian's (counts, states, alarms with jsonb payloads, spread over
-    /// all partitions); they compress about as well as real dumps do.
+    /// Adds time-series rows to `db` (which must hold the fixture) until its
+    /// `pg_dump` grows by about `approx_mib` MiB: on PostgreSQL 15 into the
+    /// partitioned `mes_core.production_event`, on TimescaleDB into the
+    /// hypertable `mes_core.machine_metric` (one daily chunk per ~50,000
+    /// rows), as a plant's historian fills them. Rows are generated
+    /// server-side (counts, states, alarms with jsonb payloads); they
+    /// compress about as well as real dumps do.
     pub fn load_bulk(&self, db: &str, approx_mib: u64) {
+        if self.flavor.timescaledb() {
+            self.load_bulk_metrics(db, approx_mib);
+        } else {
+            self.load_bulk_events(db, approx_mib);
+        }
+    }
+
+    /// Historian samples in the hypertable, from 2025-01-01 on (before the
+    /// fixture's own rows), 6 assets every 10 seconds.
+    fn load_bulk_metrics(&self, db: &str, approx_mib: u64) {
+        let target = approx_mib * 1024 * 1024;
+        let first: i64 = self
+            .psql(
+                db,
+                "SELECT count(*) FROM mes_core.machine_metric WHERE time < '2026-01-01';",
+            )
+            .parse()
+            .expect("count(*) is a number");
+        let sample_rows: u64 = 20_000;
+        self.psql(db, &bulk_metric_sql(first, sample_rows));
+        let sample_bytes = self.copy_out_bytes(
+            db,
+            &format!(
+                "SELECT * FROM mes_core.machine_metric WHERE time >= timestamptz '2025-01-01 00:00:00+00' + ({first} / 6) * interval '10 seconds' \
+                 AND time < '2026-01-01'"
+            ),
+        );
+        let per_row = (sample_bytes / sample_rows).max(1);
+        let mut remaining = (target / per_row).saturating_sub(sample_rows);
+        let mut next = first + sample_rows as i64;
+        const BATCH: u64 = 500_000;
+        while remaining > 0 {
+            let rows = remaining.min(BATCH);
+            self.psql(db, &bulk_metric_sql(next, rows));
+            next += rows as i64;
+            remaining -= rows;
+        }
+        self.psql(db, "ANALYZE mes_core.machine_metric;");
+    }
+
+    fn load_bulk_events(&self, db: &str, approx_mib: u64) {
         let target = approx_mib * 1024 * 1024;
         // Calibrate the COPY text size of a row on a first batch.
         let sample_rows: u64 = 20_000;
@@ -762,6 +805,26 @@ SELECT g,
            ELSE NULL
        END
 FROM generate_series({first}::bigint, {last}::bigint) AS g;
+"#
+    )
+}
+
+/// `INSERT ... SELECT generate_series` of `rows` historian samples for the
+/// hypertable, numbered from `first`: 6 assets every 10 seconds from
+/// 2025-01-01, a metric and quality per sample, a jsonb note now and then.
+fn bulk_metric_sql(first: i64, rows: u64) -> String {
+    let last = first + rows as i64 - 1;
+    format!(
+        r#"INSERT INTO mes_core.machine_metric (time, asset_id, metric, value, quality, attributes)
+SELECT timestamptz '2025-01-01 00:00:00+00' + (g / 6) * interval '10 seconds',
+       a.ids[1 + g % 6],
+       (ARRAY['spindle_rpm', 'temperature_c', 'Ströme "L1"', 'vibration_mm_s'])[1 + (g / 6) % 4],
+       CASE WHEN g % 97 = 0 THEN NULL ELSE round((1000 + (g * 37) % 500) / 7.0, 3) END,
+       CASE WHEN g % 211 = 0 THEN 0 ELSE 192 END,
+       CASE WHEN g % 53 = 0 THEN jsonb_build_object('note', 'Werkzeugwechsel', 'by', '佐藤', 'shift', g % 3) END
+FROM generate_series({first}::bigint, {last}::bigint) AS g,
+     (SELECT array_agg(asset_id ORDER BY asset_id) AS ids
+      FROM (SELECT asset_id FROM mes_core.asset_definition ORDER BY asset_id LIMIT 6) AS six) AS a;
 "#
     )
 }
