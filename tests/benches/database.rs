@@ -79,13 +79,15 @@ fn mib(bytes: u64) -> f64 {
 async fn main() {
     let size_mib = env_u64("MESBAK_BENCH_MIB", 300);
     let rounds = env_u64("MESBAK_BENCH_ROUNDS", 2).max(1);
-    let servers = std::env::var("MESBAK_BENCH_SERVERS")
-        .unwrap_or_else(|_| "postgres15,timescaledb".into());
+    let servers =
+        std::env::var("MESBAK_BENCH_SERVERS").unwrap_or_else(|_| "postgres15,timescaledb".into());
     for server in servers.split(',').map(str::trim) {
         let flavor = match server {
             "postgres15" => Flavor::Postgres15,
             "timescaledb" => Flavor::TimescaleDb,
-            other => panic!("MESBAK_BENCH_SERVERS: unknown server {other:?} (postgres15, timescaledb)"),
+            other => {
+                panic!("MESBAK_BENCH_SERVERS: unknown server {other:?} (postgres15, timescaledb)")
+            }
         };
         bench(flavor, size_mib, rounds).await;
     }
@@ -181,8 +183,12 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         pg.create_database(&db);
         let (pre, post) = if flavor.timescaledb() {
             (
-                format!("docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_pre_restore()' > /dev/null; "),
-                format!("; docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_post_restore()' > /dev/null"),
+                format!(
+                    "docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_pre_restore()' > /dev/null; "
+                ),
+                format!(
+                    "; docker exec {c} psql -X -q -U admin -d {db} -c 'SELECT timescaledb_post_restore()' > /dev/null"
+                ),
             )
         } else {
             (String::new(), String::new())

@@ -153,8 +153,19 @@ async fn backup_restores_identically_with_standard_tools_with_and_without_roles(
             info.schemas
         );
     }
+    // Row counts per table as the dump carries them; on TimescaleDB the
+    // dump also fills the extension's own catalog (not user tables).
+    let user_tables: std::collections::BTreeMap<String, u64> = info
+        .table_rows
+        .iter()
+        .filter(|(table, _)| {
+            !table.starts_with("_timescaledb_catalog.")
+                && !table.starts_with("_timescaledb_config.")
+        })
+        .map(|(table, rows)| (table.clone(), *rows))
+        .collect();
     assert_eq!(
-        info.table_rows,
+        user_tables,
         original.table_rows(),
         "row counts in the metadata"
     );
@@ -207,7 +218,10 @@ async fn a_stopped_database_container_is_started_and_stopped_again(flavor: Flavo
     assert!(ok, "{message}");
     assert!(!pg.is_running(), "the database container was left running");
     let backups = list(&bus);
-    assert_eq!(backups[0].table_rows, original.table_rows());
+    let rows = &backups[0].table_rows;
+    for (table, count) in original.table_rows() {
+        assert_eq!(rows.get(&table), Some(&count), "{table}");
+    }
     // The state journal holds no pending change.
     let journal = std::fs::read_to_string(config.state_dir().join("containers.json")).unwrap();
     assert_eq!(journal.trim(), "[]");

@@ -207,19 +207,14 @@ impl Server {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            // pg_isready needs no password and says only whether it answers.
-            let ready = self
-                .runner
-                .spawn(
-                    &self.argv("pg_isready", &["-d", MAINTENANCE_DB]),
-                    &[],
-                    false,
-                )
-                .await?
-                .collect()
-                .await
-                .map(|(_, outcome)| outcome.exit_code == 0)
-                .unwrap_or(false);
+            // pg_isready needs no password, says only whether the server
+            // answers, and takes no -w.
+            let mut argv = self.argv("pg_isready", &["-d", MAINTENANCE_DB]);
+            argv.retain(|arg| arg != "-w");
+            let ready = match self.runner.spawn(&argv, &[], false).await?.collect().await {
+                Ok((_, outcome)) => outcome.exit_code == 0,
+                Err(_) => false,
+            };
             if ready {
                 return Ok(());
             }
