@@ -101,13 +101,18 @@ pub struct Role {
     pub member_of: Vec<String>,
 }
 
+/// Every fingerprint query runs with this search path.
+const PINNED_SEARCH_PATH: &str = "SET search_path TO pg_catalog;\n";
+
 /// Objects outside PostgreSQL's own schemas.
 const USER_NS: &str = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'";
 
 impl Fingerprint {
     /// Reads the fingerprint of `db` on `pg` (two psql runs).
     pub fn of(pg: &Postgres, db: &str) -> Result<Fingerprint> {
-        let catalog = pg.try_psql(db, &catalog_sql())?;
+        // Names print as the session's search_path makes them (a database's
+        // own `SET search_path` changes format_type's output): fix it.
+        let catalog = pg.try_psql(db, &format!("{PINNED_SEARCH_PATH}{}", catalog_sql()))?;
         let catalog: Catalog = serde_json::from_str(&catalog)
             .with_context(|| format!("parsing the catalog query's output: {catalog}"))?;
 
@@ -135,7 +140,10 @@ impl Fingerprint {
         let mut materialized_views = BTreeMap::new();
         let mut sequences = BTreeMap::new();
         if !data_sql.is_empty() {
-            for line in pg.try_psql(db, &data_sql)?.lines() {
+            for line in pg
+                .try_psql(db, &format!("{PINNED_SEARCH_PATH}{data_sql}"))?
+                .lines()
+            {
                 let value: serde_json::Value = serde_json::from_str(line)
                     .with_context(|| format!("parsing data line {line}"))?;
                 let field = |i: usize| value.get(i).cloned().unwrap_or_default();
@@ -171,7 +179,7 @@ impl Fingerprint {
             .iter()
             .any(|e| e.starts_with("timescaledb "))
         {
-            let text = pg.try_psql(db, HYPERTABLES_SQL)?;
+            let text = pg.try_psql(db, &format!("{PINNED_SEARCH_PATH}{HYPERTABLES_SQL}"))?;
             serde_json::from_str(&text)
                 .with_context(|| format!("parsing the hypertable query's output: {text}"))?
         } else {
@@ -482,7 +490,7 @@ comments(k, v) AS (
     UNION ALL SELECT 'function ' || qname, obj_description(oid, 'pg_proc') FROM fn
 ),
 dbfacts(k, v) AS (
-    SELECT 'owner', pg_get_userbyid(d.datdba) FROM pg_database d WHERE d.datname = current_database()
+    SELECT 'owner', pg_get_userbyid(d.datdba)::text FROM pg_database d WHERE d.datname = current_database()
     UNION ALL SELECT 'acl', (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(d.datacl) AS a)
               FROM pg_database d WHERE d.datname = current_database()
     UNION ALL SELECT 'comment', shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = current_database()

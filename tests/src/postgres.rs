@@ -595,11 +595,12 @@ impl Postgres {
     /// Fills the file system of the data directory with a file until only
     /// about `leave_mib` MiB stay free.
     pub fn fill_data_disk(&self, leave_mib: u64) {
+        // Only sh and coreutils: PostgreSQL 15's image has no awk.
         let script = format!(
-            "free=$(df -Pk /var/lib/postgresql/data | awk 'NR==2 {{print $4}}'); \
-             fill=$(( free / 1024 - {leave_mib} )); [ $fill -gt 0 ] && \
-             head -c ${{fill}}M /dev/zero > /var/lib/postgresql/data/mesbak-test-filler; sync; \
-             df -Pk /var/lib/postgresql/data | awk 'NR==2 {{print $4}}'"
+            "avail() {{ df -Pk /var/lib/postgresql/data | {{ read -r _; read -r _ _ _ a _; echo $a; }}; }}; \
+             fill=$(( $(avail) / 1024 - {leave_mib} )); \
+             if [ $fill -gt 0 ]; then head -c ${{fill}}M /dev/zero > /var/lib/postgresql/data/mesbak-test-filler; fi; \
+             sync; avail"
         );
         run(
             Command::new("docker").args(["exec", &self.name, "sh", "-c", &script]),

@@ -211,7 +211,8 @@ async fn check_room(
 
 /// Prints the free KiB of the volume's file system (on the output the
 /// helper's log gives back).
-const DF_SCRIPT: &str = r#"df -Pk /volume | awk 'NR==2 {print $4}'"#;
+/// (Shell alone: a gateway image need not have awk.)
+const DF_SCRIPT: &str = r#"df -Pk /volume | { read -r _; read -r _ _ _ avail _; echo "$avail"; }"#;
 
 /// Cleans up after an Ignition job that was cut short (the agent killed or
 /// the host down): removes this agent's helper containers and the staging
