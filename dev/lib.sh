@@ -130,6 +130,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rmdir "$PGHOST"
     unset PGHOST
 fi
+# As the official image: `postgres -c ...` (the image's usual command with
+# options) and bare options both run the server with those options.
+if [ "${1:-}" = postgres ]; then shift; fi
 # docker stop sends SIGTERM, which PostgreSQL takes as a "smart" shutdown that
 # waits for clients; answer it with a fast shutdown as the official image does.
 postgres -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/run/postgresql "$@" &

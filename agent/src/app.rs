@@ -23,6 +23,7 @@ pub struct App {
     pub journal: Journal,
     pub state: StateStore,
     pub jobs: Jobs,
+    pub pitr: crate::pitr::Pitr,
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Problems found outside jobs (start-up checks, repairs that failed).
     problems: Mutex<Vec<String>>,
@@ -38,6 +39,7 @@ impl App {
             journal,
             state,
             jobs: Jobs::default(),
+            pitr: crate::pitr::Pitr::default(),
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(Vec::new()),
         })

@@ -43,6 +43,7 @@ pub struct Config {
     pub backup: Backup,
     pub health: HealthConfig,
     pub schedule: Schedule,
+    pub pitr: Pitr,
     #[serde(skip)]
     pub origin: PathBuf,
 }
@@ -121,6 +122,35 @@ pub struct Schedule {
     pub dropin_dir: PathBuf,
 }
 
+/// Point-in-time recovery: continuous WAL archiving on the database server,
+/// shipped by the agent; physical base backups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pitr {
+    /// Set by `mesbakctl pitr enable` in the agent's state; `true` here says
+    /// the server must be archiving (health complains if it is not).
+    pub enabled: bool,
+    /// WAL segments are shipped (and the server switches to a new one) at
+    /// least this often.
+    pub ship_interval_secs: u32,
+    /// systemd calendar of the physical base backups.
+    pub base_backup: String,
+    /// Where the server puts completed segments for the agent to collect,
+    /// relative to its data directory (inside the data volume).
+    pub archive_dir: String,
+}
+
+impl Default for Pitr {
+    fn default() -> Self {
+        Pitr {
+            enabled: false,
+            ship_interval_secs: 60,
+            base_backup: "Sun *-*-* 01:00:00".into(),
+            archive_dir: "mesbak_wal".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -134,6 +164,7 @@ impl Default for Config {
             backup: Backup::default(),
             health: HealthConfig::default(),
             schedule: Schedule::default(),
+            pitr: Pitr::default(),
             origin: DEFAULT_PATH.into(),
         }
     }
@@ -356,6 +387,26 @@ impl Config {
                     "{} is out of range; use 1 (fastest) to 9 (smallest)",
                     self.backup.compression_level
                 ),
+            ));
+        }
+        if !(10..=3600).contains(&self.pitr.ship_interval_secs) {
+            return Err(invalid(
+                "pitr.ship_interval_secs",
+                format!(
+                    "{} is out of range; use 10 to 3600 seconds",
+                    self.pitr.ship_interval_secs
+                ),
+            ));
+        }
+        let archive_dir = &self.pitr.archive_dir;
+        if archive_dir.is_empty()
+            || !archive_dir
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        {
+            return Err(invalid(
+                "pitr.archive_dir",
+                format!("'{archive_dir}' must be a plain folder name like mesbak_wal"),
             ));
         }
         if self.retention.days == 0 {

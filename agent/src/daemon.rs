@@ -32,6 +32,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         app.add_problem(problem);
     }
     repair_containers(&app).await;
+    for problem in crate::pitr::recover_at_start(&app).await {
+        app.add_problem(problem);
+    }
     for problem in crate::schedule::apply(&app.config).await {
         app.add_problem(problem);
     }
@@ -57,6 +60,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "mesbak-agent ready"
     );
     crate::http::spawn(app.clone());
+    crate::pitr::spawn_shipper(app.clone());
     let status = app.status();
     let _ = notify(
         false,

@@ -359,6 +359,60 @@ impl Docker {
             .map_err(|err| container_error(container, err))
     }
 
+    /// Creates the named volume `name` with `labels`.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let options = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.api
+            .create_volume(options)
+            .await
+            .map(|_| ())
+            .map_err(unreachable)
+    }
+
+    /// Removes the volume `name`; one that is already gone is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        let options = bollard::query_parameters::RemoveVolumeOptions { force: true };
+        match self.api.remove_volume(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(err) => Err(unreachable(err)),
+        }
+    }
+
+    /// The environment an image sets (`NAME=value` lines).
+    pub async fn image_env(&self, image: &str) -> Result<Vec<String>, Error> {
+        let info = self.api.inspect_image(image).await.map_err(unreachable)?;
+        Ok(info.config.and_then(|c| c.env).unwrap_or_default())
+    }
+
+    /// The last `lines` lines of a container's output (stdout and stderr).
+    pub async fn logs_tail(&self, container: &str, lines: usize) -> String {
+        let mut output = StderrTail::default();
+        let mut logs = self.api.logs(
+            container,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(frame)) = logs.next().await {
+            output.push(&frame.into_bytes());
+        }
+        output.into_string()
+    }
+
     /// Starts a created `container`, waits for it to exit and returns its
     /// exit code with the tail of its output (stdout and stderr).
     pub async fn run_to_exit(&self, container: &str) -> Result<Outcome, Error> {

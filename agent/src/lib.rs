@@ -15,6 +15,7 @@ pub mod ignition;
 pub mod jobs;
 pub mod logging;
 pub mod pipeline;
+pub mod pitr;
 pub mod postgres;
 pub mod process;
 pub mod recovery;

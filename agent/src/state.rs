@@ -47,6 +47,10 @@ pub struct AgentState {
     /// Failed backups per kind since the state was created (for metrics).
     pub failures_total: BTreeMap<String, u64>,
     pub previous_database: Option<PreviousDatabase>,
+    /// The server's archiving, while point-in-time recovery is on.
+    pub pitr: Option<crate::pitr::Archiving>,
+    /// A scratch cluster of a point-in-time restore, until it is removed.
+    pub pitr_scratch: Option<crate::pitr::Scratch>,
 }
 
 pub struct StateStore {

@@ -75,9 +75,91 @@ pub struct Storage {
 pub struct PendingBackup {
     pub id: String,
     pub kind: BackupKind,
+    file: PendingFile,
+}
+
+/// A file being written in a folder of the backup tree: a hidden partial
+/// file until [`PendingFile::commit`], removed if never committed.
+pub struct PendingFile {
     dir: PathBuf,
+    name: String,
     partial: PathBuf,
     committed: bool,
+}
+
+impl PendingFile {
+    /// Starts `name` in `dir` as `.<name>.partial`, 0600, never through a
+    /// symlink.
+    pub fn create(dir: &Path, name: &str) -> Result<(PendingFile, File), Error> {
+        let partial = dir.join(format!(".{name}{PARTIAL_SUFFIX}"));
+        let _ = fs::remove_file(&partial);
+        let file = create_private_file(&partial).map_err(|err| write_error(&partial, err))?;
+        Ok((
+            PendingFile {
+                dir: dir.to_owned(),
+                name: name.to_owned(),
+                partial,
+                committed: false,
+            },
+            file,
+        ))
+    }
+
+    /// Where the file will be.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Makes the file visible: its data must be complete and synced. The
+    /// metadata sidecar (`<name>.json`), when given, goes first, so a
+    /// visible file always has it; the file never replaces an existing one
+    /// (link + unlink, unlike rename); the folder is synced.
+    pub fn commit(mut self, metadata: Option<&[u8]>) -> Result<PathBuf, Error> {
+        if let Some(json) = metadata {
+            let meta_name = format!("{}{METADATA_SUFFIX}", self.name);
+            let meta_partial = self.dir.join(format!(".{meta_name}{PARTIAL_SUFFIX}"));
+            let write_meta = || -> io::Result<()> {
+                let _ = fs::remove_file(&meta_partial);
+                let mut file = create_private_file(&meta_partial)?;
+                file.write_all(json)?;
+                file.sync_all()?;
+                fs::rename(&meta_partial, self.dir.join(&meta_name))
+            };
+            write_meta().map_err(|err| write_error(&meta_partial, err))?;
+        }
+        let path = self.path();
+        fs::hard_link(&self.partial, &path).map_err(|err| write_error(&path, err))?;
+        let _ = fs::remove_file(&self.partial);
+        sync_dir(&self.dir).map_err(|err| write_error(&self.dir, err))?;
+        self.committed = true;
+        Ok(path)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Removes the hidden partial files in `dir` (after a crash); returns them.
+pub fn remove_partials_in(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name.ends_with(PARTIAL_SUFFIX)
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 impl Storage {
@@ -107,22 +189,10 @@ impl Storage {
     /// Removes hidden partial files a crash left behind. Call only when no
     /// job runs.
     pub fn remove_partials(&self) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
-        for kind in BackupKind::ALL {
-            let Ok(entries) = fs::read_dir(self.dir(*kind)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.')
-                    && name.ends_with(PARTIAL_SUFFIX)
-                    && fs::remove_file(entry.path()).is_ok()
-                {
-                    removed.push(entry.path());
-                }
-            }
-        }
-        removed
+        BackupKind::ALL
+            .iter()
+            .flat_map(|kind| remove_partials_in(&self.dir(*kind)))
+            .collect()
     }
 
     /// The name every backup of one run shares: `YYYY-MM-DD_HHMMSS`, UTC.
@@ -158,19 +228,8 @@ impl Storage {
             if fs::symlink_metadata(dir.join(&id)).is_ok() {
                 continue;
             }
-            let partial = dir.join(format!(".{id}{PARTIAL_SUFFIX}"));
-            let _ = fs::remove_file(&partial);
-            let file = create_private_file(&partial).map_err(|err| write_error(&partial, err))?;
-            return Ok((
-                PendingBackup {
-                    id,
-                    kind,
-                    dir,
-                    partial,
-                    committed: false,
-                },
-                file,
-            ));
+            let (file, handle) = PendingFile::create(&dir, &id)?;
+            return Ok((PendingBackup { id, kind, file }, handle));
         }
         Err(Error::Failed(format!(
             "too many backups named {base} in {}",
@@ -330,42 +389,19 @@ impl Storage {
 
 impl PendingBackup {
     pub fn path(&self) -> PathBuf {
-        self.dir.join(&self.id)
+        self.file.path()
     }
 
     /// Makes the backup visible: the data file must be complete and synced.
     /// The metadata goes first so a visible backup always has it.
-    pub fn commit(mut self, info: &BackupInfo) -> Result<BackupRef, Error> {
-        let meta_name = format!("{}{METADATA_SUFFIX}", self.id);
-        let meta_partial = self.dir.join(format!(".{meta_name}{PARTIAL_SUFFIX}"));
+    pub fn commit(self, info: &BackupInfo) -> Result<BackupRef, Error> {
         let json = serde_json::to_vec_pretty(info).expect("metadata serialises");
-        let write_meta = || -> io::Result<()> {
-            let _ = fs::remove_file(&meta_partial);
-            let mut file = create_private_file(&meta_partial)?;
-            file.write_all(&json)?;
-            file.sync_all()?;
-            fs::rename(&meta_partial, self.dir.join(&meta_name))
-        };
-        write_meta().map_err(|err| write_error(&meta_partial, err))?;
-        // link + unlink never replaces an existing file, unlike rename.
-        let path = self.path();
-        fs::hard_link(&self.partial, &path).map_err(|err| write_error(&path, err))?;
-        let _ = fs::remove_file(&self.partial);
-        sync_dir(&self.dir).map_err(|err| write_error(&self.dir, err))?;
-        self.committed = true;
+        let path = self.file.commit(Some(&json))?;
         Ok(BackupRef {
-            id: self.id.clone(),
+            id: self.id,
             kind: self.kind,
             path,
         })
-    }
-}
-
-impl Drop for PendingBackup {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.partial);
-        }
     }
 }
 

@@ -187,6 +187,47 @@ pub struct StatusReport {
     pub problems: Vec<String>,
 }
 
+/// One physical base backup of point-in-time recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct PitrBase {
+    pub id: String,
+    /// RFC 3339: when it started and finished.
+    pub started: String,
+    pub finished: String,
+    /// The WAL segment it starts in.
+    pub start_wal: String,
+    pub size_bytes: u64,
+}
+
+/// Point-in-time recovery as `PitrStatus` reports it. Times are RFC 3339 or
+/// "" (D-Bus has no null; `mesbakctl pitr status --json` prints null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct PitrStatus {
+    pub enabled: bool,
+    pub enabled_at: String,
+    /// Where the server archives (inside its data volume).
+    pub archive_directory: String,
+    /// Oldest first.
+    pub base_backups: Vec<PitrBase>,
+    /// The newest shipped segment and when the server archived it.
+    pub newest_wal: String,
+    pub newest_wal_time: String,
+    /// The restorable window: any time from `window_from` to `window_to`.
+    pub window_from: String,
+    pub window_to: String,
+    /// Segments missing from the chain: times past one are reachable only
+    /// from a base backup taken after it.
+    pub gaps: Vec<String>,
+    /// WAL files waiting in the server's archive folder at the last round.
+    pub waiting: u32,
+    pub wal_files: u64,
+    /// Bytes of base backups and WAL in the backup folder.
+    pub bytes: u64,
+    pub last_shipped_at: String,
+    /// Why the last shipping round failed; "" when it did not.
+    pub last_error: String,
+}
+
 /// D-Bus has no null: an empty string stands for "never".
 pub fn wire_time(time: &Option<String>) -> String {
     time.clone().unwrap_or_default()

@@ -1,0 +1,549 @@
+//! Point-in-time recovery: nightly dumps lose up to a day; with PITR on,
+//! the server archives every completed WAL segment, the agent ships each one
+//! (compressed, encrypted, in the mesbak format) and keeps physical base
+//! backups, so the database can be brought back to any moment from the
+//! oldest kept base backup to about a minute ago.
+//!
+//! Sub-concerns: [`server`] (turning the server's archiving on and off),
+//! [`ship`] (collecting segments), [`base`] (base backups), [`chain`] (the
+//! catalog: window, gaps, what a recovery needs, retention), [`store`] (the
+//! files), [`recover`] (a scratch cluster recovered to the target time,
+//! then the ordinary verified restore).
+
+mod base;
+pub mod chain;
+mod recover;
+mod server;
+mod ship;
+mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesbak_interface::{Error, PitrBase, PitrStatus, RestoreOptions};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::app::App;
+use crate::jobs::{Job, now_rfc3339};
+use crate::postgres::Server;
+use crate::restore;
+use crate::storage::human_bytes;
+
+pub use recover::Scratch;
+pub use server::Archiving;
+pub use store::PitrStore;
+
+/// How long `pitr sync` waits for the server to archive the switched segment.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent's PITR side: one lock for everything that reads or changes
+/// the PITR files (shipping, base backups, retention, recovery), and what
+/// the last shipping round found.
+#[derive(Default)]
+pub struct Pitr {
+    lock: tokio::sync::Mutex<()>,
+    last: Mutex<LastRound>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LastRound {
+    at: Option<OffsetDateTime>,
+    error: Option<String>,
+    waiting: usize,
+}
+
+fn random_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 6];
+    openssl::rand::rand_bytes(&mut bytes)
+        .map_err(|err| Error::Failed(format!("no random numbers: {err}")))?;
+    Ok(hex::encode(bytes))
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339)
+        .expect("formatting a time cannot fail")
+}
+
+fn archiving(app: &App) -> Result<Archiving, Error> {
+    app.state.get().pitr.ok_or_else(|| {
+        Error::Failed(
+            "point-in-time recovery is off; turn it on with `mesbakctl pitr enable`".into(),
+        )
+    })
+}
+
+/// The configured database container (PITR needs one).
+fn container(app: &App) -> Result<String, Error> {
+    let container = app.config.database.container.clone();
+    if container.is_empty() {
+        return Err(Error::Config(
+            "point-in-time recovery needs the database in a container (database.container)".into(),
+        ));
+    }
+    Ok(container)
+}
+
+/// What `pitr enable` will change on the server, for the confirmation
+/// prompt (the server must be reachable).
+pub async fn plan_enable(app: &App) -> Result<Vec<String>, Error> {
+    let container = container(app)?;
+    let server = app.database().await?;
+    let settings = server::settings(&server).await?;
+    let directory = format!(
+        "{}/{}",
+        settings.data_directory, app.config.pitr.archive_dir
+    );
+    server::check_enable(&settings, &server.runner, &directory)?;
+    let mut changes =
+        server::describe_changes(&settings, &directory, app.config.pitr.ship_interval_secs);
+    changes.push(format!(
+        "container '{container}' is restarted once (a few seconds without the database)"
+    ));
+    changes.push("a first base backup is taken".into());
+    Ok(changes)
+}
+
+/// `pitr enable`: configures the server, restarts it once, takes the first
+/// base backup and starts shipping.
+pub async fn enable(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
+    let container = container(&app)?;
+    let mut session = app.database_session().await?;
+    let result = async {
+        session.ensure_up(&job).await?;
+        let server = session.server.clone();
+        let settings = server::settings(&server).await?;
+        let directory = format!("{}/{}", settings.data_directory, app.config.pitr.archive_dir);
+        server::check_enable(&settings, &server.runner, &directory)?;
+        let changes = server::describe_changes(&settings, &directory, app.config.pitr.ship_interval_secs);
+        job.set_stage(format!(
+            "configuring continuous archiving ({}) and restarting '{container}'",
+            changes.join(", ")
+        ));
+        let settings = server::enable(
+            &mut session,
+            app.config.pitr.ship_interval_secs,
+            &directory,
+            &container,
+        )
+        .await?;
+        let archiving = Archiving {
+            enabled_at: now_rfc3339(),
+            data_directory: settings.data_directory.clone(),
+            archive_directory: directory.clone(),
+            wal_segment_size: settings.wal_segment_size,
+            timeline: settings.timeline,
+        };
+        app.state
+            .update(|state| state.pitr = Some(archiving.clone()))?;
+        tracing::info!(job = job.id, archive = %directory, "point-in-time recovery enabled");
+        let base = {
+            let _guard = app.pitr.lock.lock().await;
+            let store = PitrStore::new(&app.config.backup_dir);
+            let base = base::take(&app, &job, &store, &server, &archiving).await?;
+            server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
+            ship_locked(&app, &store, &server, &archiving).await?;
+            base
+        };
+        Ok(format!(
+            "point-in-time recovery is on: the server archives its WAL into {directory} ({}), '{container}' was restarted once, the first base backup is {}; WAL is shipped at least every {} s",
+            changes.join(", "),
+            base.id,
+            app.config.pitr.ship_interval_secs
+        ))
+    }
+    .await;
+    session.end(result, String::clone).await
+}
+
+/// `pitr disable`: ships what is left, then turns the server's archiving
+/// off (one restart). What was shipped stays until retention removes it.
+pub async fn disable(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
+    let container = container(&app)?;
+    let archiving = archiving(&app)?;
+    let mut session = app.database_session().await?;
+    let result = async {
+        session.ensure_up(&job).await?;
+        let server = session.server.clone();
+        {
+            let _guard = app.pitr.lock.lock().await;
+            let store = PitrStore::new(&app.config.backup_dir);
+            job.set_stage("shipping the last WAL segments");
+            if let Err(err) = server::switch_and_wait(&server, SYNC_TIMEOUT).await {
+                job.warn(format!("the last segment was not archived: {}", err.message()));
+            }
+            ship_locked(&app, &store, &server, &archiving).await?;
+        }
+        job.set_stage(format!("turning archiving off and restarting '{container}'"));
+        server::disable(&mut session, &container).await?;
+        app.state.update(|state| state.pitr = None)?;
+        tracing::info!(job = job.id, "point-in-time recovery disabled");
+        Ok(format!(
+            "point-in-time recovery is off: '{container}' was restarted once without archiving; the base backups and WAL already shipped stay until retention removes them"
+        ))
+    }
+    .await;
+    session.end(result, String::clone).await
+}
+
+/// `pitr sync`: the server switches to a new segment now; everything up to
+/// this moment is shipped.
+pub async fn sync(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
+    let archiving = archiving(&app)?;
+    let server = app.database().await?;
+    job.set_stage("switching to a new WAL segment and shipping");
+    let _guard = app.pitr.lock.lock().await;
+    let switched = server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
+    let store = PitrStore::new(&app.config.backup_dir);
+    let shipped = ship_locked(&app, &store, &server, &archiving).await;
+    server.release().await;
+    let shipped = shipped?;
+    Ok(format!(
+        "WAL shipped up to segment {switched} ({} files, {} of WAL)",
+        shipped.files,
+        human_bytes(shipped.plain_bytes)
+    ))
+}
+
+/// `pitr base-backup` (and its timer): a new base backup, then retention.
+pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
+    let archiving = archiving(&app)?;
+    let mut session = app.database_session().await?;
+    let result = async {
+        session.ensure_up(&job).await?;
+        let server = session.server.clone();
+        let _guard = app.pitr.lock.lock().await;
+        let store = PitrStore::new(&app.config.backup_dir);
+        let base = base::take(&app, &job, &store, &server, &archiving).await?;
+        server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
+        ship_locked(&app, &store, &server, &archiving).await?;
+        let removed = apply_retention(&app, &store, &archiving);
+        Ok(format!(
+            "base backup {} written ({}){}",
+            base.id,
+            human_bytes(base.size_bytes),
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; retention removed {}", removed.join(", "))
+            }
+        ))
+    }
+    .await;
+    session.end(result, String::clone).await
+}
+
+/// One shipping round with the lock held; records its outcome.
+async fn ship_locked(
+    app: &App,
+    store: &PitrStore,
+    server: &Server,
+    archiving: &Archiving,
+) -> Result<ship::Shipped, Error> {
+    let result = ship::ship(app, store, server, archiving).await;
+    let mut last = app.pitr.last.lock().expect("pitr lock");
+    last.at = Some(OffsetDateTime::now_utc());
+    match &result {
+        Ok(shipped) => {
+            last.error = None;
+            last.waiting = shipped.waiting;
+        }
+        Err(err) => last.error = Some(err.message()),
+    }
+    result
+}
+
+/// Ships in the background every `ship_interval_secs` while PITR is on.
+pub fn spawn_shipper(app: Arc<App>) {
+    let interval = Duration::from_secs(u64::from(app.config.pitr.ship_interval_secs));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(15)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(archiving) = app.state.get().pitr else {
+                continue;
+            };
+            let Ok(_guard) = app.pitr.lock.try_lock() else {
+                continue;
+            };
+            let server = match app.database().await {
+                Ok(server) => server,
+                Err(err) => {
+                    app.pitr.last.lock().expect("pitr lock").error = Some(err.message());
+                    continue;
+                }
+            };
+            let store = PitrStore::new(&app.config.backup_dir);
+            match ship_locked(&app, &store, &server, &archiving).await {
+                Ok(shipped) if shipped.files > 0 => {
+                    tracing::info!(
+                        files = shipped.files,
+                        bytes = shipped.plain_bytes,
+                        "WAL shipped"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err.message(), "WAL shipping failed; retrying")
+                }
+            }
+            server.release().await;
+        }
+    });
+}
+
+/// Deletes base backups and WAL retention allows; returns what went.
+fn apply_retention(app: &App, store: &PitrStore, archiving: &Archiving) -> Vec<String> {
+    let bases = store.bases();
+    let wal = store.wal(archiving.wal_segment_size);
+    let (bases_gone, wal_gone) = chain::plan_retention(
+        &bases,
+        &wal,
+        OffsetDateTime::now_utc(),
+        app.config.retention.days,
+        1,
+    );
+    let mut removed = Vec::new();
+    for base in &bases_gone {
+        match store.delete_base(base) {
+            Ok(()) => removed.push(base.id.clone()),
+            Err(err) => {
+                tracing::warn!(error = %err.message(), "retention could not delete a base backup")
+            }
+        }
+    }
+    let mut segments = 0;
+    for file in &wal_gone {
+        if store.delete_wal(file).is_ok() {
+            segments += 1;
+        }
+    }
+    if segments > 0 {
+        removed.push(format!("{segments} WAL files"));
+    }
+    removed
+}
+
+/// What `pitr status` shows.
+pub fn status(app: &App) -> PitrStatus {
+    let state = app.state.get().pitr;
+    let segment_size = state.as_ref().map_or(16 << 20, |a| a.wal_segment_size);
+    let store = PitrStore::new(&app.config.backup_dir);
+    let bases = store.bases();
+    let wal = store.wal(segment_size);
+    let window = chain::window(&bases, &wal);
+    let last = app.pitr.last.lock().expect("pitr lock").clone();
+    let (from, to) = window.span().unzip();
+    PitrStatus {
+        enabled: state.is_some(),
+        enabled_at: state
+            .as_ref()
+            .map(|a| a.enabled_at.clone())
+            .unwrap_or_default(),
+        archive_directory: state.map(|a| a.archive_directory).unwrap_or_default(),
+        base_backups: bases
+            .iter()
+            .map(|b| PitrBase {
+                id: b.id.clone(),
+                started: b.started.clone(),
+                finished: b.finished.clone(),
+                start_wal: b.start_wal.clone(),
+                size_bytes: b.size_bytes,
+            })
+            .collect(),
+        newest_wal: window
+            .newest
+            .as_ref()
+            .map(|n| n.0.clone())
+            .unwrap_or_default(),
+        newest_wal_time: window
+            .newest
+            .as_ref()
+            .map(|n| rfc3339(n.1))
+            .unwrap_or_default(),
+        window_from: from.map(rfc3339).unwrap_or_default(),
+        window_to: to.map(rfc3339).unwrap_or_default(),
+        gaps: window.gaps,
+        waiting: last.waiting as u32,
+        wal_files: wal.len() as u64,
+        bytes: store.total_bytes(),
+        last_shipped_at: last.at.map(rfc3339).unwrap_or_default(),
+        last_error: last.error.unwrap_or_default(),
+    }
+}
+
+/// Health problems of PITR, `(unhealthy, sentence)`.
+pub fn problems(app: &App, now: OffsetDateTime) -> Vec<(bool, String)> {
+    let mut problems = Vec::new();
+    let Some(archiving) = app.state.get().pitr else {
+        if app.config.pitr.enabled {
+            problems.push((
+                false,
+                "pitr.enabled is set but the server is not archiving for mesbak; run `mesbakctl pitr enable`".to_owned(),
+            ));
+        }
+        return problems;
+    };
+    let status = status(app);
+    if !status.last_error.is_empty() {
+        problems.push((false, format!("WAL shipping fails: {}", status.last_error)));
+    }
+    if !status.gaps.is_empty() {
+        problems.push((
+            false,
+            format!(
+                "the WAL chain has {} gap(s) (first: segment {}); times past a gap are reachable only from a newer base backup: take one with `mesbakctl pitr base-backup`",
+                status.gaps.len(),
+                status.gaps[0]
+            ),
+        ));
+    }
+    let interval = i64::from(app.config.pitr.ship_interval_secs);
+    if status.base_backups.is_empty() {
+        problems.push((
+            true,
+            "point-in-time recovery has no base backup; take one with `mesbakctl pitr base-backup`"
+                .to_owned(),
+        ));
+    } else if status.window_to.is_empty() {
+        problems.push((
+            true,
+            "no base backup has an unbroken WAL chain: point-in-time restores are impossible; take a base backup with `mesbakctl pitr base-backup`".to_owned(),
+        ));
+    }
+    let enabled_at = OffsetDateTime::parse(&archiving.enabled_at, &Rfc3339).ok();
+    let newest = OffsetDateTime::parse(&status.newest_wal_time, &Rfc3339).ok();
+    let reference = newest.or(enabled_at);
+    if let Some(reference) = reference {
+        let behind = (now - reference).whole_seconds();
+        // The server switches segments every interval only when there was
+        // WAL to archive; a few intervals of quiet are normal.
+        if behind > 5 * interval.max(60) && status.waiting > 0 {
+            problems.push((
+                false,
+                format!(
+                    "WAL shipping is {behind} s behind ({} file(s) waiting in the server's archive folder)",
+                    status.waiting
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// Parses a target time: RFC 3339, or the agent's local "YYYY-MM-DD HH:MM:SS".
+pub fn parse_target(text: &str) -> Result<OffsetDateTime, Error> {
+    if let Ok(time) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(time);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let local = time::PrimitiveDateTime::parse(text, format).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "'{text}' is not a time; write RFC 3339 (2026-11-24T10:41:00+01:00) or local \"2026-11-24 10:41:00\""
+        ))
+    })?;
+    let offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    Ok(local.assume_offset(offset))
+}
+
+/// Plans and authenticates a recovery to `target`, then recovers it into
+/// a database backup of that moment.
+async fn recover_to(
+    app: &App,
+    job: &Job,
+    target: OffsetDateTime,
+) -> Result<crate::storage::BackupRef, Error> {
+    let segment_size = app
+        .state
+        .get()
+        .pitr
+        .map_or(16 << 20, |a| a.wal_segment_size);
+    let _guard = app.pitr.lock.lock().await;
+    let store = PitrStore::new(&app.config.backup_dir);
+    let bases = store.bases();
+    let wal = store.wal(segment_size);
+    let window = chain::window(&bases, &wal);
+    if target > OffsetDateTime::now_utc() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is in the future",
+            rfc3339(target)
+        )));
+    }
+    let plan = chain::plan_recovery(&bases, &wal, target).ok_or_else(|| {
+        let reachable = match window.span() {
+            Some((from, to)) => format!(
+                "the restorable window is {} to {}",
+                rfc3339(from),
+                rfc3339(to)
+            ),
+            None => "there is no restorable window yet (no base backup with its WAL)".to_owned(),
+        };
+        let gaps = if window.gaps.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (WAL segment {} is missing, so times after it need a newer base backup)",
+                window.gaps[0]
+            )
+        };
+        Error::InvalidArgument(format!(
+            "{} cannot be restored: {reachable}{gaps}; nothing was changed",
+            rfc3339(target)
+        ))
+    })?;
+    recover::authenticate(app, job, &store, &plan).await?;
+    let info = recover::recover_to_backup(app, job, &store, &plan, target).await?;
+    app.storage.resolve(&info.id, true)
+}
+
+/// `restore --to-time`: the database as it was at `target`, through the
+/// ordinary verified restore.
+pub async fn restore_to_time(
+    app: Arc<App>,
+    job: Arc<Job>,
+    target: OffsetDateTime,
+    options: RestoreOptions,
+) -> Result<String, Error> {
+    let backup = recover_to(&app, &job, target).await?;
+    let message = restore::run(app, job, backup.clone(), options).await?;
+    Ok(format!(
+        "point-in-time restore to {}: {message}",
+        rfc3339(target)
+    ))
+}
+
+/// `test-restore --to-time`: the same recovery, then a test restore.
+pub async fn test_restore_to_time(
+    app: Arc<App>,
+    job: Arc<Job>,
+    target: OffsetDateTime,
+) -> Result<String, Error> {
+    let backup = recover_to(&app, &job, target).await?;
+    let message = restore::test_restore(app, job, backup).await?;
+    Ok(format!(
+        "point-in-time test restore to {}: {message}",
+        rfc3339(target)
+    ))
+}
+
+/// At start: removes a scratch cluster a crash left, and partial files.
+pub async fn recover_at_start(app: &App) -> Vec<String> {
+    PitrStore::new(&app.config.backup_dir).remove_partials();
+    let Some(scratch) = app.state.get().pitr_scratch else {
+        return Vec::new();
+    };
+    match app.docker().await {
+        Ok(docker) => {
+            recover::remove(&docker, &scratch).await;
+            let _ = app.state.update(|state| state.pitr_scratch = None);
+            tracing::warn!(container = %scratch.container, "removed the scratch cluster of an interrupted point-in-time restore");
+            Vec::new()
+        }
+        Err(err) => vec![format!(
+            "the scratch container '{}' of an interrupted point-in-time restore could not be removed yet: {}",
+            scratch.container,
+            err.message()
+        )],
+    }
+}

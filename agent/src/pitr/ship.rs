@@ -1,0 +1,152 @@
+//! WAL shipping: every file the server archived is read out of the archive
+//! folder (inside the database container, through the exec API),
+//! compressed and encrypted into `pitr/wal/`, fsynced and committed, and
+//! only then removed from the server's folder. A crash in between finds the
+//! file shipped and only removes it: no segment is lost or counted twice.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use mesbak_interface::Error;
+use time::OffsetDateTime;
+
+use super::chain::{is_wal_name, wal_file_name};
+use super::server::Archiving;
+use super::store::PitrStore;
+use crate::app::App;
+use crate::pipeline::BackupWriter;
+use crate::postgres::Server;
+use crate::process::{self, Runner};
+
+/// What one shipping round did.
+#[derive(Debug, Default, Clone)]
+pub struct Shipped {
+    pub files: usize,
+    pub plain_bytes: u64,
+    /// Files still waiting in the server's folder when the round ended.
+    pub waiting: usize,
+}
+
+/// A file in the server's archive folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Archived {
+    pub name: String,
+    pub archived_at: OffsetDateTime,
+}
+
+/// Lists the server's archive folder: WAL files with their archive times,
+/// oldest first (temporary files of the archiver are left alone).
+pub async fn list_archive(server: &Server, archiving: &Archiving) -> Result<Vec<Archived>, Error> {
+    let Runner::Container { docker, container } = &server.runner else {
+        return Err(Error::Config(
+            "WAL shipping needs database.container".into(),
+        ));
+    };
+    let argv = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "cd \"$1\" && for f in *; do [ -f \"$f\" ] && echo \"$(stat -c %Y \"$f\") $f\"; done; true"
+            .to_owned(),
+        "mesbak".to_owned(),
+        archiving.archive_directory.clone(),
+    ];
+    let (out, outcome) = docker
+        .exec(container, &argv, &[], false)
+        .await?
+        .collect()
+        .await?;
+    outcome.check(|detail| {
+        Error::Docker(format!(
+            "cannot list the WAL archive folder {} in container '{container}': {detail}",
+            archiving.archive_directory
+        ))
+    })?;
+    let mut files: Vec<Archived> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|line| {
+            let (mtime, name) = line.split_once(' ')?;
+            let at = OffsetDateTime::from_unix_timestamp(mtime.parse().ok()?).ok()?;
+            is_wal_name(name).then(|| Archived {
+                name: name.to_owned(),
+                archived_at: at,
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// Ships everything the server archived so far.
+pub async fn ship(
+    app: &App,
+    store: &PitrStore,
+    server: &Server,
+    archiving: &Archiving,
+) -> Result<Shipped, Error> {
+    let waiting = list_archive(server, archiving).await?;
+    let mut done = Shipped::default();
+    if waiting.is_empty() {
+        return Ok(done);
+    }
+    let key = app.key()?;
+    store.prepare()?;
+    let Runner::Container { docker, container } = &server.runner else {
+        return Err(Error::Config(
+            "WAL shipping needs database.container".into(),
+        ));
+    };
+    for file in &waiting {
+        let path = format!("{}/{}", archiving.archive_directory, file.name);
+        if store
+            .shipped(&file.name, archiving.wal_segment_size)
+            .is_none()
+        {
+            let (pending, handle) = store.create(
+                &store.wal_dir(),
+                &wal_file_name(&file.name, file.archived_at),
+            )?;
+            let writer = BackupWriter::start(handle, key.clone(), 1, Arc::new(AtomicU64::new(0)));
+            let argv = ["cat".to_owned(), path.clone()];
+            let mut spawned = docker.exec(container, &argv, &[], false).await?;
+            while let Some(block) = spawned.stdout.recv().await {
+                done.plain_bytes += block.len() as u64;
+                if !writer.write(block).await {
+                    break;
+                }
+            }
+            drop(spawned.stdout);
+            let outcome = process::join(spawned.done).await;
+            let written = writer.finish().await?;
+            outcome?.check(|detail| {
+                Error::Docker(format!(
+                    "cannot read {path} in container '{container}': {detail}"
+                ))
+            })?;
+            pending.commit(None)?;
+            tracing::debug!(wal = %file.name, bytes = written.size, "WAL file shipped");
+            done.files += 1;
+        }
+        // Shipped (now or by a round a crash cut short): the server's copy goes.
+        let argv = [
+            "rm".to_owned(),
+            "-f".to_owned(),
+            "--".to_owned(),
+            path.clone(),
+        ];
+        let (_, outcome) = docker
+            .exec(container, &argv, &[], false)
+            .await?
+            .collect()
+            .await?;
+        outcome.check(|detail| {
+            Error::Docker(format!(
+                "cannot remove the shipped {path} from container '{container}': {detail}"
+            ))
+        })?;
+    }
+    done.waiting = list_archive(server, archiving)
+        .await
+        .map(|w| w.len())
+        .unwrap_or(0);
+    Ok(done)
+}
