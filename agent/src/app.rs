@@ -135,6 +135,16 @@ impl App {
                 Vec::new()
             }
         };
-        health::assess(&self.config, &backups, &self.state.get(), &problems, now)
+        let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
+        for (unhealthy, problem) in crate::pitr::problems(self, now) {
+            let status = if unhealthy {
+                mesbak_interface::Health::Unhealthy
+            } else {
+                mesbak_interface::Health::Degraded
+            };
+            report.status = report.status.max(status);
+            report.problems.push(problem);
+        }
+        report
     }
 }

@@ -389,6 +389,26 @@ impl Docker {
         }
     }
 
+    /// A container's read-only bind mounts (`host:container:ro`), e.g. the
+    /// configuration files a stack mounts into its database container.
+    pub async fn readonly_binds(&self, container: &str) -> Result<Vec<String>, Error> {
+        let info = self
+            .api
+            .inspect_container(container, None)
+            .await
+            .map_err(|err| container_error(container, err))?;
+        Ok(info
+            .host_config
+            .and_then(|h| h.binds)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|bind| {
+                bind.rsplit_once(':')
+                    .is_some_and(|(_, options)| options.split(',').any(|o| o == "ro"))
+            })
+            .collect())
+    }
+
     /// The environment an image sets (`NAME=value` lines).
     pub async fn image_env(&self, image: &str) -> Result<Vec<String>, Error> {
         let info = self.api.inspect_image(image).await.map_err(unreachable)?;

@@ -54,8 +54,16 @@ pub enum Command {
     /// Restore a database backup into a scratch database, check it, drop it.
     TestRestore {
         /// A backup id or path; default: the newest database backup.
+        #[arg(conflicts_with = "to_time")]
         backup: Option<String>,
+        /// Test a point-in-time restore to TIME instead (RFC 3339, or local
+        /// "YYYY-MM-DD HH:MM:SS").
+        #[arg(long, value_name = "TIME")]
+        to_time: Option<String>,
     },
+    /// Point-in-time recovery: continuous WAL archiving on the database server.
+    #[command(subcommand)]
+    Pitr(PitrCommand),
     /// Delete backups older than the retention period (root only).
     Prune {
         /// Only show what would be deleted.
@@ -90,11 +98,40 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// Turn continuous WAL archiving on (root only; restarts the database container once).
+    ///
+    /// Names what it changes on the database server first and asks on a
+    /// terminal; without one, --yes is required.
+    Enable {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Turn it off again (root only; restarts the database container once).
+    Disable {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Base backups, WAL shipped up to, the restorable window and any gap.
+    Status,
+    /// Switch the server to a new WAL segment and ship everything up to now.
+    Sync,
+    /// Take a physical base backup now (the PITR timer runs this).
+    BaseBackup,
+}
+
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("mode").args(["backup", "rollback", "drop_previous"]).required(true))]
+#[command(group = clap::ArgGroup::new("mode").args(["backup", "rollback", "drop_previous", "to_time"]).required(true))]
 pub struct RestoreArgs {
     /// A backup id (file name, as `list` shows) or a path to a backup file.
     pub backup: Option<String>,
+    /// Restore the database as it was at TIME (point-in-time recovery; RFC
+    /// 3339, or local "YYYY-MM-DD HH:MM:SS").
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["backup", "rollback", "drop_previous"])]
+    pub to_time: Option<String>,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use zbus::Connection;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::cli::RestoreArgs;
+use crate::cli::{PitrCommand, RestoreArgs};
 
 /// Turns bus-level failures into what to do about them.
 pub fn explain(err: Error) -> anyhow::Error {
@@ -347,6 +347,18 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         agent.rollback_restore().await.map_err(explain)?
     } else if args.drop_previous {
         agent.drop_previous().await.map_err(explain)?
+    } else if let Some(time) = &args.to_time {
+        let time = target_time(time)?;
+        if !args.yes {
+            confirm_to_time(&agent, &time, args.skip_safety_backup).await?;
+        }
+        let options = RestoreOptions {
+            skip_safety_backup: args.skip_safety_backup.then_some(true),
+        };
+        agent
+            .restore_to_time(&time, options)
+            .await
+            .map_err(explain)?
     } else {
         let given = args
             .backup
@@ -415,6 +427,194 @@ async fn confirm(agent: &AgentProxy<'_>, argument: &str, skip_safety: bool) -> R
     std::io::stdin().read_line(&mut answer)?;
     if answer.trim() != "yes" {
         bail!("restore cancelled; nothing was changed");
+    }
+    Ok(())
+}
+
+/// A point-in-time target as the agent takes it (RFC 3339): local times are
+/// the operator's (this terminal's) time zone.
+fn target_time(given: &str) -> Result<String> {
+    use time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(given, &Rfc3339).is_ok() {
+        return Ok(given.to_owned());
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let local = time::PrimitiveDateTime::parse(given, format).map_err(|_| {
+        anyhow!(
+            "'{given}' is not a time; write \"2026-11-24 10:41:00\" (local time) or RFC 3339 (2026-11-24T10:41:00+01:00)"
+        )
+    })?;
+    let offset =
+        time::UtcOffset::local_offset_at(local.assume_utc()).unwrap_or(time::UtcOffset::UTC);
+    Ok(local.assume_offset(offset).format(&Rfc3339)?)
+}
+
+pub async fn test_restore_to_time(time: &str, json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = agent
+        .test_restore_to_time(&target_time(time)?)
+        .await
+        .map_err(explain)?;
+    follow(&conn, path, json).await
+}
+
+/// Asks before a point-in-time restore, naming the window it comes from.
+async fn confirm_to_time(agent: &AgentProxy<'_>, time: &str, skip_safety: bool) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("restore replaces live data; confirm with --yes when running without a terminal");
+    }
+    let status = agent.pitr_status().await.map_err(explain)?;
+    eprintln!("This restores the database as it was at {time}.");
+    if !status.window_from.is_empty() {
+        eprintln!(
+            "  Restorable window: {} to {}.",
+            status.window_from, status.window_to
+        );
+    }
+    eprintln!("  Recovered first in a scratch container (nothing live is touched), then:");
+    eprintln!("  Replaced: the live database, after the recovered copy has been checked.");
+    eprintln!(
+        "  Kept:     the current database, renamed, until `mesbakctl restore --drop-previous`."
+    );
+    if skip_safety {
+        eprintln!("  No safety backup of the current data will be taken (--skip-safety-backup).");
+    } else {
+        eprintln!("  A safety backup of the current data is taken first.");
+    }
+    ask("Restore now?", "restore cancelled; nothing was changed")
+}
+
+/// Reads 'yes' on the terminal, or fails with `refused`.
+fn ask(question: &str, refused: &str) -> Result<()> {
+    eprint!("{question} Type 'yes' to continue: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("{refused}");
+    }
+    Ok(())
+}
+
+pub async fn pitr(command: PitrCommand, json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = match command {
+        PitrCommand::Status => return pitr_status(&agent, json).await,
+        PitrCommand::Enable { yes } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "`pitr enable` changes the database server's configuration and restarts it; confirm with --yes when running without a terminal"
+                    );
+                }
+                let changes = agent.plan_pitr_enable().await.map_err(explain)?;
+                eprintln!("This turns point-in-time recovery on. On the database server:");
+                for change in &changes {
+                    eprintln!("  - {change}");
+                }
+                ask("Go ahead?", "nothing was changed")?;
+            }
+            agent.pitr_enable().await.map_err(explain)?
+        }
+        PitrCommand::Disable { yes } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "`pitr disable` changes the database server's configuration and restarts it; confirm with --yes when running without a terminal"
+                    );
+                }
+                eprintln!(
+                    "This turns point-in-time recovery off: the server stops archiving its WAL"
+                );
+                eprintln!(
+                    "(its container is restarted once); what was shipped stays until retention removes it."
+                );
+                ask("Go ahead?", "nothing was changed")?;
+            }
+            agent.pitr_disable().await.map_err(explain)?
+        }
+        PitrCommand::Sync => agent.pitr_sync().await.map_err(explain)?,
+        PitrCommand::BaseBackup => agent.pitr_base_backup().await.map_err(explain)?,
+    };
+    follow(&conn, path, json).await
+}
+
+async fn pitr_status(agent: &AgentProxy<'_>, json: bool) -> Result<()> {
+    let status = agent.pitr_status().await.map_err(explain)?;
+    let time = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    if json {
+        let report = serde_json::json!({
+            "enabled": status.enabled,
+            "enabled_at": time(&status.enabled_at),
+            "archive_directory": time(&status.archive_directory),
+            "base_backups": status.base_backups,
+            "newest_wal": time(&status.newest_wal),
+            "newest_wal_time": time(&status.newest_wal_time),
+            "window": {
+                "from": time(&status.window_from),
+                "to": time(&status.window_to),
+            },
+            "gaps": status.gaps,
+            "waiting": status.waiting,
+            "wal_files": status.wal_files,
+            "bytes": status.bytes,
+            "last_shipped_at": time(&status.last_shipped_at),
+            "last_error": time(&status.last_error),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let or_never = |text: &str| {
+            if text.is_empty() {
+                "never".to_owned()
+            } else {
+                text.to_owned()
+            }
+        };
+        println!(
+            "Point-in-time recovery: {}",
+            if status.enabled {
+                format!(
+                    "on since {} (archive {})",
+                    status.enabled_at, status.archive_directory
+                )
+            } else {
+                "off".to_owned()
+            }
+        );
+        println!(
+            "Restorable window:      {}",
+            if status.window_from.is_empty() {
+                "none yet".to_owned()
+            } else {
+                format!("{} to {}", status.window_from, status.window_to)
+            }
+        );
+        println!(
+            "WAL shipped up to:      {} ({})",
+            or_never(&status.newest_wal),
+            or_never(&status.newest_wal_time)
+        );
+        println!(
+            "Shipped:                {} WAL files, {} in all; {} waiting on the server",
+            status.wal_files,
+            indicatif::BinaryBytes(status.bytes),
+            status.waiting
+        );
+        println!("Base backups:           {}", status.base_backups.len());
+        for base in &status.base_backups {
+            println!(
+                "  {}  finished {}  from {}  {}",
+                base.id,
+                base.finished,
+                base.start_wal,
+                indicatif::BinaryBytes(base.size_bytes)
+            );
+        }
+        for gap in &status.gaps {
+            println!("  ! missing WAL segment {gap}");
+        }
+        if !status.last_error.is_empty() {
+            println!("  ! last shipping failed: {}", status.last_error);
+        }
     }
     Ok(())
 }

@@ -47,7 +47,11 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
         Command::Status => client::status(json).await,
         Command::Verify { backup } => client::verify(&backup, json).await,
         Command::Restore(args) => client::restore(&args, json).await,
-        Command::TestRestore { backup } => client::test_restore(backup.as_deref(), json).await,
+        Command::TestRestore { backup, to_time } => match to_time {
+            Some(time) => client::test_restore_to_time(&time, json).await,
+            None => client::test_restore(backup.as_deref(), json).await,
+        },
+        Command::Pitr(command) => client::pitr(command, json).await,
         Command::Prune { dry_run } => client::prune(dry_run, json).await,
         other => anyhow::bail!("`{}` does not talk to the agent", command_name(&other)),
     }
@@ -61,6 +65,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Verify { .. } => "verify",
         Command::Restore(_) => "restore",
         Command::TestRestore { .. } => "test-restore",
+        Command::Pitr(_) => "pitr",
         Command::Prune { .. } => "prune",
         Command::Decrypt { .. } => "decrypt",
         Command::Keygen { .. } => "keygen",

@@ -4,7 +4,7 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BackupInfo, Error, RestoreOptions};
+use crate::{BackupInfo, Error, PitrStatus, RestoreOptions};
 
 /// The manager object, `/org/mesbak/Agent1`.
 #[proxy(
@@ -40,6 +40,34 @@ pub trait Agent {
 
     /// Deletes what retention allows (root only).
     fn prune(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// What `PitrEnable` would change on the database server.
+    fn plan_pitr_enable(&self) -> Result<Vec<String>, Error>;
+
+    /// Turns point-in-time recovery on (root only).
+    fn pitr_enable(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Turns point-in-time recovery off (root only).
+    fn pitr_disable(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Switches to a new WAL segment and ships everything up to now.
+    fn pitr_sync(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Takes a physical base backup now.
+    fn pitr_base_backup(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// Base backups, shipped WAL, the restorable window and its gaps.
+    fn pitr_status(&self) -> Result<PitrStatus, Error>;
+
+    /// Restores the database as it was at `time` (RFC 3339; root only).
+    fn restore_to_time(
+        &self,
+        time: &str,
+        options: RestoreOptions,
+    ) -> Result<OwnedObjectPath, Error>;
+
+    /// A test restore of the database as it was at `time` (RFC 3339).
+    fn test_restore_to_time(&self, time: &str) -> Result<OwnedObjectPath, Error>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -117,13 +117,21 @@ wire_enum!(
         Prune = "prune",
         Rollback = "rollback",
         DropPrevious = "drop-previous",
+        PitrEnable = "pitr-enable",
+        PitrDisable = "pitr-disable",
+        PitrSync = "pitr-sync",
+        PitrBaseBackup = "pitr-base-backup",
     }
 );
 
 impl JobOperation {
     /// Whether the job changes data; only one such job runs at a time.
     pub fn mutates(self) -> bool {
-        !matches!(self, JobOperation::Verify)
+        // Shipping WAL and base backups only add files, under their own lock.
+        !matches!(
+            self,
+            JobOperation::Verify | JobOperation::PitrSync | JobOperation::PitrBaseBackup
+        )
     }
 }
 
@@ -264,5 +272,9 @@ mod tests {
         assert_eq!(BackupKind::SIGNATURE.to_string(), "s");
         assert_eq!(RestoreOptions::SIGNATURE.to_string(), "a{sv}");
         assert_eq!(BackupInfo::SIGNATURE.to_string(), "(sssststssssasa{st}tas)");
+        assert_eq!(
+            PitrStatus::SIGNATURE.to_string(),
+            "(bssa(sssst)ssssasuttss)"
+        );
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use mesbak_interface::{
-    BackupInfo, BackupTarget, Error, JobOperation, MANAGER_PATH, RestoreOptions, job_path,
-    wire_time,
+    BackupInfo, BackupTarget, Error, JobOperation, MANAGER_PATH, PitrStatus, RestoreOptions,
+    job_path, wire_time,
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
@@ -198,6 +198,126 @@ impl Manager {
             String::new(),
             Some("prune"),
             |app, job| async move { prune(&app, &job) },
+        )
+        .await
+    }
+
+    /// What `PitrEnable` would change on the database server, one line
+    /// each (for the confirmation).
+    async fn plan_pitr_enable(&self) -> Result<Vec<String>, Error> {
+        crate::pitr::plan_enable(&self.app).await
+    }
+
+    /// Turns point-in-time recovery on (root only): configures the server's
+    /// archiving, restarts its container once, takes a first base backup.
+    async fn pitr_enable(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::PitrEnable,
+            String::new(),
+            Some("turning point-in-time recovery on"),
+            crate::pitr::enable,
+        )
+        .await
+    }
+
+    /// Turns it off (root only; one restart of the database container).
+    async fn pitr_disable(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::PitrDisable,
+            String::new(),
+            Some("turning point-in-time recovery off"),
+            crate::pitr::disable,
+        )
+        .await
+    }
+
+    /// Switches the server to a new WAL segment and ships everything.
+    async fn pitr_sync(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::PitrSync,
+            String::new(),
+            None,
+            crate::pitr::sync,
+        )
+        .await
+    }
+
+    /// Takes a physical base backup now (the PITR timer calls it).
+    async fn pitr_base_backup(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::PitrBaseBackup,
+            String::new(),
+            None,
+            crate::pitr::base_backup,
+        )
+        .await
+    }
+
+    /// Base backups, shipped WAL, the restorable window and its gaps.
+    async fn pitr_status(&self) -> PitrStatus {
+        crate::pitr::status(&self.app)
+    }
+
+    /// Restores the database as it was at `time` (RFC 3339; root only):
+    /// recovered in a scratch cluster, then the ordinary verified restore.
+    async fn restore_to_time(
+        &self,
+        time: &str,
+        options: RestoreOptions,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let target = crate::pitr::parse_target(time)?;
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::Restore,
+            time.to_owned(),
+            Some("restore"),
+            move |app, job| crate::pitr::restore_to_time(app, job, target, options),
+        )
+        .await
+    }
+
+    /// A test restore of the database as it was at `time` (RFC 3339).
+    async fn test_restore_to_time(
+        &self,
+        time: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let target = crate::pitr::parse_target(time)?;
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::TestRestore,
+            time.to_owned(),
+            None,
+            move |app, job| crate::pitr::test_restore_to_time(app, job, target),
         )
         .await
     }

@@ -98,6 +98,9 @@ pub async fn recover_to_backup(
         .iter()
         .find_map(|line| line.strip_prefix("PGDATA=").map(str::to_owned))
         .unwrap_or_else(|| "/var/lib/postgresql/data".to_owned());
+    // The server's read-only mounts (configuration files, or a stand-in
+    // image's programs) come along; its data does not.
+    let readonly = docker.readonly_binds(live).await?;
     let id = super::random_id()?;
     let scratch = Scratch {
         container: format!("mesbak-pitr-{id}"),
@@ -113,6 +116,13 @@ pub async fn recover_to_backup(
         .into();
         docker.create_volume(&scratch.volume, labels.clone()).await?;
         let target_text = target.format(&Rfc3339).expect("formatting a time");
+        // PostgreSQL's own form, to the microsecond it keeps.
+        let target_pg = target
+            .to_offset(time::UtcOffset::UTC)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
+            ))
+            .expect("formatting a time");
         let create = |with_target: bool| {
             let mut cmd = vec![
                 "postgres".to_owned(),
@@ -124,7 +134,7 @@ pub async fn recover_to_backup(
                 "recovery_target_action=promote".to_owned(),
             ];
             if with_target {
-                cmd.extend(["-c".to_owned(), format!("recovery_target_time={target_text}")]);
+                cmd.extend(["-c".to_owned(), format!("recovery_target_time={target_pg}")]);
             }
             bollard::models::ContainerCreateBody {
                 image: Some(image.clone()),
@@ -132,7 +142,11 @@ pub async fn recover_to_backup(
                 labels: Some(labels.clone()),
                 network_disabled: Some(true),
                 host_config: Some(bollard::models::HostConfig {
-                    binds: Some(vec![format!("{}:{data_dir}", scratch.volume)]),
+                    binds: Some(
+                        std::iter::once(format!("{}:{data_dir}", scratch.volume))
+                            .chain(readonly.iter().cloned())
+                            .collect(),
+                    ),
                     network_mode: Some("none".into()),
                     ..Default::default()
                 }),

@@ -137,8 +137,11 @@ pub async fn enable(
             ))
         })?;
     make_archive_directory(&server, archive_directory).await?;
+    // The module loaded in the same session: PostgreSQL 15 refuses to set
+    // the parameter of a module it has not loaded.
     let statements = format!(
-        "ALTER SYSTEM SET archive_mode = 'on';\n\
+        "LOAD 'basic_archive';\n\
+         ALTER SYSTEM SET archive_mode = 'on';\n\
          ALTER SYSTEM SET archive_library = 'basic_archive';\n\
          ALTER SYSTEM SET basic_archive.archive_directory = {};\n\
          ALTER SYSTEM SET archive_timeout = {interval};\n\
@@ -175,7 +178,8 @@ pub async fn enable(
     result
 }
 
-const RESET: &str = "ALTER SYSTEM RESET archive_mode;\n\
+const RESET: &str = "LOAD 'basic_archive';\n\
+     ALTER SYSTEM RESET archive_mode;\n\
      ALTER SYSTEM RESET archive_library;\n\
      ALTER SYSTEM RESET basic_archive.archive_directory;\n\
      ALTER SYSTEM RESET archive_timeout;\n";
