@@ -258,8 +258,158 @@ async fn a_new_server_is_restored_from_base_backup_and_wal_alone(flavor: Flavor)
     assert_eq!(ours, 0, "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Shipped segment names (the server's names), sorted.
+fn shipped_segments(config: &AgentConfig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(config.backup_dir().join("pitr/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .filter_map(|name| name.rsplit_once('_').map(|(wal, _)| wal.to_owned()))
+        .filter(|wal| wal.len() == 24)
+        .collect();
+    names.sort();
+    names
+}
+
+fn hidden_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn server_archive(pg: &Postgres) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT coalesce(string_agg(name, ' ' ORDER BY name), '') FROM pg_ls_dir(current_setting('data_directory') || '/mesbak_wal') AS name;",
+    )
+}
+
+async fn an_agent_killed_while_shipping_or_recovering_loses_nothing(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = (now(), pg.fingerprint("mes"));
+    // Many segments waiting, then the agent killed while it ships them.
+    for n in 0..25 {
+        pg.psql(
+            "mes",
+            &format!("INSERT INTO mes_audit.change_log (table_name, operation, row_key) VALUES ('kill', 'I', '{n}'); SELECT pg_switch_wal();"),
+        );
+    }
+    let sync = agent.proxy().await.pitr_sync().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    agent.kill9();
+    let _ = sync;
+    let mut agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "sync"]);
+    let names = shipped_segments(&config);
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique, names, "a segment was shipped twice");
+    let status = pitr_status(&bus);
+    assert!(status["gaps"].as_array().unwrap().is_empty(), "{status}");
+    assert_eq!(
+        server_archive(&pg),
+        "",
+        "segments left in the server's folder"
+    );
+    assert!(hidden_files(&config.backup_dir().join("pitr/wal")).is_empty());
+
+    // Killed during a point-in-time restore: the scratch cluster goes at
+    // the next start, the live database is as it was.
+    let live = pg.fingerprint("mes");
+    let job = agent
+        .proxy()
+        .await
+        .restore_to_time(&time, mesbak_interface::RestoreOptions::default())
+        .await
+        .unwrap();
+    wait_for_progress(
+        agent.connection(),
+        &job,
+        "recovering the scratch cluster",
+        0,
+    )
+    .await;
+    agent.kill9();
+    let scratch = |label_value: &str| -> usize {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=org.mesbak.pitr-scratch={label_value}"),
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let label = config.state_dir().display().to_string();
+    assert_eq!(
+        scratch(&label),
+        1,
+        "the scratch container exists while recovering"
+    );
+    let _agent = Agent::spawn(&bus, &config).await;
+    assert_eq!(
+        scratch(&label),
+        0,
+        "the next start removed the scratch container"
+    );
+    pg.fingerprint("mes")
+        .assert_same(&live, "after a killed point-in-time restore");
+    let out = ok(&bus, &["restore", "--to-time", &time, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert_recovered(pg.fingerprint("mes"), &expected, "after the retry");
+}
+
+async fn a_failing_shipper_is_reported_before_the_server_fills(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 10);
+    let _agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    // The key becomes unreadable: segments pile up on the server.
+    let key = std::fs::read(config.key_file()).unwrap();
+    std::fs::remove_file(config.key_file()).unwrap();
+    for _ in 0..3 {
+        pg.psql("mes", "SELECT pg_switch_wal();");
+    }
+    let (success, _, stderr) = ctl(&bus, &["pitr", "sync"]);
+    assert!(!success);
+    assert!(stderr.contains("key"), "{stderr}");
+    let (healthy, status, _) = ctl(&bus, &["status", "--json"]);
+    assert!(!healthy, "{status}");
+    assert!(status.contains("WAL shipping fails"), "{status}");
+    assert!(!server_archive(&pg).is_empty());
+    // The key is back: the backlog is shipped, nothing lost.
+    std::fs::write(config.key_file(), key).unwrap();
+    std::fs::set_permissions(
+        config.key_file(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    ok(&bus, &["pitr", "sync"]);
+    assert_eq!(server_archive(&pg), "");
+    let status = pitr_status(&bus);
+    assert!(status["gaps"].as_array().unwrap().is_empty(), "{status}");
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+}
+
 on_both_servers!(
     point_in_time_restore_goes_back_to_each_moment,
     a_gap_in_the_chain_is_found_and_refused_past_it,
     a_new_server_is_restored_from_base_backup_and_wal_alone,
+    an_agent_killed_while_shipping_or_recovering_loses_nothing,
+    a_failing_shipper_is_reported_before_the_server_fills,
 );

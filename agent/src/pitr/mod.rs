@@ -34,6 +34,9 @@ pub use recover::Scratch;
 pub use server::Archiving;
 pub use store::PitrStore;
 
+/// Files waiting in the server's archive folder that are worth an alert.
+const WAITING_ALERT: usize = 10;
+
 /// How long `pitr sync` waits for the server to archive the switched segment.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -241,13 +244,18 @@ async fn ship_locked(
     archiving: &Archiving,
 ) -> Result<ship::Shipped, Error> {
     let result = ship::ship(app, store, server, archiving).await;
+    let waiting_now = match &result {
+        Ok(shipped) => shipped.waiting,
+        Err(_) => ship::list_archive(server, archiving)
+            .await
+            .map(|w| w.len())
+            .unwrap_or(0),
+    };
     let mut last = app.pitr.last.lock().expect("pitr lock");
+    last.waiting = waiting_now;
     last.at = Some(OffsetDateTime::now_utc());
     match &result {
-        Ok(shipped) => {
-            last.error = None;
-            last.waiting = shipped.waiting;
-        }
+        Ok(_) => last.error = None,
         Err(err) => last.error = Some(err.message()),
     }
     result
@@ -388,6 +396,15 @@ pub fn problems(app: &App, now: OffsetDateTime) -> Vec<(bool, String)> {
     let status = status(app);
     if !status.last_error.is_empty() {
         problems.push((false, format!("WAL shipping fails: {}", status.last_error)));
+    }
+    if status.waiting as usize >= WAITING_ALERT {
+        problems.push((
+            false,
+            format!(
+                "{} WAL files wait in the database server's archive folder ({}); they are in its data volume and fill its disk until they are shipped",
+                status.waiting, archiving.archive_directory
+            ),
+        ));
     }
     if !status.gaps.is_empty() {
         problems.push((

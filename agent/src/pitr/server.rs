@@ -229,81 +229,58 @@ async fn make_archive_directory(server: &Server, directory: &str) -> Result<(), 
 /// Switches to a new segment and waits until the server archived it
 /// without failures.
 async fn check_archiving(server: &Server) -> Result<(), Error> {
-    #[derive(Deserialize)]
-    struct Archiver {
-        switched: String,
-        archived: Option<String>,
-        failed: i64,
-        last_failed: Option<String>,
-    }
-    let first: Archiver = server
-        .query_value(
-            MAINTENANCE_DB,
-            "SELECT pg_catalog.json_build_object('switched', pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal()), \
-             'archived', last_archived_wal, 'failed', failed_count, 'last_failed', last_failed_wal) \
-             FROM pg_catalog.pg_stat_archiver",
-        )
-        .await?;
-    let deadline = tokio::time::Instant::now() + ARCHIVE_CHECK_TIMEOUT;
-    loop {
-        let now: Archiver = server
-            .query_value(
-                MAINTENANCE_DB,
-                "SELECT pg_catalog.json_build_object('switched', '', 'archived', last_archived_wal, \
-                 'failed', failed_count, 'last_failed', last_failed_wal) FROM pg_catalog.pg_stat_archiver",
-            )
-            .await?;
-        if now
-            .archived
-            .as_deref()
-            .is_some_and(|a| a >= first.switched.as_str())
-        {
-            return Ok(());
-        }
-        if now.failed > first.failed || tokio::time::Instant::now() >= deadline {
-            return Err(Error::Database(format!(
-                "the server does not archive its WAL (segment {} {}); its log says why (`docker logs`)",
-                first.switched,
-                if now.failed > first.failed {
-                    format!(
-                        "failed to archive{}",
-                        now.last_failed
-                            .map(|f| format!(": {f}"))
-                            .unwrap_or_default()
-                    )
-                } else {
-                    "was not archived within a minute".to_owned()
-                }
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    switch_and_wait(server, ARCHIVE_CHECK_TIMEOUT)
+        .await
+        .map(|_| ())
+        .map_err(|err| Error::Database(format!("archiving does not work: {}", err.message())))
 }
 
 /// Forces the current segment out and waits (up to `timeout`) until the
 /// server archived it. Returns its name.
 pub async fn switch_and_wait(server: &Server, timeout: Duration) -> Result<String, Error> {
+    #[derive(Deserialize)]
+    struct Archiver {
+        archived: Option<String>,
+        failed: i64,
+        last_failed: Option<String>,
+    }
+    const ARCHIVER: &str = "SELECT pg_catalog.json_build_object('archived', last_archived_wal, \
+         'failed', failed_count, 'last_failed', last_failed_wal) FROM pg_catalog.pg_stat_archiver";
+    let before: Archiver = server.query_value(MAINTENANCE_DB, ARCHIVER).await?;
+    // pg_switch_wal returns the end of the segment it completed (a segment
+    // boundary), or, when nothing was written since the last switch, the
+    // position just after the new segment's page header: then the segment
+    // to wait for is the previous one (archived already).
     let switched: String = server
         .query_value(
             MAINTENANCE_DB,
-            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+            "SELECT pg_catalog.pg_walfile_name(CASE \
+               WHEN pg_catalog.pg_wal_lsn_diff(s.l, '0/0') % seg.size <= 64 THEN s.l - 64 \
+               ELSE s.l END) \
+             FROM (SELECT pg_catalog.pg_switch_wal() AS l) AS s, \
+                  (SELECT setting::numeric AS size FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size') AS seg",
         )
         .await?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let archived: Option<String> = server
-            .query_value(
-                MAINTENANCE_DB,
-                "SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver",
-            )
-            .await?;
-        if archived.as_deref().is_some_and(|a| a >= switched.as_str()) {
+        let now: Archiver = server.query_value(MAINTENANCE_DB, ARCHIVER).await?;
+        // `last_archived_wal` may name a `.backup` or `.history` file: its
+        // segment part is what counts.
+        let segment = now.archived.as_deref().map(|a| a.get(..24).unwrap_or(a));
+        if segment.is_some_and(|a| a >= switched.as_str()) {
             return Ok(switched);
+        }
+        if now.failed > before.failed {
+            return Err(Error::Database(format!(
+                "the server failed to archive WAL segment {}; its log says why (`docker logs`)",
+                now.last_failed.unwrap_or_else(|| switched.clone())
+            )));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Database(format!(
-                "the server did not archive segment {switched} within {} s; check its log (`docker logs`)",
-                timeout.as_secs()
+                "the server did not archive segment {switched} within {} s (last archived: {}); check its log (`docker logs`)",
+                timeout.as_secs(),
+                now.archived.unwrap_or_else(|| "none".into())
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
