@@ -29,6 +29,7 @@ mod agent;
 mod bus;
 mod fingerprint;
 mod postgres;
+mod receiver;
 pub mod util;
 mod volume;
 
@@ -41,6 +42,7 @@ pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
 pub use postgres::{
     ADMIN, DEFAULT_DB, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
 };
+pub use receiver::{HttpReceiver, Received, SmtpServer};
 pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};
 
 /// Runs each database test on both servers: PostgreSQL 15 and the plant's
