@@ -154,9 +154,9 @@ impl Manager {
             conn,
             uid,
             JobOperation::DropPrevious,
-            kept.name,
+            kept.name.clone(),
             None,
-            restore::drop_previous,
+            move |app, job| restore::drop_previous(app, job, kept),
         )
         .await
     }
