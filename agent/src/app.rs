@@ -159,7 +159,12 @@ impl App {
             }
         };
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
-        report.running_jobs = self.jobs.running().iter().map(|job| job.running()).collect();
+        report.running_jobs = self
+            .jobs
+            .running()
+            .iter()
+            .map(|job| job.running())
+            .collect();
         report.previous_databases = crate::kept::list(self);
         report
     }

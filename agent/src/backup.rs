@@ -103,7 +103,9 @@ pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<S
 fn undo_cancelled(app: &App, job: &Job, made: &[BackupInfo]) -> Error {
     for info in made {
         match app.storage.delete(info) {
-            Ok(()) => tracing::info!(job = job.id, file = %info.id, "removed the half of a cancelled backup"),
+            Ok(()) => {
+                tracing::info!(job = job.id, file = %info.id, "removed the half of a cancelled backup")
+            }
             Err(err) => job.warn(format!(
                 "could not remove {} of the cancelled backup: {}",
                 info.id,

@@ -103,9 +103,8 @@ pub async fn run(config: &Config) -> Findings {
     let mut found = Findings::default();
     found.ok("the file parses and every key is known");
     match crate::notify::targets(config) {
-        Ok(targets) if targets.is_empty() => {
-            found.warn("notify.urls is empty: nobody is alerted when a backup fails or stops happening")
-        }
+        Ok(targets) if targets.is_empty() => found
+            .warn("notify.urls is empty: nobody is alerted when a backup fails or stops happening"),
         Ok(targets) => found.ok(format!(
             "notify.urls: {}",
             targets
@@ -170,12 +169,11 @@ fn check_key_matches(storage: &Storage, key: &Key, found: &mut Findings) {
         let Some(newest) = backups.iter().find(|b| b.kind == *kind) else {
             continue;
         };
-        let opened = crate::storage::open_backup(Path::new(&newest.path))
-            .and_then(|file| {
-                Decryptor::new(std::io::BufReader::new(file), key)
-                    .map(|_| ())
-                    .map_err(|err| crate::pipeline::read_error(&newest.id, err))
-            });
+        let opened = crate::storage::open_backup(Path::new(&newest.path)).and_then(|file| {
+            Decryptor::new(std::io::BufReader::new(file), key)
+                .map(|_| ())
+                .map_err(|err| crate::pipeline::read_error(&newest.id, err))
+        });
         match opened {
             Ok(()) => found.ok(format!("the key opens the newest {kind} backup ({})", newest.id)),
             Err(err) => found.error(format!(
@@ -194,7 +192,10 @@ fn check_backup_dir(config: &Config, storage: &Storage, found: &mut Findings) {
     let existing = match fs::symlink_metadata(root) {
         Err(_) => {
             let Some(parent) = root.ancestors().skip(1).find(|p| p.exists()) else {
-                found.error(format!("backup_dir {}: no parent folder exists", root.display()));
+                found.error(format!(
+                    "backup_dir {}: no parent folder exists",
+                    root.display()
+                ));
                 return;
             };
             found.ok(format!(
@@ -263,7 +264,11 @@ fn check_backup_dir(config: &Config, storage: &Storage, found: &mut Findings) {
                 human_bytes(floor)
             ));
         } else {
-            found.ok(format!("{} free in {}", human_bytes(free), existing.display()));
+            found.ok(format!(
+                "{} free in {}",
+                human_bytes(free),
+                existing.display()
+            ));
         }
     }
 }
@@ -301,8 +306,7 @@ async fn check_schedule(config: &Config, found: &mut Findings) {
 }
 
 async fn check_docker(config: &Config, found: &mut Findings) {
-    let needs_docker =
-        !config.database.container.is_empty() || !config.ignition.volume.is_empty();
+    let needs_docker = !config.database.container.is_empty() || !config.ignition.volume.is_empty();
     if !needs_docker {
         check_server(config, Runner::Host, found).await;
         return;

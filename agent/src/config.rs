@@ -512,9 +512,15 @@ fn humanize(message: &str) -> String {
     let mut text = message.to_owned();
     for (from, to) in [
         ("expected u16", "expected a whole number from 0 to 65535"),
-        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
         ("expected u64", "expected a whole number"),
-        ("expected a sequence", "expected a list such as [\"a\", \"b\"]"),
+        (
+            "expected a sequence",
+            "expected a list such as [\"a\", \"b\"]",
+        ),
         ("expected a boolean", "expected true or false"),
         ("expected a string", "expected text in double quotes"),
         ("invalid type: string", "got the text"),

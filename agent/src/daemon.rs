@@ -13,8 +13,7 @@ use crate::bus;
 use crate::config::Config;
 
 pub async fn run(config: Config) -> Result<(), Error> {
-    let targets =
-        crate::notify::targets(&config).map_err(|err| Error::Config(err.to_string()))?;
+    let targets = crate::notify::targets(&config).map_err(|err| Error::Config(err.to_string()))?;
     let app = Arc::new(App::new(config)?);
     app.notifier.start(targets);
     match app.storage.prepare() {

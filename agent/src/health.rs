@@ -153,10 +153,7 @@ mod tests {
             server_version: String::new(),
             timescaledb_version: String::new(),
             schemas: schemas.iter().map(|s| s.to_string()).collect(),
-            table_rows: schemas
-                .iter()
-                .map(|s| (format!("{s}.t"), 1))
-                .collect(),
+            table_rows: schemas.iter().map(|s| (format!("{s}.t"), 1)).collect(),
             downtime_ms: 0,
             warnings: vec![],
         }
@@ -225,7 +222,11 @@ mod tests {
             report.last_database_backup.as_deref(),
             Some("2026-11-20T00:00:00Z")
         );
-        assert!(report.problems[0].contains("older than 26 hours"), "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("older than 26 hours"),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]
@@ -234,9 +235,19 @@ mod tests {
         let now = at("2026-11-24T12:00:00Z");
         let ignition = backup(BackupKind::Ignition, "2026-11-24T00:00:00Z", &[]);
         let empty = backup(BackupKind::Database, "2026-11-24T00:00:00Z", &[]);
-        let report = assess(&config, &[empty, ignition.clone()], &AgentState::default(), &[], now);
+        let report = assess(
+            &config,
+            &[empty, ignition.clone()],
+            &AgentState::default(),
+            &[],
+            now,
+        );
         assert_eq!(report.status, Health::Unhealthy);
-        assert!(report.problems[0].contains("holds no tables"), "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("holds no tables"),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]

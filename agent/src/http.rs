@@ -396,7 +396,11 @@ pub fn render_metrics(
         "When a backup of each kind was last started, whatever its outcome (Unix seconds).",
     );
     for kind in BackupKind::ALL {
-        if let Some(time) = state.last_attempt.get(kind.as_str()).and_then(|t| parse_time(t)) {
+        if let Some(time) = state
+            .last_attempt
+            .get(kind.as_str())
+            .and_then(|t| parse_time(t))
+        {
             family.sample(&[("kind", kind.as_str())], unix_seconds(time));
         }
     }
@@ -644,7 +648,13 @@ mod tests {
             size_bytes: 234_000_000,
             rollback_target: true,
         }];
-        let text = render_metrics(&report, &backups, &state, Some(5 << 30), at("2026-11-24T12:00:00Z"));
+        let text = render_metrics(
+            &report,
+            &backups,
+            &state,
+            Some(5 << 30),
+            at("2026-11-24T12:00:00Z"),
+        );
         let samples = samples(&text);
         let expect = [
             ("mesbak_up", "1"),
@@ -687,7 +697,10 @@ mod tests {
             ("mesbak_backup_dir_free_bytes", "5368709120"),
             ("mesbak_job_running{operation=\"backup\"}", "0"),
             ("mesbak_job_running{operation=\"restore\"}", "1"),
-            ("mesbak_last_attempt_timestamp_seconds{kind=\"database\"}", "1795478400"),
+            (
+                "mesbak_last_attempt_timestamp_seconds{kind=\"database\"}",
+                "1795478400",
+            ),
             ("mesbak_last_ignition_downtime_seconds", "1.25"),
             ("mesbak_previous_databases", "1"),
             ("mesbak_previous_databases_bytes", "234000000"),

@@ -394,13 +394,19 @@ mod tests {
         job.commit("the database was switched", "x").unwrap();
         assert!(!job.cancellable());
         let err = job.cancel().unwrap_err();
-        assert!(err.message().contains("database was switched"), "{}", err.message());
+        assert!(
+            err.message().contains("database was switched"),
+            "{}",
+            err.message()
+        );
         assert!(!job.is_cancelled());
 
         let job = Job::new(2, JobOperation::Backup, "all".into(), 0);
         job.cancel().unwrap();
         assert!(job.is_cancelled());
-        let err = job.commit("too late", "the partial file was removed").unwrap_err();
+        let err = job
+            .commit("too late", "the partial file was removed")
+            .unwrap_err();
         assert_eq!(err.kind(), "Cancelled");
         assert!(err.message().contains("partial file was removed"));
         job.finish(&Err(err));

@@ -167,7 +167,9 @@ pub fn is_kept_name(live: &str, name: &str) -> bool {
     ["_previous_", "_rolledback_"].iter().any(|infix| {
         name.strip_prefix(live)
             .and_then(|rest| rest.strip_prefix(infix))
-            .is_some_and(|stamp| !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '_'))
+            .is_some_and(|stamp| {
+                !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '_')
+            })
     })
 }
 

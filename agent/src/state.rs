@@ -96,7 +96,11 @@ impl AgentState {
     /// Folds the single kept database of older agents into the list.
     fn migrate(&mut self) {
         if let Some(previous) = self.previous_database.take() {
-            if !self.kept_databases.iter().any(|db| db.name == previous.name) {
+            if !self
+                .kept_databases
+                .iter()
+                .any(|db| db.name == previous.name)
+            {
                 self.rollback_target = Some(previous.name.clone());
                 self.kept_databases.push(previous.into());
             }

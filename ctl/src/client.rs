@@ -564,7 +564,12 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             .preview("drop-previous", name)
             .await
             .map_err(explain)?;
-        confirm(&preview, "Drop it now?", args.yes, "restore --drop-previous")?;
+        confirm(
+            &preview,
+            "Drop it now?",
+            args.yes,
+            "restore --drop-previous",
+        )?;
         agent.drop_previous(name).await.map_err(explain)?
     } else {
         let given = args
@@ -572,10 +577,7 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             .as_deref()
             .ok_or_else(|| named("Usage", "name the backup to restore (see `mesbakctl list`)"))?;
         let argument = backup_argument(given)?;
-        let mut preview = agent
-            .preview("restore", &argument)
-            .await
-            .map_err(explain)?;
+        let mut preview = agent.preview("restore", &argument).await.map_err(explain)?;
         if args.skip_safety_backup {
             preview.retain(|line| !line.starts_with("A safety backup"));
             preview.push(

@@ -45,7 +45,10 @@ fn usage_error(err: clap::Error) -> ExitCode {
             .trim_start_matches("error: ")
             .to_owned();
         let body = serde_json::json!({ "error": { "name": "Usage", "message": message } });
-        let _ = outln!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        let _ = outln!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
     }
     let _ = err.print();
     ExitCode::from(2)

@@ -102,7 +102,10 @@ pub fn fail(err: anyhow::Error, json: bool) -> ExitCode {
     };
     if json {
         let body = serde_json::json!({ "error": { "name": name, "message": message } });
-        let _ = outln!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        let _ = outln!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
     }
     errln!("mesbakctl: {message}");
     ExitCode::FAILURE

@@ -69,40 +69,46 @@ impl HttpReceiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let (rec, ans) = (rec.clone(), ans.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (rec, ans) = (rec.clone(), ans.clone());
-                        async move {
-                            let method = request.method().to_string();
-                            let path = request
-                                .uri()
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default();
-                            let headers = request
-                                .headers()
-                                .iter()
-                                .map(|(n, v)| {
-                                    (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-                                })
-                                .collect();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes().to_vec())
-                                .unwrap_or_default();
-                            rec.lock().unwrap().push(Received {
-                                method,
-                                path,
-                                headers,
-                                body,
-                            });
-                            let status = ans.lock().unwrap().pop_front().unwrap_or(200);
-                            let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"ok\n")));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
+                    let service =
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (rec, ans) = (rec.clone(), ans.clone());
+                            async move {
+                                let method = request.method().to_string();
+                                let path = request
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                let headers = request
+                                    .headers()
+                                    .iter()
+                                    .map(|(n, v)| {
+                                        (
+                                            n.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect();
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
+                                rec.lock().unwrap().push(Received {
+                                    method,
+                                    path,
+                                    headers,
+                                    body,
+                                });
+                                let status = ans.lock().unwrap().pop_front().unwrap_or(200);
+                                let mut response =
+                                    hyper::Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -187,15 +193,24 @@ impl SmtpServer {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         run(
             Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
                 .arg("-keyout")
                 .arg(&key)
                 .arg("-out")
                 .arg(&cert),
             None,
         )
-        .unwrap_or_else(|err| panic!("cannot make a test certificate (Debian package openssl): {err:#}"));
+        .unwrap_or_else(|err| {
+            panic!("cannot make a test certificate (Debian package openssl): {err:#}")
+        });
         let maildir = dir.path().join("maildir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("smtpd.log")).unwrap();
@@ -224,7 +239,10 @@ impl SmtpServer {
                     tail_file(&server.dir.path().join("smtpd.log"), 20)
                 );
             }
-            assert!(Instant::now() < deadline, "aiosmtpd did not listen within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not listen within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         server

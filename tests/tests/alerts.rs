@@ -33,7 +33,10 @@ async fn a_failed_backup_reaches_every_kind_of_receiver_without_delaying_the_job
     let urls = vec![
         format!("generic+{}/hook?token={secret}", http.base()),
         format!("hc+{}/ping/{secret}", http.base()),
-        format!("ntfy://{}/plant7?scheme=http", http.base().trim_start_matches("http://")),
+        format!(
+            "ntfy://{}/plant7?scheme=http",
+            http.base().trim_start_matches("http://")
+        ),
         format!(
             "smtp://127.0.0.1:{}/?from=mesbak@plant.invalid&to=ops@plant.invalid",
             smtp.port()
@@ -65,18 +68,33 @@ async fn a_failed_backup_reaches_every_kind_of_receiver_without_delaying_the_job
     assert_eq!(json["event"], "backup-failed", "{json}");
     assert_eq!(json["status"], "failure", "{json}");
     for key in ["host", "message", "time", "reason", "action"] {
-        assert!(json[key].as_str().is_some_and(|v| !v.is_empty()), "{key}: {json}");
+        assert!(
+            json[key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key}: {json}"
+        );
     }
     assert!(json.get("backup").is_some(), "{json}");
     let message = json["message"].as_str().unwrap();
-    assert!(message.contains(json["host"].as_str().unwrap()), "{message}");
+    assert!(
+        message.contains(json["host"].as_str().unwrap()),
+        "{message}"
+    );
     assert!(message.contains("does not exist"), "the reason: {message}");
-    assert!(message.contains("mesbakctl backup"), "what to do: {message}");
+    assert!(
+        message.contains("mesbakctl backup"),
+        "what to do: {message}"
+    );
     assert_eq!(webhook.header("content-type"), Some("application/json"));
     // The first request of all was answered 500: it comes again.
     let first = http.received()[0].clone();
     let deadline = Instant::now() + WAIT;
-    while http.received().iter().filter(|r| r.path == first.path).count() < 2 {
+    while http
+        .received()
+        .iter()
+        .filter(|r| r.path == first.path)
+        .count()
+        < 2
+    {
         assert!(
             Instant::now() < deadline,
             "the failed delivery to {} was not retried",
@@ -87,17 +105,26 @@ async fn a_failed_backup_reaches_every_kind_of_receiver_without_delaying_the_job
 
     // Healthchecks: start, then fail.
     let ping = format!("/ping/{secret}");
-    http.wait_for(WAIT, "the hc start ping", |r| r.path == format!("{ping}/start"))
-        .await;
+    http.wait_for(WAIT, "the hc start ping", |r| {
+        r.path == format!("{ping}/start")
+    })
+    .await;
     let fail = http
-        .wait_for(WAIT, "the hc fail ping", |r| r.path == format!("{ping}/fail"))
+        .wait_for(WAIT, "the hc fail ping", |r| {
+            r.path == format!("{ping}/fail")
+        })
         .await;
     assert!(fail.text().contains("backup"), "{}", fail.text());
 
     // ntfy.
-    let ntfy = http.wait_for(WAIT, "the ntfy message", |r| r.path == "/plant7").await;
+    let ntfy = http
+        .wait_for(WAIT, "the ntfy message", |r| r.path == "/plant7")
+        .await;
     assert_eq!(ntfy.method, "POST");
-    assert!(ntfy.header("title").is_some_and(|t| t.contains("backup")), "{ntfy:?}");
+    assert!(
+        ntfy.header("title").is_some_and(|t| t.contains("backup")),
+        "{ntfy:?}"
+    );
     assert_eq!(ntfy.header("priority"), Some("high"));
 
     // Mail, through STARTTLS (the server refuses anything else).
@@ -106,7 +133,11 @@ async fn a_failed_backup_reaches_every_kind_of_receiver_without_delaying_the_job
         if let Some(mail) = smtp.mails().into_iter().next() {
             break mail;
         }
-        assert!(Instant::now() < deadline, "no mail arrived; server log:\n{}", smtp.log());
+        assert!(
+            Instant::now() < deadline,
+            "no mail arrived; server log:\n{}",
+            smtp.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(mail.contains("To: ops@plant.invalid"), "{mail}");
@@ -128,7 +159,11 @@ async fn a_backup_that_never_ran_alerts_from_the_timer_once() {
     let mut agent = Agent::spawn(&bus, &config).await;
     let unhealthy = |r: &Received| r.text().contains("health-unhealthy");
     let alert = http.wait_for(WAIT, "health-unhealthy", unhealthy).await;
-    assert!(alert.text().contains("no database backup yet"), "{}", alert.text());
+    assert!(
+        alert.text().contains("no database backup yet"),
+        "{}",
+        alert.text()
+    );
     // The alert is remembered: neither the next rounds nor a restart repeat it.
     agent.terminate().await;
     let _agent = Agent::spawn(&bus, &config).await;
@@ -148,10 +183,22 @@ async fn low_disk_and_a_container_left_stopped_alert() {
     // and cannot put it back.
     let name = format!("mesbak-test-stuck-{}", random_hex(4));
     let created = Command::new("docker")
-        .args(["create", "--network", "none", "--name", &name, "mesbak-test/busybox", "/no/such/program"])
+        .args([
+            "create",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "mesbak-test/busybox",
+            "/no/such/program",
+        ])
         .output()
         .unwrap();
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let mut config = config_with(&[format!("generic+{}/hook", http.base())], 1);
     // More room than any disk has must stay free.
     config.set("backup.min_free_bytes", 1i64 << 60);
@@ -166,7 +213,11 @@ async fn low_disk_and_a_container_left_stopped_alert() {
     let disk = http
         .wait_for(WAIT, "disk-low", |r| r.text().contains("\"disk-low\""))
         .await;
-    assert!(disk.text().contains("backup.min_free_bytes"), "{}", disk.text());
+    assert!(
+        disk.text().contains("backup.min_free_bytes"),
+        "{}",
+        disk.text()
+    );
     let stuck = http
         .wait_for(WAIT, "container-left-stopped", |r| {
             r.text().contains("container-left-stopped")
@@ -192,22 +243,44 @@ async fn the_on_failure_notifier_works_without_the_agent() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let alert = http
         .wait_for(WAIT, "unit-failed", |r| r.text().contains("unit-failed"))
         .await;
     let json = alert.json();
-    assert!(json["message"].as_str().unwrap().contains("mesbak-backup.service"), "{json}");
-    assert!(json["action"].as_str().unwrap().contains("journalctl -u mesbak-backup.service"), "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("mesbak-backup.service"),
+        "{json}"
+    );
+    assert!(
+        json["action"]
+            .as_str()
+            .unwrap()
+            .contains("journalctl -u mesbak-backup.service"),
+        "{json}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_notify_url_stops_the_agent_without_showing_its_secret() {
     let bus = Bus::start();
     let mut config = AgentConfig::new();
-    config.set("notify.urls", vec!["smtp://alerts:hunter2@mail.invalid/?to=a@plant.invalid"]);
+    config.set(
+        "notify.urls",
+        vec!["smtp://alerts:hunter2@mail.invalid/?to=a@plant.invalid"],
+    );
     let (status, log) = Agent::run_to_exit(&bus, &config, STARTUP_TIMEOUT).await;
     assert!(!status.success());
-    assert!(log.contains("notify.urls[0]") && log.contains("no sender"), "{log}");
+    assert!(
+        log.contains("notify.urls[0]") && log.contains("no sender"),
+        "{log}"
+    );
     assert!(!log.contains("hunter2"), "{log}");
 }

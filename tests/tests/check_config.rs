@@ -12,7 +12,15 @@ fn check(config: &AgentConfig, env: &[(&str, &str)]) -> (bool, String) {
     let path = config.write();
     let mut cmd = Command::new(binary("mesbak-agent"));
     cmd.arg("--config").arg(&path).arg("--check-config");
-    for name in ["SCHEDULE", "BACKUP_ENCRYPTION_KEY", "BACKUP_RETENTION_DAYS", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_HOST"] {
+    for name in [
+        "SCHEDULE",
+        "BACKUP_ENCRYPTION_KEY",
+        "BACKUP_RETENTION_DAYS",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "POSTGRES_USER",
+        "POSTGRES_HOST",
+    ] {
         cmd.env_remove(name);
     }
     for (name, value) in env {
@@ -30,7 +38,9 @@ fn check(config: &AgentConfig, env: &[(&str, &str)]) -> (bool, String) {
 
 /// The section of the report that starts with `title`.
 fn section<'a>(report: &'a str, title: &str) -> &'a str {
-    let start = report.find(title).unwrap_or_else(|| panic!("no {title} in\n{report}"));
+    let start = report
+        .find(title)
+        .unwrap_or_else(|| panic!("no {title} in\n{report}"));
     let rest = &report[start + title.len()..];
     let end = ["Warnings:", "Errors:", "The configuration", "error(s)"]
         .iter()
@@ -61,7 +71,10 @@ async fn a_working_setup_passes_and_says_what_it_checked() {
         assert!(report.contains(expected), "{expected} in\n{report}");
     }
     // An empty notify list is worth a warning, not an error.
-    assert!(section(&report, "Warnings:").contains("notify.urls is empty"), "{report}");
+    assert!(
+        section(&report, "Warnings:").contains("notify.urls is empty"),
+        "{report}"
+    );
     assert!(!report.contains("Errors:"), "{report}");
 }
 
@@ -83,15 +96,24 @@ async fn what_would_fail_is_an_error_naming_it() {
         "'every day at 2' is neither a cron line",
         "backup.min_free_bytes",
     ] {
-        assert!(errors.contains(expected), "{expected} in the errors of\n{report}");
+        assert!(
+            errors.contains(expected),
+            "{expected} in the errors of\n{report}"
+        );
     }
-    assert!(report.contains("error(s): the agent or its next backup would fail"), "{report}");
+    assert!(
+        report.contains("error(s): the agent or its next backup would fail"),
+        "{report}"
+    );
 
     // A missing key, and the file is no TOML.
     std::fs::remove_file(config.key_file()).unwrap();
     let (ok, report) = check(&config, &[]);
     assert!(!ok);
-    assert!(section(&report, "Errors:").contains("does not exist"), "{report}");
+    assert!(
+        section(&report, "Errors:").contains("does not exist"),
+        "{report}"
+    );
     config.raw("[database]\nport = \"five thousand\"\n");
     let (ok, report) = check(&config, &[]);
     assert!(!ok);
@@ -114,10 +136,16 @@ async fn a_key_that_cannot_read_the_backups_is_an_error() {
     assert!(ok, "{message}");
     let (ok, report) = check(&config, &[]);
     assert!(ok, "{report}");
-    assert!(report.contains("the key opens the newest database backup"), "{report}");
+    assert!(
+        report.contains("the key opens the newest database backup"),
+        "{report}"
+    );
     write_private(&config.key_file(), b"a brand new key\n").unwrap();
     let (ok, report) = check(&config, &[]);
     assert!(!ok, "{report}");
     let errors = section(&report, "Errors:");
-    assert!(errors.contains("put back the key they were made with"), "{report}");
+    assert!(
+        errors.contains("put back the key they were made with"),
+        "{report}"
+    );
 }

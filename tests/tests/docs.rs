@@ -14,13 +14,21 @@ fn generate(dir: &Path) {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(binary("mesbak-agent"))
         .arg("--generate-man")
         .arg(dir.join("man"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A man page as `man` shows it (man-db and groff render it; warnings fail).
@@ -32,9 +40,15 @@ fn render(page: &Path) -> String {
         .env("MAN_KEEP_FORMATTING", "0")
         .env("GROFF_NO_SGR", "1")
         .output()
-        .unwrap_or_else(|err| panic!("cannot run man (Debian package man-db; dev/test installs it): {err}"));
+        .unwrap_or_else(|err| {
+            panic!("cannot run man (Debian package man-db; dev/test installs it): {err}")
+        });
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "{}: {stderr}", page.display());
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "{}: {stderr}",
+        page.display()
+    );
     // Without a terminal man overstrikes bold and underline: "X\bX".
     let mut text = String::new();
     for c in String::from_utf8_lossy(&out.stdout).chars() {
@@ -52,8 +66,26 @@ fn man_pages_have_files_environment_exit_status_and_examples() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path());
     for (page, must) in [
-        ("mesbakctl.1", &["141", "--json", "/etc/mesbak/backup.key", "mesbakctl restore --rollback", "DBUS_SYSTEM_BUS_ADDRESS"][..]),
-        ("mesbak-agent.8", &["--check-config", "SCHEDULE", "/var/lib/mesbak/", "--notify-failure", "SSL_CERT_FILE"][..]),
+        (
+            "mesbakctl.1",
+            &[
+                "141",
+                "--json",
+                "/etc/mesbak/backup.key",
+                "mesbakctl restore --rollback",
+                "DBUS_SYSTEM_BUS_ADDRESS",
+            ][..],
+        ),
+        (
+            "mesbak-agent.8",
+            &[
+                "--check-config",
+                "SCHEDULE",
+                "/var/lib/mesbak/",
+                "--notify-failure",
+                "SSL_CERT_FILE",
+            ][..],
+        ),
     ] {
         let text = render(&dir.path().join("man").join(page));
         for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
@@ -63,7 +95,10 @@ fn man_pages_have_files_environment_exit_status_and_examples() {
             );
         }
         for word in must {
-            assert!(text.contains(word), "{page} does not mention {word}:\n{text}");
+            assert!(
+                text.contains(word),
+                "{page} does not mention {word}:\n{text}"
+            );
         }
     }
     assert!(!dir.path().join("man/mesbakctl-generate-docs.1").exists());
@@ -76,8 +111,14 @@ async fn completions_leave_out_the_docs_command_and_complete_backup_ids() {
     let completions = dir.path().join("completions");
     for file in ["mesbakctl.bash", "_mesbakctl", "mesbakctl.fish"] {
         let text = std::fs::read_to_string(completions.join(file)).unwrap();
-        assert!(!text.contains("generate-docs") && !text.contains("generate__subcmd"), "{file}");
-        assert!(text.contains("list --ids"), "{file} does not complete backup ids");
+        assert!(
+            !text.contains("generate-docs") && !text.contains("generate__subcmd"),
+            "{file}"
+        );
+        assert!(
+            text.contains("list --ids"),
+            "{file} does not complete backup ids"
+        );
     }
     let zsh = std::fs::read_to_string(completions.join("_mesbakctl")).unwrap();
     assert_eq!(
@@ -108,7 +149,11 @@ async fn completions_leave_out_the_docs_command_and_complete_backup_ids() {
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let words = complete("mesbakctl verify ''", 2);

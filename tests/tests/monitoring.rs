@@ -36,12 +36,17 @@ fn promtool(args: &[&str]) -> String {
 
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
-    let text = promtool(&["check", "rules", "../../packaging/monitoring/mesbak.rules.yml"]);
+    let text = promtool(&[
+        "check",
+        "rules",
+        "../../packaging/monitoring/mesbak.rules.yml",
+    ]);
     assert!(text.contains("SUCCESS"), "{text}");
     let text = promtool(&["test", "rules", "mesbak.rules.test.yml"]);
     assert!(text.contains("SUCCESS"), "{text}");
     // The alerts the fleet needs are all there.
-    let rules = std::fs::read_to_string(workspace().join("packaging/monitoring/mesbak.rules.yml")).unwrap();
+    let rules =
+        std::fs::read_to_string(workspace().join("packaging/monitoring/mesbak.rules.yml")).unwrap();
     for alert in [
         "MesbakNoFreshBackup",
         "MesbakTestRestoreFailed",
@@ -66,7 +71,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(at) = text[i..].find("mesbak_") {
         let start = i + at;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let end = text[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map_or(text.len(), |n| start + n);
@@ -89,7 +95,10 @@ fn get_metrics(port: u16) -> String {
             stream.read_to_string(&mut answer).unwrap();
             return answer;
         }
-        assert!(Instant::now() < deadline, "the agent's /metrics never answered");
+        assert!(
+            Instant::now() < deadline,
+            "the agent's /metrics never answered"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -105,12 +114,18 @@ async fn the_dashboard_and_the_rules_use_only_metrics_the_agent_exports() {
         let targets = panel["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{panel}");
         for target in targets {
-            assert!(target["expr"].as_str().is_some_and(|e| e.contains("mesbak_")), "{target}");
+            assert!(
+                target["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("mesbak_")),
+                "{target}"
+            );
         }
     }
     let mut used = metric_names(&dashboard_text);
     used.extend(metric_names(
-        &std::fs::read_to_string(workspace().join("packaging/monitoring/mesbak.rules.yml")).unwrap(),
+        &std::fs::read_to_string(workspace().join("packaging/monitoring/mesbak.rules.yml"))
+            .unwrap(),
     ));
     for wanted in [
         "mesbak_last_success_age_seconds",
@@ -119,7 +134,10 @@ async fn the_dashboard_and_the_rules_use_only_metrics_the_agent_exports() {
         "mesbak_last_ignition_downtime_seconds",
         "mesbak_offsite_last_copy_age_seconds",
     ] {
-        assert!(used.contains(wanted), "the dashboard does not show {wanted}");
+        assert!(
+            used.contains(wanted),
+            "the dashboard does not show {wanted}"
+        );
     }
 
     // A live agent with an off-site target (a folder) exports every family,
@@ -133,17 +151,25 @@ async fn the_dashboard_and_the_rules_use_only_metrics_the_agent_exports() {
     offsite.insert("url".into(), target.to_str().unwrap().into());
     config
         .set("health.listen", format!("127.0.0.1:{port}"))
-        .set("offsite", toml::Value::Array(vec![toml::Value::Table(offsite)]));
+        .set(
+            "offsite",
+            toml::Value::Array(vec![toml::Value::Table(offsite)]),
+        );
     let bus = Bus::start();
     let _agent = Agent::spawn(&bus, &config).await;
-    let metrics = tokio::task::spawn_blocking(move || get_metrics(port)).await.unwrap();
+    let metrics = tokio::task::spawn_blocking(move || get_metrics(port))
+        .await
+        .unwrap();
     let exported: BTreeSet<String> = metrics
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    let missing: Vec<&String> = used.iter().filter(|name| !exported.contains(*name)).collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| !exported.contains(*name))
+        .collect();
     assert!(
         missing.is_empty(),
         "used by the dashboard or the rules but not exported: {missing:?}\nexported: {exported:?}"

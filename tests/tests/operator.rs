@@ -30,18 +30,24 @@ fn json_error(out: &Output) -> (String, String) {
     let value: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|err| panic!("stdout is not JSON ({err}): {}", text(out)));
     (
-        value["error"]["name"].as_str().unwrap_or_default().to_owned(),
-        value["error"]["message"].as_str().unwrap_or_default().to_owned(),
+        value["error"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
 /// Runs `cmd` with stdout a pipe whose reader is already gone.
 fn with_closed_stdout(cmd: &mut Command) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = nix::unistd::pipe().unwrap();
     drop(reader);
     let child = cmd
         .stdin(Stdio::null())
-        .stdout(writer)
+        .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -75,7 +81,11 @@ fn backup_files(config: &AgentConfig) -> Vec<String> {
     let mut files = Vec::new();
     for kind in ["database", "ignition"] {
         if let Ok(entries) = std::fs::read_dir(config.backup_dir().join(kind)) {
-            files.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+            files.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
         }
     }
     files.sort();
@@ -91,7 +101,10 @@ async fn errors_are_one_sentence_json_with_json_and_closed_pipes_end_quietly() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let (name, message) = json_error(&out);
     assert_eq!(name, "AgentNotRunning");
-    assert!(message.contains("systemctl start mesbak-agent"), "{message}");
+    assert!(
+        message.contains("systemctl start mesbak-agent"),
+        "{message}"
+    );
 
     // A usage error: JSON too, exit status 2.
     let out = run(mesbakctl(&bus).args(["--json", "backup", "everything"]));
@@ -118,7 +131,12 @@ async fn errors_are_one_sentence_json_with_json_and_closed_pipes_end_quietly() {
     assert_eq!(status["status"], "unhealthy", "{status}");
 
     // Closed pipes: no panic, the status of a program SIGPIPE ended.
-    for args in [vec!["list"], vec!["status", "--json"], vec!["jobs"], vec!["--help"]] {
+    for args in [
+        vec!["list"],
+        vec!["status", "--json"],
+        vec!["jobs"],
+        vec!["--help"],
+    ] {
         let out = with_closed_stdout(mesbakctl(&bus).args(&args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
@@ -143,18 +161,29 @@ async fn a_missing_key_is_never_answered_with_make_a_new_one() {
     let key = std::fs::read(config.key_file()).unwrap();
     std::fs::remove_file(config.key_file()).unwrap();
 
-    for args in [vec!["verify", id.as_str()], vec!["restore", id.as_str(), "--yes"], vec!["test-restore"]] {
+    for args in [
+        vec!["verify", id.as_str()],
+        vec!["restore", id.as_str(), "--yes"],
+        vec!["test-restore"],
+    ] {
         let out = run(mesbakctl(&bus).args(&args));
         let all = text(&out);
         assert!(!out.status.success(), "{args:?}");
         assert!(all.contains("put that key back"), "{args:?}: {all}");
         assert!(!all.contains("keygen"), "{args:?}: {all}");
     }
-    let out = run(mesbakctl(&bus).args(["decrypt", file.to_str().unwrap(), "--key-file"]).arg(config.key_file()));
+    let out = run(mesbakctl(&bus)
+        .args(["decrypt", file.to_str().unwrap(), "--key-file"])
+        .arg(config.key_file()));
     let all = text(&out);
     assert!(!out.status.success());
-    assert!(all.contains("key this backup was made with") && !all.contains("keygen"), "{all}");
-    let out = run(mesbakctl(&bus).args(["--json", "decrypt", file.to_str().unwrap(), "--key-file"]).arg(config.key_file()));
+    assert!(
+        all.contains("key this backup was made with") && !all.contains("keygen"),
+        "{all}"
+    );
+    let out = run(mesbakctl(&bus)
+        .args(["--json", "decrypt", file.to_str().unwrap(), "--key-file"])
+        .arg(config.key_file()));
     assert_eq!(json_error(&out).0, "KeyMissing");
     write_private(&config.key_file(), &key).unwrap();
 }
@@ -192,14 +221,27 @@ async fn a_running_job_is_shown_followed_and_cancelled_leaving_nothing_behind() 
     let running = &status["running_jobs"][0];
     assert_eq!(running["operation"], "backup", "{status}");
     assert_eq!(running["job"], job.as_str(), "{status}");
-    assert!(running["stage"].as_str().unwrap().contains("Creating backup"), "{status}");
+    assert!(
+        running["stage"]
+            .as_str()
+            .unwrap()
+            .contains("Creating backup"),
+        "{status}"
+    );
     assert!(running["started_at"].is_string(), "{status}");
     let out = run(mesbakctl(&bus).arg("status"));
-    assert!(text(&out).contains("Running:") && text(&out).contains("backup"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Running:") && text(&out).contains("backup"),
+        "{}",
+        text(&out)
+    );
     // The Busy error points at it.
     match agent.proxy().await.backup("database").await {
         Err(mesbak_interface::Error::Busy(message)) => {
-            assert!(message.contains("mesbakctl wait") && message.contains("mesbakctl cancel"), "{message}")
+            assert!(
+                message.contains("mesbakctl wait") && message.contains("mesbakctl cancel"),
+                "{message}"
+            )
         }
         other => panic!("expected Busy, got {other:?}"),
     }
@@ -210,22 +252,37 @@ async fn a_running_job_is_shown_followed_and_cancelled_leaving_nothing_behind() 
     let number = job.as_str().rsplit('/').next().unwrap().to_owned();
     let out = run(mesbakctl_as(&bus, OPERATOR).args(["cancel", &number]));
     assert!(!out.status.success());
-    assert!(text(&out).contains("only that user or root"), "{}", text(&out));
+    assert!(
+        text(&out).contains("only that user or root"),
+        "{}",
+        text(&out)
+    );
     let out = run(mesbakctl(&bus).args(["cancel", &number]));
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("cancelled"), "{}", text(&out));
     assert_eq!(job_state(&agent, job.as_str()).await, "cancelled");
     let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert_eq!(outcome.error_name, "Cancelled");
-    assert!(backup_files(&config).is_empty(), "left behind: {:?}", backup_files(&config));
+    assert!(
+        backup_files(&config).is_empty(),
+        "left behind: {:?}",
+        backup_files(&config)
+    );
     let metrics_state = std::fs::read_to_string(config.state_dir().join("state.json")).unwrap();
-    assert!(!metrics_state.contains("last_failure\": {\n    \"database"), "a cancel is not a failure: {metrics_state}");
+    assert!(
+        !metrics_state.contains("last_failure\": {\n    \"database"),
+        "a cancel is not a failure: {metrics_state}"
+    );
 
     // `wait` follows a job again to its end.
     let job = agent.proxy().await.backup("database").await.unwrap();
     let out = run(mesbakctl(&bus).arg("wait"));
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("Backup completed successfully"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Backup completed successfully"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(job_state(&agent, job.as_str()).await, "succeeded");
 }
 
@@ -250,9 +307,17 @@ async fn ctrl_c_asks_to_cancel_or_leave_the_job_and_says_which() {
     session.send_line("l").unwrap();
     session.exp_string("Left job").unwrap();
     session.exp_string("mesbakctl wait").unwrap();
-    assert!(exit_code(&session).contains(", 130)"), "{}", exit_code(&session));
+    assert!(
+        exit_code(&session).contains(", 130)"),
+        "{}",
+        exit_code(&session)
+    );
     let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "the job left running did not finish: {}", outcome.message);
+    assert!(
+        outcome.success,
+        "the job left running did not finish: {}",
+        outcome.message
+    );
     let kept = backup_files(&config);
 
     // Cancel it.
@@ -271,9 +336,17 @@ async fn ctrl_c_asks_to_cancel_or_leave_the_job_and_says_which() {
     session.send_line("c").unwrap();
     session.exp_string("Cancelling job").unwrap();
     session.exp_string("cancelled").unwrap();
-    assert!(exit_code(&session).contains(", 1)"), "{}", exit_code(&session));
+    assert!(
+        exit_code(&session).contains(", 1)"),
+        "{}",
+        exit_code(&session)
+    );
     assert_eq!(job_state(&agent, job.as_str()).await, "cancelled");
-    assert_eq!(backup_files(&config), kept, "the cancelled backup left files");
+    assert_eq!(
+        backup_files(&config),
+        kept,
+        "the cancelled backup left files"
+    );
 
     // Without a terminal Ctrl-C leaves the job running and says so.
     let mut child = mesbakctl(&bus)
@@ -327,11 +400,20 @@ async fn destructive_commands_name_what_changes_and_need_a_yes() {
     let databases = pg.databases();
 
     // Not root: refused before any prompt, even in a terminal.
-    for args in [vec!["restore", id.as_str()], vec!["prune"], vec!["restore", "--rollback"], vec!["restore", "--drop-previous"]] {
+    for args in [
+        vec!["restore", id.as_str()],
+        vec!["prune"],
+        vec!["restore", "--rollback"],
+        vec!["restore", "--drop-previous"],
+    ] {
         let out = run(mesbakctl_as(&bus, OPERATOR).args(&args));
         assert!(!out.status.success());
         assert!(text(&out).contains("only root"), "{args:?}: {}", text(&out));
-        assert!(!text(&out).contains("Type 'yes'"), "{args:?}: {}", text(&out));
+        assert!(
+            !text(&out).contains("Type 'yes'"),
+            "{args:?}: {}",
+            text(&out)
+        );
     }
     // An expired backup for prune to delete.
     let old = "mes_2001-01-01_000000.sql.gz.enc";
@@ -341,7 +423,11 @@ async fn destructive_commands_name_what_changes_and_need_a_yes() {
         serde_json::from_slice(&std::fs::read(dir.join(format!("{id}.json"))).unwrap()).unwrap();
     meta["id"] = old.into();
     meta["created"] = "2001-01-01T00:00:00Z".into();
-    write_private(&dir.join(format!("{old}.json")), &serde_json::to_vec(&meta).unwrap()).unwrap();
+    write_private(
+        &dir.join(format!("{old}.json")),
+        &serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
 
     // No terminal, no --yes: refused, nothing changed.
     for args in [vec!["restore", id.as_str()], vec!["prune"]] {
@@ -355,18 +441,25 @@ async fn destructive_commands_name_what_changes_and_need_a_yes() {
     let mut session = pty(&bus, &["restore", &id]);
     session.exp_string(&format!("Restores {id}")).unwrap();
     session.exp_string("the live database 'mes'").unwrap();
-    session.exp_string(&format!("in container '{}'", pg.name())).unwrap();
+    session
+        .exp_string(&format!("in container '{}'", pg.name()))
+        .unwrap();
     session.exp_string("'mes-writer-that-is-named'").unwrap();
     session.exp_string("Type 'yes' to continue:").unwrap();
     session.send_line("no").unwrap();
-    session.exp_string("not confirmed; nothing was changed").unwrap();
+    session
+        .exp_string("not confirmed; nothing was changed")
+        .unwrap();
     assert!(exit_code(&session).contains(", 1)"));
-    pg.fingerprint("mes").assert_same(&before, "a restore answered 'no'");
+    pg.fingerprint("mes")
+        .assert_same(&before, "a restore answered 'no'");
     assert_eq!(pg.databases(), databases);
 
     // Prune lists the files it deletes.
     let mut session = pty(&bus, &["prune"]);
-    session.exp_string("Deleted for good: 1 backup file(s)").unwrap();
+    session
+        .exp_string("Deleted for good: 1 backup file(s)")
+        .unwrap();
     session.exp_string(old).unwrap();
     session.exp_string("Type 'yes' to continue:").unwrap();
     session.send_line("yes").unwrap();

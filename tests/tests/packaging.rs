@@ -27,7 +27,10 @@ const FILES: &[(&str, u32)] = &[
     ("/usr/lib/systemd/system/mesbak-backup.timer", 0o644),
     ("/usr/lib/systemd/system/mesbak-test-restore.service", 0o644),
     ("/usr/lib/systemd/system/mesbak-test-restore.timer", 0o644),
-    ("/usr/lib/systemd/system/mesbak-notify-failure@.service", 0o644),
+    (
+        "/usr/lib/systemd/system/mesbak-notify-failure@.service",
+        0o644,
+    ),
     ("/usr/share/mesbak/prometheus/mesbak.rules.yml", 0o644),
     ("/usr/share/mesbak/grafana/mesbak-dashboard.json", 0o644),
     ("/usr/lib/tmpfiles.d/mesbak.conf", 0o644),

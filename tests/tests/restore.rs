@@ -598,23 +598,32 @@ async fn every_kept_database_is_tracked_shown_and_droppable_by_name() {
             .args(["restore", &s.backup_id, "--yes", "--skip-safety-backup"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Distinct names: the stamp has a one-second resolution.
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    let on_server: Vec<String> = s
-        .pg
-        .databases()
-        .into_iter()
-        .filter(|d| d.starts_with("mes_previous_"))
-        .collect();
+    let on_server: Vec<String> =
+        s.pg.databases()
+            .into_iter()
+            .filter(|d| d.starts_with("mes_previous_"))
+            .collect();
     assert_eq!(on_server.len(), 2, "{on_server:?}");
-    let out = mesbakctl(&s.bus).args(["status", "--json"]).output().unwrap();
+    let out = mesbakctl(&s.bus)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let kept = status["previous_databases"].as_array().unwrap();
     assert_eq!(kept.len(), 2, "{status}");
     for db in kept {
-        assert!(on_server.contains(&db["name"].as_str().unwrap().to_owned()), "{status}");
+        assert!(
+            on_server.contains(&db["name"].as_str().unwrap().to_owned()),
+            "{status}"
+        );
         assert!(db["size_bytes"].as_u64().unwrap() > 0, "{status}");
     }
     // The newest is the rollback target; the older one only droppable.
@@ -624,14 +633,21 @@ async fn every_kept_database_is_tracked_shown_and_droppable_by_name() {
     assert_eq!(kept[1]["rollback_target"], false, "{status}");
     let out = mesbakctl(&s.bus).arg("list").output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains(&newest) && listed.contains(&older), "{listed}");
+    assert!(
+        listed.contains(&newest) && listed.contains(&older),
+        "{listed}"
+    );
 
     // Drop the older one by name; the newest stays the rollback target.
     let out = mesbakctl(&s.bus)
         .args(["restore", "--drop-previous", &older, "--yes"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!s.pg.databases().contains(&older));
     assert!(s.pg.databases().contains(&newest));
     // The live database is never dropped that way.
@@ -676,7 +692,10 @@ async fn a_restore_cancelled_before_the_swap_changes_nothing() {
         .await
         .unwrap();
     wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
-    assert!(!s.writer.is_running(), "the writer should be stopped mid-restore");
+    assert!(
+        !s.writer.is_running(),
+        "the writer should be stopped mid-restore"
+    );
     let proxy = mesbak_interface::JobProxy::builder(s.agent.connection())
         .path(job.clone())
         .unwrap()
@@ -688,11 +707,20 @@ async fn a_restore_cancelled_before_the_swap_changes_nothing() {
     let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success);
     assert_eq!(outcome.error_name, "Cancelled", "{}", outcome.message);
-    assert!(outcome.message.contains("live database was not changed"), "{}", outcome.message);
-    assert!(restore_databases(&s.pg).is_empty(), "{:?}", s.pg.databases());
+    assert!(
+        outcome.message.contains("live database was not changed"),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        restore_databases(&s.pg).is_empty(),
+        "{:?}",
+        s.pg.databases()
+    );
     assert!(s.writer.is_running(), "the writer was left stopped");
     assert_ne!(s.writer.started_at(), writer_started);
-    s.pg.fingerprint("mes").assert_same(&live, "after a cancelled restore");
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "after a cancelled restore");
     assert!(!s.config.state_dir().join("restore.json").exists());
     // An ended job cannot be cancelled again.
     assert!(proxy.cancel().await.is_err());

@@ -278,7 +278,9 @@ fn failures_of_every_mesbak_unit_alert_through_the_notifier() {
     assert_eq!(value(&notifier, "Type"), "oneshot");
     // Sandboxed like the clients, but it must reach the receivers.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mesbak-notify-failure@mesbak-backup.service.service");
+    let path = dir
+        .path()
+        .join("mesbak-notify-failure@mesbak-backup.service.service");
     fs::write(&path, &notifier).unwrap();
     let output = run(Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])

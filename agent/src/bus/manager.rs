@@ -300,7 +300,10 @@ fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
     for (done, backup) in expired.iter().enumerate() {
         job.check_cancel(&match done {
             0 => "nothing was deleted".to_owned(),
-            n => format!("{n} of {} expired backups were deleted before that", expired.len()),
+            n => format!(
+                "{n} of {} expired backups were deleted before that",
+                expired.len()
+            ),
         })?;
         app.storage.delete(backup)?;
         tracing::info!(job = job.id, file = %backup.id, "pruned a backup");

@@ -24,9 +24,13 @@ use url::Url;
 #[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// JSON POST to `url`.
-    Generic { url: Url },
+    Generic {
+        url: Url,
+    },
     /// Pings below `url`.
-    Healthchecks { url: Url },
+    Healthchecks {
+        url: Url,
+    },
     /// ntfy publish to `url` (scheme, host, topic), optional basic auth.
     Ntfy {
         url: Url,
@@ -106,11 +110,8 @@ impl Target {
                         }
                     }
                 }
-                let mut url = Url::parse(&format!(
-                    "{scheme}://{}/{topic}",
-                    host_port(&parsed)
-                ))
-                .map_err(|err| format!("is not a valid ntfy URL ({err})"))?;
+                let mut url = Url::parse(&format!("{scheme}://{}/{topic}", host_port(&parsed)))
+                    .map_err(|err| format!("is not a valid ntfy URL ({err})"))?;
                 url.set_query(None);
                 Ok(Target::Ntfy {
                     url,
@@ -221,10 +222,14 @@ mod tests {
     fn every_scheme_parses_and_hides_its_secrets() {
         let generic = Target::parse("generic+http://127.0.0.1:9000/hook?token=s3cret").unwrap();
         assert_eq!(generic.describe(), "generic+http://127.0.0.1:9000");
-        let Target::Generic { url } = &generic else { panic!() };
+        let Target::Generic { url } = &generic else {
+            panic!()
+        };
         assert_eq!(url.as_str(), "http://127.0.0.1:9000/hook?token=s3cret");
         assert_eq!(
-            Target::parse("generic://example.invalid/x").unwrap().describe(),
+            Target::parse("generic://example.invalid/x")
+                .unwrap()
+                .describe(),
             "generic+https://example.invalid"
         );
 
@@ -232,7 +237,14 @@ mod tests {
         assert_eq!(hc.describe(), "hc+https://hc.example.invalid");
 
         let ntfy = Target::parse("ntfy://bob:pa%40ss@127.0.0.1:8080/plant7?scheme=http").unwrap();
-        let Target::Ntfy { url, user, password } = &ntfy else { panic!() };
+        let Target::Ntfy {
+            url,
+            user,
+            password,
+        } = &ntfy
+        else {
+            panic!()
+        };
         assert_eq!(url.as_str(), "http://127.0.0.1:8080/plant7");
         assert_eq!(user.as_deref(), Some("bob"));
         assert_eq!(password.as_deref(), Some("pa@ss"));
@@ -262,8 +274,14 @@ mod tests {
             ("ntfy://host/t?colour=red", "unknown option 'colour'"),
             ("smtp://u:secret@host/?to=a@b.invalid", "no sender"),
             ("smtp://u:secret@host/?from=a@b.invalid", "no recipient"),
-            ("smtp://host/?from=nobody&to=a@b.invalid", "not a mail address"),
-            ("smtp://host/?from=a@b.invalid&to=a@b.invalid&encryption=ssl3", "encryption 'ssl3'"),
+            (
+                "smtp://host/?from=nobody&to=a@b.invalid",
+                "not a mail address",
+            ),
+            (
+                "smtp://host/?from=a@b.invalid&to=a@b.invalid&encryption=ssl3",
+                "encryption 'ssl3'",
+            ),
         ] {
             let err = Target::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

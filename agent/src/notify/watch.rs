@@ -89,7 +89,10 @@ pub fn check(app: &App) {
     {
         let (kind, what) = match report.status {
             Health::Unhealthy => (EventKind::HealthUnhealthy, "backups are unhealthy"),
-            _ => (EventKind::HealthDegraded, "backups need attention (degraded)"),
+            _ => (
+                EventKind::HealthDegraded,
+                "backups need attention (degraded)",
+            ),
         };
         let shown: Vec<&String> = if new_problems.is_empty() {
             report.problems.iter().collect()

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::jobs::now_rfc3339;
-use crate::postgres::{MAINTENANCE_DB, Server, catalog, quote_ident};
 use crate::kept;
+use crate::postgres::{MAINTENANCE_DB, Server, catalog, quote_ident};
 use crate::state::KeptRecord;
 
 const FILE: &str = "restore.json";

@@ -27,9 +27,9 @@ use time::OffsetDateTime;
 use crate::app::App;
 use crate::backup;
 use crate::jobs::{Job, now_rfc3339};
+use crate::kept;
 use crate::postgres::{Server, catalog};
 use crate::recovery::Touched;
-use crate::kept;
 use crate::state::KeptRecord;
 use crate::storage::{BackupRef, Storage, human_bytes};
 

@@ -94,7 +94,10 @@ pub async fn drop_previous(
     let mut session = app.database_session().await?;
     let result = async {
         session.ensure_up(&job).await?;
-        job.commit(format!("'{}' is being dropped", kept.name), "nothing was changed")?;
+        job.commit(
+            format!("'{}' is being dropped", kept.name),
+            "nothing was changed",
+        )?;
         job.set_stage(format!("dropping '{}'", kept.name));
         session
             .server
