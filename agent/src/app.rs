@@ -158,6 +158,7 @@ impl App {
                 Vec::new()
             }
         };
+        problems.extend(crate::kept::problems(self, now));
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
         report.running_jobs = self
             .jobs

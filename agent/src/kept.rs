@@ -5,9 +5,16 @@
 //! rolled back to, once: a rollback is not a toggle.
 
 use mesbak_interface::{Error, KeptDatabase};
+use time::{Duration, OffsetDateTime};
 
 use crate::app::App;
+use crate::health::parse_time;
 use crate::state::KeptRecord;
+use crate::storage::human_bytes;
+
+/// A kept database older than this makes the health degraded: it holds a
+/// whole copy of the database on the server's disk.
+const KEEP_WITHOUT_NOTICE: Duration = Duration::days(7);
 
 /// Every kept database, newest first.
 pub fn list(app: &App) -> Vec<KeptDatabase> {
@@ -30,6 +37,23 @@ fn wire(record: &KeptRecord, rollback_target: Option<&str>) -> KeptDatabase {
         size_bytes: record.size_bytes,
         rollback_target: rollback_target == Some(record.name.as_str()),
     }
+}
+
+/// Health problems: kept databases forgotten for more than a week.
+pub fn problems(app: &App, now: OffsetDateTime) -> Vec<String> {
+    list(app)
+        .into_iter()
+        .filter(|db| parse_time(&db.replaced_at).is_some_and(|at| now - at > KEEP_WITHOUT_NOTICE))
+        .map(|db| {
+            format!(
+                "database '{}' ({}) has been kept since {} by a restore and uses space on the database server; drop it with `mesbakctl restore --drop-previous {}` once it is no longer needed",
+                db.name,
+                human_bytes(db.size_bytes),
+                db.replaced_at,
+                db.name
+            )
+        })
+        .collect()
 }
 
 /// The kept database called `name`; "" means the one the newest restore
