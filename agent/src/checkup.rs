@@ -248,12 +248,7 @@ fn check_backup_dir(config: &Config, storage: &Storage, found: &mut Findings) {
     }
     if let Ok(free) = Storage::new(&existing).free_bytes() {
         let backups = storage.list().unwrap_or_default();
-        let largest = BackupKind::ALL
-            .iter()
-            .filter_map(|kind| backups.iter().find(|b| b.kind == *kind))
-            .map(|b| b.size_bytes)
-            .max()
-            .unwrap_or(0);
+        let largest = crate::commit::next_backup_size(&backups);
         let floor = config.backup.min_free_bytes;
         if free < floor.saturating_add(largest) {
             found.error(format!(

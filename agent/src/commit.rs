@@ -35,6 +35,17 @@ pub fn check_space(app: &App, kind: BackupKind) -> Result<(), Error> {
     Ok(())
 }
 
+/// About what the next backup needs on disk: the newest backup of the
+/// largest kind.
+pub fn next_backup_size(backups: &[BackupInfo]) -> u64 {
+    BackupKind::ALL
+        .iter()
+        .filter_map(|kind| backups.iter().find(|b| b.kind == *kind))
+        .map(|b| b.size_bytes)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Warns when a backup's size changed by more than half since the last one.
 pub fn size_change_warning(previous: Option<&BackupInfo>, size: u64) -> Option<String> {
     let previous = previous.filter(|p| p.size_bytes > 0)?;

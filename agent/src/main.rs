@@ -45,13 +45,28 @@ struct Args {
     generate_man: Option<PathBuf>,
 }
 
+/// Writes to stdout; a closed pipe (`--check-config | head`) is not worth a
+/// panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `eprintln!` that never panics (stderr may be closed too).
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = args.generate_man {
         return match write_man_page(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!(
+                complain!(
                     "mesbak-agent: cannot write the man page into {}: {err}",
                     dir.display()
                 );
@@ -62,7 +77,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&args.config, &ProcessEnv) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("mesbak-agent: {err}");
+            complain!("mesbak-agent: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -72,21 +87,21 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("mesbak-agent: cannot start: {err}");
+            complain!("mesbak-agent: cannot start: {err}");
             return ExitCode::FAILURE;
         }
     };
     if args.check_config && args.syntax_only {
         if let Err(err) = mesbak_agent::notify::targets(&config) {
-            eprintln!("mesbak-agent: {err}");
+            complain!("mesbak-agent: {err}");
             return ExitCode::FAILURE;
         }
-        println!("{}: the file is valid", args.config.display());
+        say(&format!("{}: the file is valid\n", args.config.display()));
         return ExitCode::SUCCESS;
     }
     if args.check_config {
         let findings = runtime.block_on(mesbak_agent::checkup::run(&config));
-        print!("{}", findings.render(&args.config));
+        say(&findings.render(&args.config));
         return if findings.errors() == 0 {
             ExitCode::SUCCESS
         } else {
@@ -98,7 +113,7 @@ fn main() -> ExitCode {
         return runtime.block_on(notify_failure(&config, &unit));
     }
     if let Err(err) = mesbak_agent::notify::targets(&config) {
-        eprintln!("mesbak-agent: {err}");
+        complain!("mesbak-agent: {err}");
         return ExitCode::FAILURE;
     }
     mesbak_agent::logging::init();
@@ -106,7 +121,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err.message(), "mesbak-agent stopped");
-            eprintln!("mesbak-agent: {}", err.message());
+            complain!("mesbak-agent: {}", err.message());
             ExitCode::FAILURE
         }
     }
@@ -118,12 +133,12 @@ async fn notify_failure(config: &Config, unit: &str) -> ExitCode {
     let targets = match notify::targets(config) {
         Ok(targets) => targets,
         Err(err) => {
-            eprintln!("mesbak-agent: {err}");
+            complain!("mesbak-agent: {err}");
             return ExitCode::FAILURE;
         }
     };
     if targets.is_empty() {
-        eprintln!(
+        complain!(
             "mesbak-agent: {unit} failed, but notify.urls in {} is empty: nobody was told",
             config.origin.display()
         );
@@ -138,13 +153,13 @@ async fn notify_failure(config: &Config, unit: &str) -> ExitCode {
     match notify::send_now(&targets, &event).await {
         Ok((delivered, wanted)) if delivered == wanted => ExitCode::SUCCESS,
         Ok((delivered, wanted)) => {
-            eprintln!(
+            complain!(
                 "mesbak-agent: the failure of {unit} reached {delivered} of {wanted} notify targets; see the messages above"
             );
             ExitCode::FAILURE
         }
         Err(err) => {
-            eprintln!("mesbak-agent: cannot send alerts: {err}");
+            complain!("mesbak-agent: cannot send alerts: {err}");
             ExitCode::FAILURE
         }
     }

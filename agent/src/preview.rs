@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::bus::require_root;
+use crate::ignition::quoted;
 use crate::kept;
 use crate::retention;
 use crate::storage::human_bytes;
@@ -34,14 +35,6 @@ pub fn describe(app: &App, action: &str, argument: &str, uid: u32) -> Result<Vec
             "'{other}' is not an action to preview; use restore, rollback, drop-previous or prune"
         ))),
     }
-}
-
-fn quoted(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|name| format!("'{name}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn restore(app: &App, backup: &str) -> Result<Vec<String>, Error> {

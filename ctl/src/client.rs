@@ -19,7 +19,7 @@ use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
 use crate::cli::RestoreArgs;
-use crate::output::{Interrupted, Reported, agent_error, named};
+use crate::output::{Said, agent_error, named};
 use crate::{errln, outln};
 
 /// Turns bus-level failures into what to do about them, keeping the
@@ -211,7 +211,7 @@ pub async fn follow(conn: &Connection, path: OwnedObjectPath, json: bool) -> Res
 /// job was asked to cancel (the caller follows it to its end).
 async fn interrupted(job: &JobProxy<'_>, number: u64, operation: &str) -> Result<()> {
     let left = || {
-        anyhow::Error::new(Interrupted(format!(
+        anyhow::Error::new(Said::interrupted(format!(
             "Left job {number} ({operation}) running in the agent: follow it with `mesbakctl wait {number}`, cancel it with `mesbakctl cancel {number}`."
         )))
     };
@@ -509,7 +509,7 @@ pub async fn status(json: bool) -> Result<()> {
         Ok(())
     } else {
         // The report said it all; the exit status tells scripts.
-        Err(Reported(format!("mesbak is {}", report.status)).into())
+        Err(Said::reported(format!("mesbak is {}", report.status)).into())
     }
 }
 

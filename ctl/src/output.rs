@@ -85,15 +85,12 @@ pub fn fail(err: anyhow::Error, json: bool) -> ExitCode {
     if is_broken_pipe(&err) {
         return ExitCode::from(BROKEN_PIPE_STATUS);
     }
-    if let Some(reported) = err.downcast_ref::<Reported>() {
-        if !json {
-            errln!("mesbakctl: {reported}");
+    if let Some(said) = err.downcast_ref::<Said>() {
+        // With --json a report on stdout already said it.
+        if !(json && said.status == 1) {
+            errln!("mesbakctl: {}", said.text);
         }
-        return ExitCode::FAILURE;
-    }
-    if let Some(interrupted) = err.downcast_ref::<Interrupted>() {
-        errln!("{interrupted}");
-        return ExitCode::from(INTERRUPTED_STATUS);
+        return ExitCode::from(said.status);
     }
     let (name, message) = match err.chain().find_map(|c| c.downcast_ref::<Named>()) {
         Some(named) if err.chain().count() == 1 => (named.name.clone(), named.message.clone()),
@@ -111,28 +108,32 @@ pub fn fail(err: anyhow::Error, json: bool) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The user pressed Ctrl-C and left a job running: not a failure of the
-/// job, but the program did not see it through.
+/// A failure whose output already said what happened: the exit status and
+/// one line for stderr, no error object. `status` 1: a report (`status` of
+/// an agent that is not healthy); 130: Ctrl-C left a job running.
 #[derive(Debug)]
-pub struct Interrupted(pub String);
+pub struct Said {
+    pub status: u8,
+    pub text: String,
+}
 
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl Said {
+    pub fn reported(text: String) -> Said {
+        Said { status: 1, text }
+    }
+
+    pub fn interrupted(text: String) -> Said {
+        Said {
+            status: INTERRUPTED_STATUS,
+            text,
+        }
     }
 }
 
-impl std::error::Error for Interrupted {}
-
-/// A failure whose output already said everything (`status` of an agent
-/// that is not healthy): exit 1, no error object.
-#[derive(Debug)]
-pub struct Reported(pub String);
-
-impl fmt::Display for Reported {
+impl fmt::Display for Said {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
-impl std::error::Error for Reported {}
+impl std::error::Error for Said {}

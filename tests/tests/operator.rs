@@ -5,7 +5,6 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mesbak_interface::JobProxy;
 use mesbak_tests::*;
 use rexpect::session::{PtySession, spawn_command};
 use serde_json::Value;
@@ -199,14 +198,7 @@ async fn busy_setup() -> (Bus, Postgres, AgentConfig, Agent) {
 }
 
 async fn job_state(agent: &Agent, path: &str) -> String {
-    let job = JobProxy::builder(agent.connection())
-        .path(path.to_owned())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
-    job.state().await.unwrap()
+    job_proxy(agent.connection(), path).await.state().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -696,12 +696,7 @@ async fn a_restore_cancelled_before_the_swap_changes_nothing() {
         !s.writer.is_running(),
         "the writer should be stopped mid-restore"
     );
-    let proxy = mesbak_interface::JobProxy::builder(s.agent.connection())
-        .path(job.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let proxy = job_proxy(s.agent.connection(), job.as_str()).await;
     assert!(proxy.cancellable().await.unwrap());
     proxy.cancel().await.unwrap();
     let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;

@@ -108,6 +108,16 @@ impl Event {
         }
     }
 
+    /// For the off-site copies: `target` has fallen behind, because `reason`.
+    pub fn offsite_behind(target: &str, reason: impl Into<String>) -> Event {
+        Event::new(
+            EventKind::OffsiteBehind,
+            format!("off-site copies to '{target}' are behind"),
+            reason,
+            "Check the target's reachability and credentials; `mesbakctl offsite sync` retries now.",
+        )
+    }
+
     pub fn with_backup(mut self, backup: Option<String>) -> Event {
         self.backup = backup.filter(|b| !b.is_empty());
         self

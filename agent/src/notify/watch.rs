@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesbak_interface::{BackupKind, Health};
+use mesbak_interface::Health;
 use serde::{Deserialize, Serialize};
 
 use super::{Event, EventKind};
@@ -173,12 +173,7 @@ pub fn check(app: &App) {
 pub fn disk_low(app: &App) -> Option<String> {
     let free = app.storage.free_bytes().ok()?;
     let backups = app.storage.list().unwrap_or_default();
-    let largest = BackupKind::ALL
-        .iter()
-        .filter_map(|kind| backups.iter().find(|b| b.kind == *kind))
-        .map(|b| b.size_bytes)
-        .max()
-        .unwrap_or(0);
+    let largest = crate::commit::next_backup_size(&backups);
     let floor = app.config.backup.min_free_bytes;
     (free < floor.saturating_add(largest)).then(|| {
         format!(
