@@ -964,8 +964,16 @@ async fn cancelled_volume_backup_and_restore_leave_nothing_behind() {
     cancel(job.clone()).await;
     let outcome = finish(&agent, job).await;
     assert_eq!(outcome.error_name, "Cancelled", "{}", outcome.message);
-    assert!(outcome.message.contains("was not changed"), "{}", outcome.message);
-    assert_same_listing(&exact_listing(&volume), &changed, "after a cancelled restore");
+    assert!(
+        outcome.message.contains("was not changed"),
+        "{}",
+        outcome.message
+    );
+    assert_same_listing(
+        &exact_listing(&volume),
+        &changed,
+        "after a cancelled restore",
+    );
     assert!(gateway.is_running());
     assert!(!config.state_dir().join("ignition-restore.json").exists());
     assert!(helpers_of(&config).is_empty(), "{:?}", helpers_of(&config));

@@ -198,7 +198,11 @@ async fn busy_setup() -> (Bus, Postgres, AgentConfig, Agent) {
 }
 
 async fn job_state(agent: &Agent, path: &str) -> String {
-    job_proxy(agent.connection(), path).await.state().await.unwrap()
+    job_proxy(agent.connection(), path)
+        .await
+        .state()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
