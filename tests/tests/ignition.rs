@@ -918,11 +918,11 @@ async fn cancelled_volume_backup_and_restore_leave_nothing_behind() {
     let volume = Volume::create_populated();
     volume.sh("head -c 157286400 /dev/urandom > big.bin");
     let Stack {
+        bus: _bus,
         volume,
         gateway,
         config,
         agent,
-        ..
     } = Stack::start(volume, true, AgentConfig::new(), |_| {}).await;
     let cancel = |job: OwnedObjectPath| {
         let conn = agent.connection().clone();
