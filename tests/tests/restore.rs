@@ -98,6 +98,25 @@ async fn setup(flavor: Flavor, bulk_mib: u64) -> Setup {
     }
 }
 
+/// Starts a restore of the setup's backup (no safety backup) and waits
+/// until 8 MiB are loaded, to interrupt it there.
+async fn restore_until_loading(s: &Setup) -> zbus::zvariant::OwnedObjectPath {
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(
+            &s.backup_id,
+            RestoreOptions {
+                skip_safety_backup: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    job
+}
+
 /// Changes rows, a sequence and a role after the backup.
 fn change_data(pg: &Postgres) {
     pg.psql(
@@ -336,19 +355,7 @@ async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start(flavor: Flavo
     let mut s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
-    let job = s
-        .agent
-        .proxy()
-        .await
-        .restore(
-            &s.backup_id,
-            RestoreOptions {
-                skip_safety_backup: Some(true),
-            },
-        )
-        .await
-        .unwrap();
-    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    let job = restore_until_loading(&s).await;
     s.agent.kill9();
     assert!(
         !s.writer.is_running(),
@@ -388,19 +395,7 @@ async fn the_database_server_stopping_mid_restore_leaves_the_live_database(flavo
     let s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
-    let job = s
-        .agent
-        .proxy()
-        .await
-        .restore(
-            &s.backup_id,
-            RestoreOptions {
-                skip_safety_backup: Some(true),
-            },
-        )
-        .await
-        .unwrap();
-    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    let job = restore_until_loading(&s).await;
     s.pg.stop();
     let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success);
@@ -679,19 +674,7 @@ async fn a_restore_cancelled_before_the_swap_changes_nothing() {
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
     let writer_started = s.writer.started_at();
-    let job = s
-        .agent
-        .proxy()
-        .await
-        .restore(
-            &s.backup_id,
-            RestoreOptions {
-                skip_safety_backup: Some(true),
-            },
-        )
-        .await
-        .unwrap();
-    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    let job = restore_until_loading(&s).await;
     assert!(
         !s.writer.is_running(),
         "the writer should be stopped mid-restore"
