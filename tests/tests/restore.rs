@@ -355,7 +355,7 @@ async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start(flavor: Flavo
     let mut s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
-    let job = restore_until_loading(&s).await;
+    restore_until_loading(&s).await;
     s.agent.kill9();
     assert!(
         !s.writer.is_running(),
