@@ -19,6 +19,7 @@ MESBAK_PACKAGES=(
     docker.io busybox-static dbus postgresql-15 postgresql-client-15
     python3 python3-cryptography libssl-dev pkg-config gcc
     debootstrap lintian rpm ca-certificates curl util-linux procps
+    python3-aiosmtpd openssl prometheus man-db
 )
 
 ensure_packages() {
@@ -36,7 +37,14 @@ ensure_packages() {
         mkdir -p /etc/postgresql-common
         [ -e /etc/postgresql-common/createcluster.conf ] ||
             echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+        # Only promtool of `prometheus` is used: its server must not start
+        # (nor any other service) while packages are installed here.
+        local policy=/usr/sbin/policy-rc.d added_policy=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added_policy=1
+        fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        [ -z "$added_policy" ] || rm -f "$policy"
     fi
 }
 

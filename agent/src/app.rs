@@ -11,11 +11,29 @@ use crate::config::Config;
 use crate::docker::Docker;
 use crate::health;
 use crate::jobs::Jobs;
+use crate::notify::Notifier;
 use crate::postgres::{Server, Session};
 use crate::process::Runner;
 use crate::recovery::Journal;
 use crate::state::StateStore;
 use crate::storage::Storage;
+
+/// A key problem with what to do: where backups exist, a missing key must
+/// be found again (a new one cannot read them); only a fresh installation
+/// is told to make one.
+pub fn key_advice(err: &KeyError, have_backups: bool) -> String {
+    match err {
+        KeyError::Missing(path) if have_backups => format!(
+            "{err}; the backups already here were made with a key: put that key back at {} (or set BACKUP_ENCRYPTION_KEY to it). A new key cannot read them",
+            path.display()
+        ),
+        KeyError::Missing(path) => format!(
+            "{err}; on a new installation create one with `mesbakctl keygen -o {}` and keep a copy away from this server",
+            path.display()
+        ),
+        other => other.to_string(),
+    }
+}
 
 pub struct App {
     pub config: Config,
@@ -24,6 +42,7 @@ pub struct App {
     pub state: StateStore,
     pub jobs: Jobs,
     pub pitr: crate::pitr::Pitr,
+    pub notifier: Notifier,
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Problems found outside jobs (start-up checks, repairs that failed).
     problems: Mutex<Vec<String>>,
@@ -40,6 +59,7 @@ impl App {
             state,
             jobs: Jobs::default(),
             pitr: crate::pitr::Pitr::default(),
+            notifier: Notifier::default(),
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(Vec::new()),
         })
@@ -69,7 +89,10 @@ impl App {
             Some(key) => key,
             None => Key::from_file(&self.config.encryption.key_file),
         };
-        key.map_err(|err: KeyError| Error::Config(err.to_string()))
+        key.map_err(|err: KeyError| {
+            let have_backups = !self.storage.list().unwrap_or_default().is_empty();
+            Error::Config(key_advice(&err, have_backups))
+        })
     }
 
     /// Where database programs run, and how to reach the server.
@@ -135,6 +158,7 @@ impl App {
                 Vec::new()
             }
         };
+        problems.extend(crate::kept::problems(self, now));
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
         for (unhealthy, problem) in crate::pitr::problems(self, now) {
             let status = if unhealthy {
@@ -145,6 +169,13 @@ impl App {
             report.status = report.status.max(status);
             report.problems.push(problem);
         }
+        report.running_jobs = self
+            .jobs
+            .running()
+            .iter()
+            .map(|job| job.running())
+            .collect();
+        report.previous_databases = crate::kept::list(self);
         report
     }
 }

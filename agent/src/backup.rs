@@ -9,7 +9,7 @@ use mesbak_interface::{BackupInfo, BackupKind, BackupTarget, Error};
 use time::OffsetDateTime;
 
 use crate::app::App;
-use crate::commit::{check_space, commit};
+use crate::commit::{CANCELLED_BACKUP, check_space, commit};
 use crate::health::kind_configured;
 use crate::ignition;
 use crate::jobs::{Job, now_rfc3339};
@@ -26,6 +26,9 @@ pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<S
     let mut made: Vec<BackupInfo> = Vec::new();
     let mut failures: Vec<(BackupKind, Error)> = Vec::new();
     for &kind in target.kinds() {
+        if job.is_cancelled() {
+            return Err(undo_cancelled(&app, &job, &made));
+        }
         if !kind_configured(&app.config, kind) {
             if target == BackupTarget::All {
                 job.warn(format!("no {kind} source is configured; skipped"));
@@ -36,11 +39,20 @@ pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<S
                 app.config.origin.display()
             )));
         }
+        let key = kind.as_str().to_owned();
+        app.state.update(|state| {
+            state.last_attempt.insert(key.clone(), now_rfc3339());
+        })?;
         let result = match kind {
             BackupKind::Database => database(&app, &job, &point, None).await,
             BackupKind::Ignition => ignition::backup(&app, &job, &point).await,
         };
-        let key = kind.as_str().to_owned();
+        if matches!(result, Err(Error::Cancelled(_))) || job.is_cancelled() {
+            if let Ok(info) = result {
+                made.push(info);
+            }
+            return Err(undo_cancelled(&app, &job, &made));
+        }
         match result {
             Ok(info) => {
                 app.state.update(|state| {
@@ -84,6 +96,24 @@ pub async fn run(app: Arc<App>, job: Arc<Job>, target: BackupTarget) -> Result<S
             Err(Error::from_kind(first.kind(), message))
         }
     }
+}
+
+/// A cancelled backup leaves nothing behind: the halves of this restore
+/// point already written go too.
+fn undo_cancelled(app: &App, job: &Job, made: &[BackupInfo]) -> Error {
+    for info in made {
+        match app.storage.delete(info) {
+            Ok(()) => {
+                tracing::info!(job = job.id, file = %info.id, "removed the half of a cancelled backup")
+            }
+            Err(err) => job.warn(format!(
+                "could not remove {} of the cancelled backup: {}",
+                info.id,
+                err.message()
+            )),
+        }
+    }
+    job.cancelled_error(CANCELLED_BACKUP)
 }
 
 /// Deletes what retention allows, for the kinds just backed up.
@@ -207,7 +237,18 @@ pub async fn dump(
 
     let mut spawned = server.spawn("pg_dump", &["-d", database], false).await?;
     let mut reader = DumpReader::default();
-    while let Some(block) = spawned.stdout.recv().await {
+    loop {
+        let block = tokio::select! {
+            block = spawned.stdout.recv() => block,
+            _ = job.cancelled() => {
+                // pg_dump ends when its output is cut; the partial file
+                // goes with `pending`.
+                spawned.kill();
+                let _ = writer.finish().await;
+                return Err(job.cancelled_error(CANCELLED_BACKUP));
+            }
+        };
+        let Some(block) = block else { break };
         reader.feed(&block);
         if !writer.write(block).await {
             break;

@@ -8,6 +8,10 @@ use crate::app::App;
 use crate::jobs::Job;
 use crate::storage::{PendingBackup, human_bytes};
 
+/// What a cancelled backup leaves: nothing.
+pub const CANCELLED_BACKUP: &str =
+    "the partial backup file was removed and nothing else was changed";
+
 /// Refuses to start when the disk could not hold another backup like the
 /// last one and still keep the configured floor free.
 pub fn check_space(app: &App, kind: BackupKind) -> Result<(), Error> {
@@ -29,6 +33,17 @@ pub fn check_space(app: &App, kind: BackupKind) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// About what the next backup needs on disk: the newest backup of the
+/// largest kind.
+pub fn next_backup_size(backups: &[BackupInfo]) -> u64 {
+    BackupKind::ALL
+        .iter()
+        .filter_map(|kind| backups.iter().find(|b| b.kind == *kind))
+        .map(|b| b.size_bytes)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Warns when a backup's size changed by more than half since the last one.
@@ -58,6 +73,8 @@ pub fn commit(
 ) -> Result<BackupInfo, Error> {
     info.warnings
         .extend(size_change_warning(previous, info.size_bytes));
+    // The last safe point: after it the backup exists.
+    job.check_cancel(CANCELLED_BACKUP)?;
     for warning in &info.warnings {
         job.warn(warning.clone());
     }

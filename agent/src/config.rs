@@ -25,6 +25,14 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A syntax or type error at a place in the file.
+    #[error("invalid configuration in {path} line {line}: {what}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        /// "key `a.b`: ..." or the syntax problem.
+        what: String,
+    },
     #[error("invalid environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
 }
@@ -44,8 +52,27 @@ pub struct Config {
     pub health: HealthConfig,
     pub schedule: Schedule,
     pub pitr: Pitr,
+    pub notify: Notify,
     #[serde(skip)]
     pub origin: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notify {
+    /// Where alerts go (see `notify::Target`).
+    pub urls: Vec<String>,
+    /// How often the agent judges health, disk and containers for alerts.
+    pub check_interval_secs: u32,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Notify {
+            urls: Vec::new(),
+            check_interval_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +192,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             schedule: Schedule::default(),
             pitr: Pitr::default(),
+            notify: Notify::default(),
             origin: DEFAULT_PATH.into(),
         }
     }
@@ -286,17 +314,28 @@ impl Config {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Invalid {
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map_or(1, |span| {
+                text[..span.start.min(text.len())].matches('\n').count() + 1
+            })
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::At {
             path: path.to_owned(),
-            key: "(syntax)".into(),
-            message: one_line(&err.to_string()),
+            line: line_of(err.span()),
+            what: format!(
+                "this is not valid TOML ({}); see the commented defaults in /etc/mesbak/mesbak.toml",
+                toml_message(&err)
+            ),
         })?;
-        let mut config: Config =
-            serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Invalid {
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            ConfigError::At {
                 path: path.to_owned(),
-                key: err.path().to_string(),
-                message: one_line(&err.inner().to_string()),
-            })?;
+                line: line_of(inner.span()),
+                what: format!("key `{key}`: {}", humanize(&toml_message(&inner))),
+            }
+        })?;
         config.origin = path.to_owned();
         Ok(config)
     }
@@ -463,6 +502,39 @@ pub fn is_docker_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// toml's message without the file excerpt it draws.
+fn toml_message(err: &toml::de::Error) -> String {
+    one_line(err.message())
+}
+
+/// serde's wording in a technician's words.
+fn humanize(message: &str) -> String {
+    let mut text = message.to_owned();
+    for (from, to) in [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number"),
+        (
+            "expected a sequence",
+            "expected a list such as [\"a\", \"b\"]",
+        ),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected text in double quotes"),
+        ("invalid type: string", "got the text"),
+        ("invalid type: integer", "got the number"),
+        ("invalid type: boolean", "got"),
+        ("invalid value: integer", "got the number"),
+        ("unknown field", "unknown key"),
+        ("expected one of", "the keys allowed here are"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
+}
+
 fn one_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
@@ -537,8 +609,16 @@ mod tests {
         let err = load("[database]\nport = \"abc\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("mesbak.toml"), "{err}");
+        assert!(err.contains("mesbak.toml line 2"), "{err}");
         assert!(err.contains("`database.port`"), "{err}");
+        assert!(err.contains("a whole number from 0 to 65535"), "{err}");
+        assert!(!err.contains("u16"), "{err}");
+
+        let err = load("backup_dir = \"/x\"\n[database\nport = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesbak.toml line 2"), "{err}");
+        assert!(!err.contains("(syntax)"), "{err}");
 
         let err = load("[databse]\nport = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("databse"), "{err}");

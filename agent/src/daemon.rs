@@ -13,7 +13,9 @@ use crate::bus;
 use crate::config::Config;
 
 pub async fn run(config: Config) -> Result<(), Error> {
+    let targets = crate::notify::targets(&config).map_err(|err| Error::Config(err.to_string()))?;
     let app = Arc::new(App::new(config)?);
+    app.notifier.start(targets);
     match app.storage.prepare() {
         Ok(repairs) => {
             for repair in repairs {
@@ -61,6 +63,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     crate::http::spawn(app.clone());
     crate::pitr::spawn_shipper(app.clone());
+    crate::notify::spawn_watch(app.clone());
     let status = app.status();
     let _ = notify(
         false,

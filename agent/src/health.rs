@@ -13,10 +13,17 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
+/// Whether a backup counts toward freshness: its metadata exists and
+/// matches the file (storage clears the checksum otherwise), and it is a
+/// scheduled or requested backup, not a restore's safety copy.
+pub fn counts(backup: &BackupInfo) -> bool {
+    !backup.sha256.is_empty() && !backup.id.contains("_pre-restore")
+}
+
 fn newest(backups: &[BackupInfo], kind: BackupKind) -> Option<&BackupInfo> {
     backups
         .iter()
-        .filter(|b| b.kind == kind)
+        .filter(|b| b.kind == kind && counts(b))
         .max_by(|a, b| a.created.cmp(&b.created))
 }
 
@@ -64,9 +71,14 @@ pub fn assess(
             .filter(|schema| !backup.schemas.contains(schema))
             .map(String::as_str)
             .collect();
-        if !missing.is_empty() && !backup.schemas.is_empty() {
-            degraded.push(format!(
-                "the newest database backup ({}) lacks the schema(s) {}",
+        if backup.table_rows.is_empty() {
+            unhealthy.push(format!(
+                "the newest database backup ({}) holds no tables: the dump is empty; check database.name and what pg_dump sees",
+                backup.id
+            ));
+        } else if !missing.is_empty() {
+            unhealthy.push(format!(
+                "the newest database backup ({}) lacks the schema(s) {} (database.schemas)",
                 backup.id,
                 missing.join(", ")
             ));
@@ -117,6 +129,8 @@ pub fn assess(
         last_test_restore: state.last_test_restore.as_ref().map(|r| r.time.clone()),
         last_test_restore_ok: state.last_test_restore.as_ref().map(|r| r.ok),
         problems: unhealthy,
+        running_jobs: Vec::new(),
+        previous_databases: Vec::new(),
     }
 }
 
@@ -132,14 +146,14 @@ mod tests {
             path: String::new(),
             created: created.into(),
             size_bytes: 1,
-            sha256: String::new(),
+            sha256: "ab".into(),
             duration_ms: 0,
             restore_point: String::new(),
             source: String::new(),
             server_version: String::new(),
             timescaledb_version: String::new(),
             schemas: schemas.iter().map(|s| s.to_string()).collect(),
-            table_rows: Default::default(),
+            table_rows: schemas.iter().map(|s| (format!("{s}.t"), 1)).collect(),
             downtime_ms: 0,
             warnings: vec![],
         }
@@ -187,6 +201,56 @@ mod tests {
     }
 
     #[test]
+    fn only_verified_backups_count() {
+        let config = Config::default();
+        let now = at("2026-11-24T12:00:00Z");
+        let mut damaged = backup(BackupKind::Database, "2026-11-24T11:00:00Z", ALL);
+        damaged.sha256.clear();
+        let mut safety = backup(BackupKind::Database, "2026-11-24T11:30:00Z", ALL);
+        safety.id = "mes_2026-11-24_113000_pre-restore.sql.gz.enc".into();
+        let old = backup(BackupKind::Database, "2026-11-20T00:00:00Z", ALL);
+        let ignition = backup(BackupKind::Ignition, "2026-11-24T11:00:00Z", &[]);
+        let report = assess(
+            &config,
+            &[damaged, safety, old, ignition],
+            &AgentState::default(),
+            &[],
+            now,
+        );
+        assert_eq!(report.status, Health::Unhealthy, "{:?}", report.problems);
+        assert_eq!(
+            report.last_database_backup.as_deref(),
+            Some("2026-11-20T00:00:00Z")
+        );
+        assert!(
+            report.problems[0].contains("older than 26 hours"),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn an_empty_dump_or_a_missing_schema_is_unhealthy() {
+        let config = Config::default();
+        let now = at("2026-11-24T12:00:00Z");
+        let ignition = backup(BackupKind::Ignition, "2026-11-24T00:00:00Z", &[]);
+        let empty = backup(BackupKind::Database, "2026-11-24T00:00:00Z", &[]);
+        let report = assess(
+            &config,
+            &[empty, ignition.clone()],
+            &AgentState::default(),
+            &[],
+            now,
+        );
+        assert_eq!(report.status, Health::Unhealthy);
+        assert!(
+            report.problems[0].contains("holds no tables"),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
     fn missing_schema_failures_and_test_restores_degrade() {
         let config = Config::default();
         let now = at("2026-11-24T12:00:00Z");
@@ -205,7 +269,7 @@ mod tests {
             ..Default::default()
         };
         let report = assess(&config, &backups, &state, &[], now);
-        assert_eq!(report.status, Health::Degraded);
+        assert_eq!(report.status, Health::Unhealthy);
         assert!(
             report.problems[0].contains("mes_audit, mes_custom"),
             "{:?}",

@@ -27,7 +27,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mesbak_interface::{BackupInfo, BackupKind, Health, StatusReport};
+use mesbak_interface::{BackupInfo, BackupKind, Health, JobOperation, StatusReport};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -159,7 +159,8 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
             Route::Metrics => {
                 // An unreadable folder is already among the report's problems.
                 let backups = app.storage.list().unwrap_or_default();
-                let text = render_metrics(&report, &backups, &app.state.get(), now);
+                let free = app.storage.free_bytes().ok();
+                let text = render_metrics(&report, &backups, &app.state.get(), free, now);
                 response(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes())
             }
         }
@@ -253,13 +254,15 @@ fn unix_seconds(time: OffsetDateTime) -> f64 {
 fn newest(backups: &[BackupInfo], kind: BackupKind) -> Option<(&BackupInfo, OffsetDateTime)> {
     backups
         .iter()
-        .filter(|b| b.kind == kind)
+        .filter(|b| b.kind == kind && crate::health::counts(b))
         .filter_map(|b| parse_time(&b.created).map(|t| (b, t)))
         .max_by_key(|(_, t)| *t)
 }
 
 /// The `/metrics` page: a pure function of the report, the backups on disk,
-/// the remembered results and the time, so tests inject all four.
+/// the remembered results, the free space and the time, so tests inject
+/// them all. Only verified backups (see `health::counts`) feed the "last
+/// backup" series.
 ///
 /// Series of a kind with no backup (last success time, its age, duration
 /// and size) and the test-restore series before the first test restore are
@@ -269,6 +272,7 @@ pub fn render_metrics(
     report: &StatusReport,
     backups: &[BackupInfo],
     state: &AgentState,
+    free_bytes: Option<u64>,
     now: OffsetDateTime,
 ) -> String {
     let mut out = String::new();
@@ -385,6 +389,78 @@ pub fn render_metrics(
         family.sample(&[("kind", kind.as_str())], failures);
     }
 
+    let mut family = Family::new(
+        &mut out,
+        "mesbak_last_attempt_timestamp_seconds",
+        "gauge",
+        "When a backup of each kind was last started, whatever its outcome (Unix seconds).",
+    );
+    for kind in BackupKind::ALL {
+        if let Some(time) = state
+            .last_attempt
+            .get(kind.as_str())
+            .and_then(|t| parse_time(t))
+        {
+            family.sample(&[("kind", kind.as_str())], unix_seconds(time));
+        }
+    }
+    let mut family = Family::new(
+        &mut out,
+        "mesbak_last_ignition_downtime_seconds",
+        "gauge",
+        "How long the Ignition gateway was stopped for the newest volume backup.",
+    );
+    if let Some((backup, _)) = newest
+        .iter()
+        .find(|(kind, _)| *kind == BackupKind::Ignition)
+        .and_then(|(_, newest)| *newest)
+    {
+        family.sample(&[], backup.downtime_ms as f64 / 1000.0);
+    }
+    let mut family = Family::new(
+        &mut out,
+        "mesbak_backup_dir_free_bytes",
+        "gauge",
+        "Bytes free for the agent where backups are written.",
+    );
+    if let Some(free) = free_bytes {
+        family.sample(&[], free);
+    }
+    let mut family = Family::new(
+        &mut out,
+        "mesbak_job_running",
+        "gauge",
+        "Whether a job of each operation is running (1) or not (0).",
+    );
+    for operation in JobOperation::ALL {
+        let running = report
+            .running_jobs
+            .iter()
+            .any(|job| job.operation == *operation);
+        family.sample(&[("operation", operation.as_str())], u8::from(running));
+    }
+    Family::new(
+        &mut out,
+        "mesbak_previous_databases",
+        "gauge",
+        "Databases kept by restores and rollbacks (mes_previous_*), until dropped.",
+    )
+    .sample(&[], report.previous_databases.len());
+    Family::new(
+        &mut out,
+        "mesbak_previous_databases_bytes",
+        "gauge",
+        "Size of the kept databases, as last measured.",
+    )
+    .sample(
+        &[],
+        report
+            .previous_databases
+            .iter()
+            .map(|db| db.size_bytes)
+            .sum::<u64>(),
+    );
+
     let test = state
         .last_test_restore
         .as_ref()
@@ -423,7 +499,7 @@ mod tests {
             path: String::new(),
             created: created.into(),
             size_bytes: size,
-            sha256: String::new(),
+            sha256: "ab".into(),
             duration_ms: ms,
             restore_point: String::new(),
             source: String::new(),
@@ -445,6 +521,8 @@ mod tests {
             last_test_restore: None,
             last_test_restore_ok: None,
             problems: vec![],
+            running_jobs: vec![],
+            previous_databases: vec![],
         }
     }
 
@@ -514,7 +592,7 @@ mod tests {
 
     #[test]
     fn metrics_render_every_series() {
-        let backups = vec![
+        let mut backups = vec![
             backup(
                 BackupKind::Database,
                 "mes_2026-11-23_000000.sql.gz.enc",
@@ -537,6 +615,7 @@ mod tests {
                 250,
             ),
         ];
+        backups[2].downtime_ms = 1250;
         let state = AgentState {
             last_test_restore: Some(TestRestoreRecord {
                 time: "2026-11-24T01:00:00Z".into(),
@@ -545,11 +624,37 @@ mod tests {
                 message: String::new(),
             }),
             failures_total: [("ignition".to_owned(), 3)].into_iter().collect(),
+            last_attempt: [("database".to_owned(), "2026-11-24T00:00:00Z".to_owned())]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         let mut report = report(Health::Degraded);
         report.problems = vec!["one".into(), "two".into()];
-        let text = render_metrics(&report, &backups, &state, at("2026-11-24T12:00:00Z"));
+        report.running_jobs = vec![mesbak_interface::RunningJob {
+            job: "/org/mesbak/Agent1/jobs/3".into(),
+            operation: JobOperation::Restore,
+            target: "x".into(),
+            stage: "restoring".into(),
+            progress: None,
+            bytes_done: 0,
+            started_at: "2026-11-24T11:00:00Z".into(),
+        }];
+        report.previous_databases = vec![mesbak_interface::KeptDatabase {
+            name: "mes_previous_20261120_000000".into(),
+            live_name: "mes".into(),
+            replaced_at: "2026-11-20T00:00:00Z".into(),
+            restored_backup: "x".into(),
+            size_bytes: 234_000_000,
+            rollback_target: true,
+        }];
+        let text = render_metrics(
+            &report,
+            &backups,
+            &state,
+            Some(5 << 30),
+            at("2026-11-24T12:00:00Z"),
+        );
         let samples = samples(&text);
         let expect = [
             ("mesbak_up", "1"),
@@ -589,6 +694,16 @@ mod tests {
             ("mesbak_backup_failures_total{kind=\"ignition\"}", "3"),
             ("mesbak_last_test_restore_timestamp_seconds", "1795482000"),
             ("mesbak_last_test_restore_success", "1"),
+            ("mesbak_backup_dir_free_bytes", "5368709120"),
+            ("mesbak_job_running{operation=\"backup\"}", "0"),
+            ("mesbak_job_running{operation=\"restore\"}", "1"),
+            (
+                "mesbak_last_attempt_timestamp_seconds{kind=\"database\"}",
+                "1795478400",
+            ),
+            ("mesbak_last_ignition_downtime_seconds", "1.25"),
+            ("mesbak_previous_databases", "1"),
+            ("mesbak_previous_databases_bytes", "234000000"),
         ];
         for (series, wanted) in expect {
             assert_eq!(value(&samples, series), Some(wanted), "{series} in\n{text}");
@@ -638,7 +753,7 @@ mod tests {
         let mut report = report(Health::Unhealthy);
         report.last_backup = None;
         report.last_database_backup = None;
-        let text = render_metrics(&report, &[], &state, at("2026-11-24T12:00:00Z"));
+        let text = render_metrics(&report, &[], &state, None, at("2026-11-24T12:00:00Z"));
         let samples = samples(&text);
         assert_eq!(
             value(&samples, "mesbak_health{status=\"unhealthy\"}"),
@@ -676,6 +791,7 @@ mod tests {
             &report,
             &[],
             &AgentState::default(),
+            None,
             at("2026-11-24T12:00:00Z"),
         );
         assert!(

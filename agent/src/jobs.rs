@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mesbak_interface::{Error, JobOperation, JobState};
+use mesbak_interface::{Error, JobOperation, JobState, RunningJob, job_path};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
@@ -28,6 +29,8 @@ pub struct Job {
     /// Bytes processed; shared with the data path.
     pub bytes_done: Arc<AtomicU64>,
     pub bytes_total: AtomicU64,
+    /// Set by `Cancel`; the work checks it at its safe points.
+    cancel: CancellationToken,
     inner: Mutex<JobInner>,
 }
 
@@ -41,6 +44,9 @@ struct JobInner {
     warnings: Vec<String>,
     /// (seconds since start, bytes) samples for the rate.
     samples: Vec<(f64, u64)>,
+    /// Why the job can no longer be cancelled, once it is past its point
+    /// of no return.
+    committed: Option<String>,
 }
 
 impl Job {
@@ -54,6 +60,7 @@ impl Job {
             started: Instant::now(),
             bytes_done: Arc::new(AtomicU64::new(0)),
             bytes_total: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
             inner: Mutex::new(JobInner {
                 state: JobState::Running,
                 stage: "starting".into(),
@@ -63,6 +70,7 @@ impl Job {
                 files: Vec::new(),
                 warnings: Vec::new(),
                 samples: Vec::new(),
+                committed: None,
             }),
         }
     }
@@ -161,6 +169,88 @@ impl Job {
         (self.bytes_done.load(Ordering::Relaxed) as f64 / total as f64).min(1.0)
     }
 
+    /// Asks the work to stop at its next safe point. Refused once the job
+    /// is past its point of no return, or when it already ended.
+    pub fn cancel(&self) -> Result<(), Error> {
+        let inner = self.inner();
+        if inner.state != JobState::Running {
+            return Err(Error::Failed(format!(
+                "job {} ({} {}) has already ended ({}); there is nothing to cancel",
+                self.id, self.operation, self.target, inner.state
+            )));
+        }
+        if let Some(why) = &inner.committed {
+            return Err(Error::Failed(format!(
+                "job {} ({} {}) can no longer be cancelled: {why}; wait for it to finish (`mesbakctl wait {}`)",
+                self.id, self.operation, self.target, self.id
+            )));
+        }
+        tracing::warn!(job = self.id, operation = %self.operation, stage = %inner.stage, "cancel requested");
+        self.cancel.cancel();
+        Ok(())
+    }
+
+    /// Whether `cancel` was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The token `cancel` sets, for work running in tasks of its own.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Resolves when `cancel` is asked for: for `select!` in long loops.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// A safe point: `Err(Cancelled)` when cancel was asked for. `undone`
+    /// says what the caller puts back on the way out.
+    pub fn check_cancel(&self, undone: &str) -> Result<(), Error> {
+        if self.is_cancelled() {
+            Err(self.cancelled_error(undone))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The error a cancelled job ends with.
+    pub fn cancelled_error(&self, undone: &str) -> Error {
+        Error::Cancelled(format!("the {} was cancelled; {undone}", self.operation))
+    }
+
+    /// Passes the point of no return: from now on `cancel` is refused with
+    /// `why`. Fails with `Cancelled` when cancel was asked for before.
+    pub fn commit(&self, why: impl Into<String>, undone: &str) -> Result<(), Error> {
+        let mut inner = self.inner();
+        if self.cancel.is_cancelled() {
+            return Err(self.cancelled_error(undone));
+        }
+        inner.committed = Some(why.into());
+        Ok(())
+    }
+
+    /// Whether `cancel` would be accepted now.
+    pub fn cancellable(&self) -> bool {
+        let inner = self.inner();
+        inner.state == JobState::Running && inner.committed.is_none() && !self.is_cancelled()
+    }
+
+    /// The job as `status` shows it while it runs.
+    pub fn running(&self) -> RunningJob {
+        let progress = self.progress();
+        RunningJob {
+            job: job_path(self.id),
+            operation: self.operation,
+            target: self.target.clone(),
+            stage: self.stage(),
+            progress: (progress >= 0.0).then_some(progress),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            started_at: self.started_at.clone(),
+        }
+    }
+
     /// Records the end. Returns (success, message) for the signal.
     pub fn finish(&self, result: &Result<String, Error>) -> (bool, String) {
         let mut inner = self.inner();
@@ -172,8 +262,10 @@ impl Job {
                 inner.message = message.clone();
             }
             Err(err) => {
-                inner.state = JobState::Failed;
-                inner.stage = "failed".into();
+                (inner.state, inner.stage) = match err {
+                    Error::Cancelled(_) => (JobState::Cancelled, "cancelled".into()),
+                    _ => (JobState::Failed, "failed".into()),
+                };
                 inner.message = err.message();
                 inner.error_name = err.kind().to_owned();
             }
@@ -203,8 +295,8 @@ impl Jobs {
         if operation.mutates() {
             if let Some(running) = mutating.as_ref() {
                 return Err(Error::Busy(format!(
-                    "a {} job ({}) is running since {}; wait for it to finish (`mesbakctl status`) and retry",
-                    running.operation, running.target, running.started_at
+                    "a {} job ({}) is running since {}; follow it with `mesbakctl wait {}` (or cancel it with `mesbakctl cancel {}`) and retry",
+                    running.operation, running.target, running.started_at, running.id, running.id
                 )));
             }
         }
@@ -244,6 +336,21 @@ impl Jobs {
     pub fn is_busy(&self) -> bool {
         self.mutating.lock().expect("jobs lock").is_some()
     }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Job>> {
+        self.jobs.lock().expect("jobs lock").get(&id).cloned()
+    }
+
+    /// The jobs still running, oldest first.
+    pub fn running(&self) -> Vec<Arc<Job>> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .filter(|job| job.state() == JobState::Running)
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -277,5 +384,34 @@ mod tests {
         assert_eq!(message, "disk full");
         assert_eq!(job.error_name(), "NoSpace");
         assert_eq!(job.state(), JobState::Failed);
+    }
+
+    #[test]
+    fn cancel_until_the_point_of_no_return() {
+        let job = Job::new(1, JobOperation::Restore, "x".into(), 0);
+        assert!(job.cancellable());
+        job.check_cancel("nothing changed").unwrap();
+        job.commit("the database was switched", "x").unwrap();
+        assert!(!job.cancellable());
+        let err = job.cancel().unwrap_err();
+        assert!(
+            err.message().contains("database was switched"),
+            "{}",
+            err.message()
+        );
+        assert!(!job.is_cancelled());
+
+        let job = Job::new(2, JobOperation::Backup, "all".into(), 0);
+        job.cancel().unwrap();
+        assert!(job.is_cancelled());
+        let err = job
+            .commit("too late", "the partial file was removed")
+            .unwrap_err();
+        assert_eq!(err.kind(), "Cancelled");
+        assert!(err.message().contains("partial file was removed"));
+        job.finish(&Err(err));
+        assert_eq!(job.state(), JobState::Cancelled);
+        assert_eq!(job.error_name(), "Cancelled");
+        assert!(job.cancel().is_err(), "an ended job cannot be cancelled");
     }
 }

@@ -52,6 +52,13 @@ impl Outcome {
 }
 
 impl Spawned {
+    /// Stops the program: its output is cut (a program in a container gets
+    /// SIGPIPE on its next write, a host program is killed).
+    pub fn kill(&mut self) {
+        self.done.abort();
+        self.stdin = None;
+    }
+
     /// Waits for the end, collecting all of stdout (for small outputs).
     pub async fn collect(mut self) -> Result<(Vec<u8>, Outcome), Error> {
         drop(self.stdin.take());

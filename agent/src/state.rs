@@ -1,5 +1,6 @@
 //! What the agent remembers between runs (`state_dir/state.json`): the last
-//! test restore, the last failure per kind, the database a restore kept.
+//! test restore, the last failure and attempt per kind, the databases
+//! restores kept.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -38,6 +39,33 @@ pub struct PreviousDatabase {
     pub restored_backup: String,
 }
 
+/// A database a restore or a rollback replaced and kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptRecord {
+    /// Its name now.
+    pub name: String,
+    /// The live name it had (and gets back on rollback).
+    pub live_name: String,
+    pub replaced_at: String,
+    /// The backup restored in its place ("" after a rollback).
+    pub restored_backup: String,
+    /// Size on the server when last measured; 0 when not known.
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+impl From<PreviousDatabase> for KeptRecord {
+    fn from(db: PreviousDatabase) -> KeptRecord {
+        KeptRecord {
+            name: db.name,
+            live_name: db.live_name,
+            replaced_at: db.replaced_at,
+            restored_backup: db.restored_backup,
+            size_bytes: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentState {
@@ -46,11 +74,38 @@ pub struct AgentState {
     pub last_failure: BTreeMap<String, FailureRecord>,
     /// Failed backups per kind since the state was created (for metrics).
     pub failures_total: BTreeMap<String, u64>,
+    /// Older agents kept one; read once into `kept_databases`.
     pub previous_database: Option<PreviousDatabase>,
     /// The server's archiving, while point-in-time recovery is on.
     pub pitr: Option<crate::pitr::Archiving>,
     /// A scratch cluster of a point-in-time restore, until it is removed.
     pub pitr_scratch: Option<crate::pitr::Scratch>,
+    /// Every database a restore or a rollback replaced, until dropped.
+    pub kept_databases: Vec<KeptRecord>,
+    /// The kept database a rollback would make live (the one the newest
+    /// restore replaced); None once rolled back.
+    pub rollback_target: Option<String>,
+    /// When the newest restore was rolled back (a rollback is not repeated).
+    pub rolled_back_at: Option<String>,
+    /// When a backup of each kind was last started (RFC 3339), whatever
+    /// its outcome.
+    pub last_attempt: BTreeMap<String, String>,
+}
+
+impl AgentState {
+    /// Folds the single kept database of older agents into the list.
+    fn migrate(&mut self) {
+        if let Some(previous) = self.previous_database.take() {
+            if !self
+                .kept_databases
+                .iter()
+                .any(|db| db.name == previous.name)
+            {
+                self.rollback_target = Some(previous.name.clone());
+                self.kept_databases.push(previous.into());
+            }
+        }
+    }
 }
 
 pub struct StateStore {
@@ -75,6 +130,8 @@ impl StateStore {
             }),
             Err(_) => AgentState::default(),
         };
+        let mut state = state;
+        state.migrate();
         Ok(StateStore {
             path,
             state: Mutex::new(state),
@@ -89,6 +146,7 @@ impl StateStore {
     pub fn update(&self, change: impl FnOnce(&mut AgentState)) -> Result<(), Error> {
         let mut state = self.state.lock().expect("state lock");
         change(&mut state);
+        state.migrate();
         let write = || -> std::io::Result<()> {
             let dir = self.path.parent().expect("state file in a folder");
             let tmp = dir.join(".state.json.tmp");

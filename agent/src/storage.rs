@@ -345,6 +345,16 @@ impl Storage {
                 downtime_ms: 0,
                 warnings: vec!["no metadata was found for this backup".into()],
             });
+        if !info.sha256.is_empty() && info.size_bytes != meta.len() {
+            // Not the file the metadata describes: damaged, truncated or
+            // replaced. It does not count as a good backup.
+            info.warnings.push(format!(
+                "the file is {} bytes but its metadata says {}: it is damaged or not the backup that was made",
+                meta.len(),
+                info.size_bytes
+            ));
+            info.sha256.clear();
+        }
         info.id = id.to_owned();
         info.kind = kind;
         info.path = path.display().to_string();

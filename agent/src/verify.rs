@@ -22,8 +22,15 @@ pub async fn check(app: &App, job: &Job, backup: &BackupRef) -> Result<u64, Erro
         .len();
     job.reset_bytes(size);
     job.set_stage(format!("authenticating {}", backup.id));
-    let reader = BackupReader::start(backup.id.clone(), file, key, true, job.bytes_done.clone());
-    let plain = reader.drain().await?;
+    let mut reader =
+        BackupReader::start(backup.id.clone(), file, key, true, job.bytes_done.clone());
+    loop {
+        tokio::select! {
+            block = reader.blocks.recv() => if block.is_none() { break },
+            _ = job.cancelled() => return Err(job.cancelled_error("nothing was changed")),
+        }
+    }
+    let plain = reader.finish().await?;
     job.bytes_done.store(size, Ordering::Relaxed);
     Ok(plain)
 }

@@ -17,7 +17,7 @@ pub const DEFAULT_KEY_FILE: &str = "/etc/mesbak/backup.key";
     long_about = "mesbakctl asks the mesbak agent (over the D-Bus system bus) to back up, \
                   verify, restore and test-restore the MES database and the Ignition gateway \
                   volume. `decrypt` and `keygen` work offline, without the agent.",
-    after_help = "Exit status: 0 on success, 1 when the operation failed, 2 on a usage error."
+    after_help = "Exit status: 0 on success, 1 when the operation failed (with --json the error is also printed as {\"error\": {\"name\": ..., \"message\": ...}}), 2 on a usage error, 130 when Ctrl-C left a job running, 141 when the output pipe was closed."
 )]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
@@ -36,10 +36,28 @@ pub enum Command {
         #[arg(value_enum, default_value_t = TargetArg::All)]
         what: TargetArg,
     },
-    /// List the backups, newest first.
-    List,
-    /// Show whether backups are fresh and test restores pass.
+    /// List the backups, newest first (and the databases restores kept).
+    List {
+        /// Print only the backup ids, one per line (for scripts and completion).
+        #[arg(long, conflicts_with = "json")]
+        ids: bool,
+    },
+    /// Show whether backups are fresh and test restores pass, the running
+    /// job and the databases restores kept.
     Status,
+    /// List the agent's jobs: running and finished in the last 10 minutes.
+    Jobs,
+    /// Follow a job to its end with its progress (default: the running one).
+    Wait {
+        /// Job number (as `jobs` shows) or object path.
+        job: Option<String>,
+    },
+    /// Cancel a job: it stops at its next safe point and puts back what it
+    /// changed (default: the running one).
+    Cancel {
+        /// Job number (as `jobs` shows) or object path.
+        job: Option<String>,
+    },
     /// Check that a backup decrypts and authenticates completely.
     Verify {
         /// A backup id (file name, as `list` shows) or a path to a backup file.
@@ -64,11 +82,15 @@ pub enum Command {
     /// Point-in-time recovery: continuous WAL archiving on the database server.
     #[command(subcommand)]
     Pitr(PitrCommand),
-    /// Delete backups older than the retention period (root only).
+    /// Delete backups older than the retention period (root only; asks
+    /// for confirmation on a terminal unless --yes).
     Prune {
         /// Only show what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Do not ask for confirmation (required without a terminal).
+        #[arg(long, short = 'y', conflicts_with = "dry_run")]
+        yes: bool,
     },
     /// Decrypt a backup file without the agent (to stdout unless -o).
     ///
@@ -132,18 +154,20 @@ pub struct RestoreArgs {
     /// 3339, or local "YYYY-MM-DD HH:MM:SS").
     #[arg(long, value_name = "TIME", conflicts_with_all = ["backup", "rollback", "drop_previous"])]
     pub to_time: Option<String>,
-    /// Do not ask for confirmation.
+    /// Do not ask for confirmation (required without a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Do not take a safety backup of the current data first (not recommended).
     #[arg(long, requires = "backup")]
     pub skip_safety_backup: bool,
-    /// Put back the database that the last restore replaced.
+    /// Put back the database that the newest restore replaced (once: a
+    /// rollback is not repeated).
     #[arg(long, conflicts_with_all = ["backup", "drop_previous"])]
     pub rollback: bool,
-    /// Drop the database that the last restore kept.
-    #[arg(long, conflicts_with_all = ["backup", "rollback"])]
-    pub drop_previous: bool,
+    /// Drop a database a restore kept: NAME as `status` lists it, default
+    /// the one the newest restore kept.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["backup", "rollback"])]
+    pub drop_previous: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,6 +203,18 @@ mod tests {
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "--rollback"]).is_ok());
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--rollback"]).is_err());
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--yes"]).is_ok());
+        let cli = Cli::try_parse_from(["mesbakctl", "restore", "--drop-previous"]).unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.drop_previous, Some(None));
+        let cli =
+            Cli::try_parse_from(["mesbakctl", "restore", "--drop-previous", "mes_previous_1"])
+                .unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.drop_previous, Some(Some("mes_previous_1".into())));
     }
 
     #[test]

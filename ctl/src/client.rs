@@ -2,53 +2,78 @@
 //! followed: a progress bar on a terminal, plain lines otherwise, JSON with
 //! `--json`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesbak_interface::{
-    AgentProxy, BackupInfo, BackupKind, BackupTarget, Error, Health, JobProxy, RestoreOptions,
-    StatusReport, time_from_wire,
+    AgentProxy, BackupInfo, BackupTarget, Error, Health, JobProxy, KeptDatabase, RestoreOptions,
+    RunningJob, StatusReport, job_number, job_path, time_from_wire,
 };
 use serde::Serialize;
 use zbus::Connection;
+use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
 use crate::cli::{PitrCommand, RestoreArgs};
+use crate::output::{Said, agent_error, named};
+use crate::{errln, outln};
 
-/// Turns bus-level failures into what to do about them.
+/// Turns bus-level failures into what to do about them, keeping the
+/// agent's error names.
 pub fn explain(err: Error) -> anyhow::Error {
     if let Error::ZBus(zbus::Error::MethodError(name, detail, _)) = &err {
         let detail = detail.clone().unwrap_or_default();
         return match name.as_str() {
             "org.freedesktop.DBus.Error.ServiceUnknown"
-            | "org.freedesktop.DBus.Error.NameHasNoOwner" => anyhow!(
-                "the mesbak agent is not running; start it with `systemctl start mesbak-agent` and check `journalctl -u mesbak-agent`"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner" => named(
+                "AgentNotRunning",
+                "the mesbak agent is not running; start it with `systemctl start mesbak-agent` and check `journalctl -u mesbak-agent`",
             ),
-            "org.freedesktop.DBus.Error.AccessDenied" => anyhow!(
-                "you are not allowed to talk to the mesbak agent; run as root or join the group `mesbak` (`usermod -aG mesbak $USER`, then log in again)"
+            "org.freedesktop.DBus.Error.AccessDenied" => named(
+                "AccessDenied",
+                "you are not allowed to talk to the mesbak agent; run as root or join the group `mesbak` (`usermod -aG mesbak $USER`, then log in again)",
             ),
-            _ => anyhow!("{name}: {detail}"),
+            "org.freedesktop.DBus.Error.UnknownObject"
+            | "org.freedesktop.DBus.Error.UnknownMethod" => named(
+                "NotFound",
+                "that job no longer exists (finished jobs are kept for 10 minutes); `mesbakctl jobs` lists the ones there are",
+            ),
+            _ => named("Failed", format!("{name}: {detail}")),
         };
     }
     match err {
-        Error::ZBus(err) => anyhow!("talking to the mesbak agent failed: {err}"),
-        other => anyhow!("{}", other.message()),
+        Error::ZBus(err) => named(
+            "Failed",
+            format!("talking to the mesbak agent failed: {err}"),
+        ),
+        other => agent_error(&other),
     }
 }
 
+/// For properties, which fail as plain zbus errors.
+fn bus(err: zbus::Error) -> anyhow::Error {
+    explain(Error::ZBus(err))
+}
+
 pub async fn connect() -> Result<(Connection, AgentProxy<'static>)> {
+    let unreachable = |err: &dyn std::fmt::Display| {
+        named(
+            "BusUnavailable",
+            format!(
+                "cannot reach the D-Bus system bus ({err}); is dbus running? (DBUS_SYSTEM_BUS_ADDRESS overrides its address)"
+            ),
+        )
+    };
     let conn = zbus::connection::Builder::system()
-        .map_err(|err| anyhow!("cannot reach the D-Bus system bus ({err}); is dbus running?"))?
+        .map_err(|err| unreachable(&err))?
         .build()
         .await
         .map_err(|err| match err {
-            zbus::Error::InputOutput(_) | zbus::Error::Address(_) => anyhow!(
-                "cannot reach the D-Bus system bus ({err}); is dbus running? (DBUS_SYSTEM_BUS_ADDRESS overrides its address)"
-            ),
+            zbus::Error::InputOutput(_) | zbus::Error::Address(_) => unreachable(&err),
             other => explain(Error::ZBus(other)),
         })?;
     let agent = AgentProxy::new(&conn)
@@ -71,39 +96,62 @@ struct JobReport {
     finished_at: String,
 }
 
-/// Follows a job to its end. Returns Ok when it succeeded.
-pub async fn follow(conn: &Connection, path: OwnedObjectPath, json: bool) -> Result<()> {
-    let job = JobProxy::builder(conn)
+async fn job_proxy(conn: &Connection, path: OwnedObjectPath) -> Result<JobProxy<'static>> {
+    JobProxy::builder(conn)
         .path(path)?
+        .cache_properties(CacheProperties::No)
         .build()
         .await
-        .map_err(|err| explain(Error::ZBus(err)))?;
+        .map_err(bus)
+}
+
+/// Follows a job to its end. Returns Ok when it succeeded. Ctrl-C asks (on
+/// a terminal) whether to cancel the job or leave it running, and says
+/// which it did.
+pub async fn follow(conn: &Connection, path: OwnedObjectPath, json: bool) -> Result<()> {
+    let number = job_number(path.as_str()).unwrap_or(0);
+    let job = job_proxy(conn, path).await?;
     // Subscribe before reading the state: the job may end in between.
-    let mut finished = job.receive_finished().await?;
-    let operation = job.operation().await?;
+    let mut finished = job.receive_finished().await.map_err(bus)?;
+    let operation = job.operation().await.map_err(bus)?;
     let tty = std::io::stderr().is_terminal() && !json;
-    let bar = tty.then(|| {
-        let bar = ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
+    let new_bar = || {
+        // A terminal indicatif will not draw on (TERM=dumb) gets plain lines.
+        tty.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        })
+        .filter(|bar| !bar.is_hidden())
+    };
+    let mut bar = new_bar();
     let mut announced = String::new();
     let mut announced_all: Vec<String> = Vec::new();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     if operation == "backup" && !json {
-        line(&bar, "Backup started...");
+        line(&bar, "Backup started...")?;
     }
+    let mut interrupt = Box::pin(tokio::signal::ctrl_c());
     loop {
-        if job.state().await? != "running" {
+        if job.state().await.map_err(bus)? != "running" {
             break;
         }
         tokio::select! {
             _ = finished.next() => break,
+            _ = &mut interrupt => {
+                if let Some(bar) = bar.take() {
+                    bar.finish_and_clear();
+                }
+                interrupted(&job, number, &operation).await?;
+                // Cancel was asked for: follow the job to its end.
+                interrupt = Box::pin(tokio::signal::ctrl_c());
+                bar = new_bar();
+            }
             _ = poll.tick() => {
                 let stage = job.stage().await.unwrap_or_default();
                 if stage != announced && !json {
                     if stage.starts_with("Creating backup: ") || bar.is_none() && !stage.is_empty() && stage != "starting" {
-                        line(&bar, &stage);
+                        line(&bar, &stage)?;
                         announced_all.push(stage.clone());
                     }
                     announced = stage.clone();
@@ -117,51 +165,108 @@ pub async fn follow(conn: &Connection, path: OwnedObjectPath, json: bool) -> Res
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let files = job.files().await?;
+    let files = job.files().await.map_err(bus)?;
     if !json && operation == "backup" {
         // A fast job can end between two polls: name every file it made.
         for file in &files {
             let stage = format!("Creating backup: {file}");
             if bar.is_none() && !announced_all.contains(&stage) {
-                println!("{stage}");
+                outln!("{stage}")?;
             }
         }
     }
+    let state = job.state().await.map_err(bus)?;
     let report = JobReport {
-        success: job.state().await? == "succeeded",
+        success: state == "succeeded",
         operation,
-        target: job.target().await?,
-        message: job.message().await?,
-        error: Some(job.error_name().await?).filter(|name| !name.is_empty()),
+        target: job.target().await.map_err(bus)?,
+        message: job.message().await.map_err(bus)?,
+        error: Some(job.error_name().await.map_err(bus)?).filter(|name| !name.is_empty()),
         files,
-        warnings: job.warnings().await?,
-        started_at: job.started_at().await?,
-        finished_at: job.finished_at().await?,
+        warnings: job.warnings().await.map_err(bus)?,
+        started_at: job.started_at().await.map_err(bus)?,
+        finished_at: job.finished_at().await.map_err(bus)?,
     };
+    if !report.success {
+        // With --json the error object says it (`output::fail`).
+        let name = report.error.clone().unwrap_or_else(|| "Failed".into());
+        for warning in report.warnings.iter().filter(|_| !json) {
+            errln!("warning: {warning}");
+        }
+        return Err(named(&name, report.message));
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         for warning in &report.warnings {
-            eprintln!("warning: {warning}");
+            errln!("warning: {warning}");
         }
-        if report.success {
-            println!("{}", report.message);
-        }
+        outln!("{}", report.message)?;
     }
-    if report.success {
-        Ok(())
-    } else {
-        Err(anyhow!("{}", report.message))
+    Ok(())
+}
+
+/// Ctrl-C while following a job: on a terminal, ask whether to cancel it
+/// or leave it running; without one, leave it running. Returns Ok when the
+/// job was asked to cancel (the caller follows it to its end).
+async fn interrupted(job: &JobProxy<'_>, number: u64, operation: &str) -> Result<()> {
+    let left = || {
+        anyhow::Error::new(Said::interrupted(format!(
+            "Left job {number} ({operation}) running in the agent: follow it with `mesbakctl wait {number}`, cancel it with `mesbakctl cancel {number}`."
+        )))
+    };
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(left());
+    }
+    let cancellable = job.cancellable().await.unwrap_or(false);
+    if !cancellable {
+        errln!(
+            "\nJob {number} ({operation}) can no longer be cancelled (it is past its point of no return)."
+        );
+        return Err(left());
+    }
+    errln!("\nJob {number} ({operation}) is still running in the agent.");
+    crate::output::write_err(format_args!(
+        "Cancel it (put back what it changed) [c], or leave it running [l]? "
+    ));
+    let answer = read_answer().await;
+    match answer.as_deref().map(str::trim) {
+        Some("c" | "C" | "cancel") => match job.cancel().await {
+            Ok(()) => {
+                errln!("Cancelling job {number}; waiting for it to put back what it changed...");
+                Ok(())
+            }
+            Err(err) => {
+                errln!("The agent refused to cancel: {}", err.message());
+                Err(left())
+            }
+        },
+        _ => Err(left()),
     }
 }
 
-fn line(bar: &Option<ProgressBar>, text: &str) {
-    match bar {
-        Some(bar) => bar.println(text),
-        None => {
-            println!("{text}");
-            let _ = std::io::stdout().flush();
+/// One line from the terminal; None on end of input or a second Ctrl-C.
+async fn read_answer() -> Option<String> {
+    let read = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        match std::io::stdin().read_line(&mut answer) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(answer),
         }
+    });
+    tokio::select! {
+        answer = read => answer.ok().flatten(),
+        _ = tokio::signal::ctrl_c() => None,
+    }
+}
+
+fn line(bar: &Option<ProgressBar>, text: &str) -> Result<()> {
+    match bar {
+        Some(bar) => {
+            bar.println(text);
+            Ok(())
+        }
+        None => outln!("{text}"),
     }
 }
 
@@ -218,92 +323,193 @@ pub async fn backup(target: BackupTarget, json: bool) -> Result<()> {
     follow(&conn, path, json).await
 }
 
-pub async fn list(json: bool) -> Result<()> {
+pub async fn list(json: bool, ids_only: bool) -> Result<()> {
     let (_conn, agent) = connect().await?;
     let backups = agent.list_backups().await.map_err(explain)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&backups)?);
+    if ids_only {
+        for backup in &backups {
+            outln!("{}", backup.id)?;
+        }
         return Ok(());
     }
-    print_backups(&backups);
+    if json {
+        return outln!("{}", serde_json::to_string_pretty(&backups)?);
+    }
+    print_backups(&backups)?;
+    let kept = agent.previous_databases().await.map_err(bus)?;
+    if !kept.is_empty() {
+        outln!()?;
+        print_kept(&kept)?;
+    }
     Ok(())
 }
 
-fn print_backups(backups: &[BackupInfo]) {
+fn print_backups(backups: &[BackupInfo]) -> Result<()> {
     if backups.is_empty() {
-        println!("No backups yet.");
-        return;
+        return outln!("No backups yet.");
     }
     let width = backups.iter().map(|b| b.id.len()).max().unwrap_or(2).max(2);
-    println!(
+    outln!(
         "{:<width$}  {:<8}  {:<20}  {:>10}",
-        "ID", "KIND", "CREATED", "SIZE"
-    );
+        "ID",
+        "KIND",
+        "CREATED",
+        "SIZE"
+    )?;
     for backup in backups {
-        println!(
+        outln!(
             "{:<width$}  {:<8}  {:<20}  {:>10}",
             backup.id,
             backup.kind.as_str(),
             backup.created,
             indicatif::BinaryBytes(backup.size_bytes).to_string()
-        );
+        )?;
         for warning in &backup.warnings {
-            println!("{:<width$}  ! {warning}", "");
+            outln!("{:<width$}  ! {warning}", "")?;
         }
     }
+    Ok(())
+}
+
+fn print_kept(kept: &[KeptDatabase]) -> Result<()> {
+    outln!("Databases kept by restores (drop with `mesbakctl restore --drop-previous NAME`):")?;
+    for db in kept {
+        let size = if db.size_bytes > 0 {
+            format!(", {}", indicatif::BinaryBytes(db.size_bytes))
+        } else {
+            String::new()
+        };
+        let from = if db.restored_backup.is_empty() {
+            String::new()
+        } else {
+            format!(", replaced by the restore of {}", db.restored_backup)
+        };
+        let rollback = if db.rollback_target {
+            " (`restore --rollback` puts it back)"
+        } else {
+            ""
+        };
+        outln!(
+            "  {} (was '{}' until {}{from}{size}){rollback}",
+            db.name,
+            db.live_name,
+            db.replaced_at
+        )?;
+    }
+    Ok(())
+}
+
+/// The jobs still running, as `status` shows them.
+async fn running_jobs(conn: &Connection, agent: &AgentProxy<'_>) -> Result<Vec<RunningJob>> {
+    let mut running = Vec::new();
+    for path in agent.jobs().await.map_err(bus)? {
+        let Ok(job) = job_proxy(conn, path.clone()).await else {
+            continue;
+        };
+        // A job may end and go between listing and reading it.
+        let Ok(state) = job.state().await else {
+            continue;
+        };
+        if state != "running" {
+            continue;
+        }
+        let progress = job.progress().await.unwrap_or(-1.0);
+        running.push(RunningJob {
+            job: path.to_string(),
+            operation: job
+                .operation()
+                .await
+                .map_err(bus)?
+                .parse()
+                .map_err(|err| anyhow!("the agent reported an unknown job: {err}"))?,
+            target: job.target().await.unwrap_or_default(),
+            stage: job.stage().await.unwrap_or_default(),
+            progress: (progress >= 0.0).then_some(progress),
+            bytes_done: job.bytes_done().await.unwrap_or(0),
+            started_at: job.started_at().await.unwrap_or_default(),
+        });
+    }
+    Ok(running)
+}
+
+fn describe_running(job: &RunningJob) -> String {
+    let number = job_number(&job.job).unwrap_or(0);
+    let progress = match job.progress {
+        Some(p) => format!(", {:.0}%", p * 100.0),
+        None if job.bytes_done > 0 => format!(", {}", indicatif::BinaryBytes(job.bytes_done)),
+        None => String::new(),
+    };
+    let target = if job.target.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", job.target)
+    };
+    format!(
+        "job {number}: {}{target} since {}: {}{progress}",
+        job.operation, job.started_at, job.stage
+    )
 }
 
 pub async fn status(json: bool) -> Result<()> {
-    let (_conn, agent) = connect().await?;
+    let (conn, agent) = connect().await?;
     let health: Health = agent
         .health()
         .await
-        .map_err(|err| explain(Error::ZBus(err)))?
+        .map_err(bus)?
         .parse()
         .map_err(|err| anyhow!("the agent reported an unknown health: {err}"))?;
-    let result = agent.last_test_restore_result().await?;
+    let result = agent.last_test_restore_result().await.map_err(bus)?;
     let report = StatusReport {
         status: health,
-        last_backup: time_from_wire(agent.last_backup().await?),
-        last_database_backup: time_from_wire(agent.last_database_backup().await?),
-        last_ignition_backup: time_from_wire(agent.last_ignition_backup().await?),
-        last_test_restore: time_from_wire(agent.last_test_restore().await?),
+        last_backup: time_from_wire(agent.last_backup().await.map_err(bus)?),
+        last_database_backup: time_from_wire(agent.last_database_backup().await.map_err(bus)?),
+        last_ignition_backup: time_from_wire(agent.last_ignition_backup().await.map_err(bus)?),
+        last_test_restore: time_from_wire(agent.last_test_restore().await.map_err(bus)?),
         last_test_restore_ok: (!result.is_empty()).then(|| result == "passed"),
-        problems: agent.problems().await?,
+        problems: agent.problems().await.map_err(bus)?,
+        running_jobs: running_jobs(&conn, &agent).await?,
+        previous_databases: agent.previous_databases().await.map_err(bus)?,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         let never = || "never".to_owned();
-        println!("Status:               {}", report.status);
-        println!(
+        outln!("Status:               {}", report.status)?;
+        outln!(
             "Last backup:          {}",
             report.last_backup.clone().unwrap_or_else(never)
-        );
-        println!(
+        )?;
+        outln!(
             "Last database backup: {}",
             report.last_database_backup.clone().unwrap_or_else(never)
-        );
-        println!(
+        )?;
+        outln!(
             "Last Ignition backup: {}",
             report.last_ignition_backup.clone().unwrap_or_else(never)
-        );
-        println!(
+        )?;
+        outln!(
             "Last test restore:    {}",
             match (&report.last_test_restore, report.last_test_restore_ok) {
                 (Some(time), Some(true)) => format!("{time} (passed)"),
                 (Some(time), _) => format!("{time} (FAILED)"),
                 (None, _) => never(),
             }
-        );
+        )?;
+        for job in &report.running_jobs {
+            outln!("Running:              {}", describe_running(job))?;
+        }
         for problem in &report.problems {
-            println!("  - {problem}");
+            outln!("  - {problem}")?;
+        }
+        if !report.previous_databases.is_empty() {
+            print_kept(&report.previous_databases)?;
         }
     }
     if report.status == Health::Healthy {
         Ok(())
     } else {
-        bail!("mesbak is {}", report.status)
+        // The report said it all; the exit status tells scripts.
+        Err(Said::reported(format!("mesbak is {}", report.status)).into())
     }
 }
 
@@ -323,20 +529,25 @@ pub async fn test_restore(backup: Option<&str>, json: bool) -> Result<()> {
     follow(&conn, path, json).await
 }
 
-pub async fn prune(dry_run: bool, json: bool) -> Result<()> {
+pub async fn prune(dry_run: bool, yes: bool, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
     if dry_run {
         let expired = agent.plan_prune().await.map_err(explain)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&expired)?);
+            outln!("{}", serde_json::to_string_pretty(&expired)?)?;
         } else if expired.is_empty() {
-            println!("Nothing to prune.");
+            outln!("Nothing to prune.")?;
         } else {
-            println!("Would delete {} backup(s):", expired.len());
-            print_backups(&expired);
+            outln!("Would delete {} backup(s):", expired.len())?;
+            print_backups(&expired)?;
         }
         return Ok(());
     }
+    let preview = agent.preview("prune", "").await.map_err(explain)?;
+    if agent.plan_prune().await.map_err(explain)?.is_empty() {
+        return outln!("{}", preview.join("\n"));
+    }
+    confirm(&preview, "Delete these backups now?", yes, "prune")?;
     let path = agent.prune().await.map_err(explain)?;
     follow(&conn, path, json).await
 }
@@ -344,14 +555,29 @@ pub async fn prune(dry_run: bool, json: bool) -> Result<()> {
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
     let path = if args.rollback {
+        let preview = agent.preview("rollback", "").await.map_err(explain)?;
+        confirm(&preview, "Roll back now?", args.yes, "restore --rollback")?;
         agent.rollback_restore().await.map_err(explain)?
-    } else if args.drop_previous {
-        agent.drop_previous().await.map_err(explain)?
+    } else if let Some(name) = &args.drop_previous {
+        let name = name.as_deref().unwrap_or("");
+        let preview = agent
+            .preview("drop-previous", name)
+            .await
+            .map_err(explain)?;
+        confirm(
+            &preview,
+            "Drop it now?",
+            args.yes,
+            "restore --drop-previous",
+        )?;
+        agent.drop_previous(name).await.map_err(explain)?
     } else if let Some(time) = &args.to_time {
         let time = target_time(time)?;
-        if !args.yes {
-            confirm_to_time(&agent, &time, args.skip_safety_backup).await?;
-        }
+        let preview = agent
+            .preview("restore-to-time", &time)
+            .await
+            .map_err(explain)?;
+        confirm(&preview, "Restore now?", args.yes, "restore --to-time")?;
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
@@ -363,11 +589,16 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         let given = args
             .backup
             .as_deref()
-            .ok_or_else(|| anyhow!("name the backup to restore (see `mesbakctl list`)"))?;
+            .ok_or_else(|| named("Usage", "name the backup to restore (see `mesbakctl list`)"))?;
         let argument = backup_argument(given)?;
-        if !args.yes {
-            confirm(&agent, &argument, args.skip_safety_backup).await?;
+        let mut preview = agent.preview("restore", &argument).await.map_err(explain)?;
+        if args.skip_safety_backup {
+            preview.retain(|line| !line.starts_with("A safety backup"));
+            preview.push(
+                "No safety backup of the current data is taken (--skip-safety-backup).".into(),
+            );
         }
+        confirm(&preview, "Restore now?", args.yes, "restore")?;
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
@@ -376,59 +607,174 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
     follow(&conn, path, json).await
 }
 
-/// Asks on a terminal; refuses without one (use --yes in scripts).
-async fn confirm(agent: &AgentProxy<'_>, argument: &str, skip_safety: bool) -> Result<()> {
+/// Shows what will change and asks on a terminal; without one, `--yes` is
+/// required. The agent has already checked the caller (root) and the
+/// action (`Preview`), so nothing is asked that would then be refused.
+fn confirm(preview: &[String], question: &str, yes: bool, what: &str) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
     if !std::io::stdin().is_terminal() {
-        bail!("restore replaces live data; confirm with --yes when running without a terminal");
+        return Err(named(
+            "Refused",
+            format!(
+                "`mesbakctl {what}` changes or deletes data; without a terminal to confirm on, add --yes"
+            ),
+        ));
     }
-    let id = argument.rsplit('/').next().unwrap_or(argument);
-    let info = agent
-        .list_backups()
-        .await
-        .map_err(explain)?
-        .into_iter()
-        .find(|b| b.id == id);
-    let kind = info
-        .as_ref()
-        .map(|b| b.kind)
-        .unwrap_or(if id.ends_with(".tar.gz.enc") {
-            BackupKind::Ignition
-        } else {
-            BackupKind::Database
-        });
-    let made = info
-        .as_ref()
-        .map(|b| format!(" (made {})", b.created))
-        .unwrap_or_default();
-    eprintln!("This restores {id}{made}.");
-    match kind {
-        BackupKind::Database => {
-            eprintln!("  Replaced: the live database, after the restored copy has been checked.");
-            eprintln!(
-                "  Kept:     the current database, renamed, until `mesbakctl restore --drop-previous`;"
-            );
-            eprintln!("            `mesbakctl restore --rollback` puts it back.");
-            eprintln!(
-                "  Stopped during the restore: the configured writer containers (restarted after)."
-            );
-        }
-        BackupKind::Ignition => {
-            eprintln!("  Replaced: every file of the Ignition volume.");
-            eprintln!("  The gateway is stopped during the restore and started again after.");
-        }
+    for line in preview {
+        errln!("{line}");
     }
-    if skip_safety {
-        eprintln!("  No safety backup of the current data will be taken (--skip-safety-backup).");
-    } else {
-        eprintln!("  A safety backup of the current data is taken first.");
-    }
-    eprint!("Restore now? Type 'yes' to continue: ");
+    crate::output::write_err(format_args!("{question} Type 'yes' to continue: "));
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|err| anyhow!("cannot read the answer: {err}"))?;
     if answer.trim() != "yes" {
-        bail!("restore cancelled; nothing was changed");
+        return Err(named(
+            "Refused",
+            format!("`mesbakctl {what}` not confirmed; nothing was changed"),
+        ));
     }
     Ok(())
+}
+
+/// The job named (a number or a path), else the one running.
+async fn pick_job(
+    conn: &Connection,
+    agent: &AgentProxy<'_>,
+    given: Option<&str>,
+) -> Result<OwnedObjectPath> {
+    if let Some(given) = given {
+        let number = job_number(given).ok_or_else(|| {
+            named(
+                "InvalidArgument",
+                format!("'{given}' is not a job number; `mesbakctl jobs` lists them"),
+            )
+        })?;
+        return OwnedObjectPath::try_from(job_path(number)).map_err(|err| anyhow!("{err}"));
+    }
+    let running = running_jobs(conn, agent).await?;
+    match running.as_slice() {
+        [] => Err(named(
+            "NotFound",
+            "no job is running; `mesbakctl jobs` lists the recent ones",
+        )),
+        [one] => OwnedObjectPath::try_from(one.job.clone()).map_err(|err| anyhow!("{err}")),
+        many => Err(named(
+            "InvalidArgument",
+            format!(
+                "{} jobs are running ({}); name one",
+                many.len(),
+                many.iter()
+                    .map(|job| job_number(&job.job).unwrap_or(0).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// A job as `mesbakctl jobs --json` lists it.
+#[derive(Debug, Serialize)]
+struct JobSummary {
+    job: u64,
+    path: String,
+    operation: String,
+    target: String,
+    state: String,
+    stage: String,
+    progress: Option<f64>,
+    started_at: String,
+    finished_at: String,
+    message: String,
+}
+
+pub async fn jobs(json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let mut jobs = Vec::new();
+    for path in agent.jobs().await.map_err(bus)? {
+        let Ok(job) = job_proxy(&conn, path.clone()).await else {
+            continue;
+        };
+        let Ok(state) = job.state().await else {
+            continue;
+        };
+        let progress = job.progress().await.unwrap_or(-1.0);
+        jobs.push(JobSummary {
+            job: job_number(path.as_str()).unwrap_or(0),
+            path: path.to_string(),
+            operation: job.operation().await.unwrap_or_default(),
+            target: job.target().await.unwrap_or_default(),
+            state,
+            stage: job.stage().await.unwrap_or_default(),
+            progress: (progress >= 0.0).then_some(progress),
+            started_at: job.started_at().await.unwrap_or_default(),
+            finished_at: job.finished_at().await.unwrap_or_default(),
+            message: job.message().await.unwrap_or_default(),
+        });
+    }
+    if json {
+        return outln!("{}", serde_json::to_string_pretty(&jobs)?);
+    }
+    if jobs.is_empty() {
+        return outln!("No jobs (finished jobs are listed for 10 minutes).");
+    }
+    for job in &jobs {
+        let progress = job
+            .progress
+            .filter(|_| job.state == "running")
+            .map(|p| format!(" {:.0}%", p * 100.0))
+            .unwrap_or_default();
+        let detail = if job.state == "running" {
+            &job.stage
+        } else {
+            &job.message
+        };
+        outln!(
+            "{:>4}  {:<13} {:<10} {}{progress}  started {}  {}",
+            job.job,
+            job.operation,
+            job.state,
+            job.target,
+            job.started_at,
+            detail
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn wait(given: Option<&str>, json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = pick_job(&conn, &agent, given).await?;
+    follow(&conn, path, json).await
+}
+
+pub async fn cancel(given: Option<&str>, json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = pick_job(&conn, &agent, given).await?;
+    let job = job_proxy(&conn, path.clone()).await?;
+    job.cancel().await.map_err(explain)?;
+    if !json {
+        errln!(
+            "Cancel requested for job {}; waiting for it to put back what it changed...",
+            job_number(path.as_str()).unwrap_or(0)
+        );
+    }
+    match follow(&conn, path, json).await {
+        // Cancelled as asked: that is this command's success.
+        Err(err)
+            if err
+                .downcast_ref::<crate::output::Named>()
+                .is_some_and(|n| n.name == "Cancelled") =>
+        {
+            if !json {
+                outln!("{err}")?;
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// A point-in-time target as the agent takes it (RFC 3339): local times are
@@ -458,78 +804,18 @@ pub async fn test_restore_to_time(time: &str, json: bool) -> Result<()> {
     follow(&conn, path, json).await
 }
 
-/// Asks before a point-in-time restore, naming the window it comes from.
-async fn confirm_to_time(agent: &AgentProxy<'_>, time: &str, skip_safety: bool) -> Result<()> {
-    if !std::io::stdin().is_terminal() {
-        bail!("restore replaces live data; confirm with --yes when running without a terminal");
-    }
-    let status = agent.pitr_status().await.map_err(explain)?;
-    eprintln!("This restores the database as it was at {time}.");
-    if !status.window_from.is_empty() {
-        eprintln!(
-            "  Restorable window: {} to {}.",
-            status.window_from, status.window_to
-        );
-    }
-    eprintln!("  Recovered first in a scratch container (nothing live is touched), then:");
-    eprintln!("  Replaced: the live database, after the recovered copy has been checked.");
-    eprintln!(
-        "  Kept:     the current database, renamed, until `mesbakctl restore --drop-previous`."
-    );
-    if skip_safety {
-        eprintln!("  No safety backup of the current data will be taken (--skip-safety-backup).");
-    } else {
-        eprintln!("  A safety backup of the current data is taken first.");
-    }
-    ask("Restore now?", "restore cancelled; nothing was changed")
-}
-
-/// Reads 'yes' on the terminal, or fails with `refused`.
-fn ask(question: &str, refused: &str) -> Result<()> {
-    eprint!("{question} Type 'yes' to continue: ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if answer.trim() != "yes" {
-        bail!("{refused}");
-    }
-    Ok(())
-}
-
 pub async fn pitr(command: PitrCommand, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
     let path = match command {
         PitrCommand::Status => return pitr_status(&agent, json).await,
         PitrCommand::Enable { yes } => {
-            if !yes {
-                if !std::io::stdin().is_terminal() {
-                    bail!(
-                        "`pitr enable` changes the database server's configuration and restarts it; confirm with --yes when running without a terminal"
-                    );
-                }
-                let changes = agent.plan_pitr_enable().await.map_err(explain)?;
-                eprintln!("This turns point-in-time recovery on. On the database server:");
-                for change in &changes {
-                    eprintln!("  - {change}");
-                }
-                ask("Go ahead?", "nothing was changed")?;
-            }
+            let preview = agent.preview("pitr-enable", "").await.map_err(explain)?;
+            confirm(&preview, "Go ahead?", yes, "pitr enable")?;
             agent.pitr_enable().await.map_err(explain)?
         }
         PitrCommand::Disable { yes } => {
-            if !yes {
-                if !std::io::stdin().is_terminal() {
-                    bail!(
-                        "`pitr disable` changes the database server's configuration and restarts it; confirm with --yes when running without a terminal"
-                    );
-                }
-                eprintln!(
-                    "This turns point-in-time recovery off: the server stops archiving its WAL"
-                );
-                eprintln!(
-                    "(its container is restarted once); what was shipped stays until retention removes it."
-                );
-                ask("Go ahead?", "nothing was changed")?;
-            }
+            let preview = agent.preview("pitr-disable", "").await.map_err(explain)?;
+            confirm(&preview, "Go ahead?", yes, "pitr disable")?;
             agent.pitr_disable().await.map_err(explain)?
         }
         PitrCommand::Sync => agent.pitr_sync().await.map_err(explain)?,
@@ -560,61 +846,60 @@ async fn pitr_status(agent: &AgentProxy<'_>, json: bool) -> Result<()> {
             "last_shipped_at": time(&status.last_shipped_at),
             "last_error": time(&status.last_error),
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        let or_never = |text: &str| {
-            if text.is_empty() {
-                "never".to_owned()
-            } else {
-                text.to_owned()
-            }
-        };
-        println!(
-            "Point-in-time recovery: {}",
-            if status.enabled {
-                format!(
-                    "on since {} (archive {})",
-                    status.enabled_at, status.archive_directory
-                )
-            } else {
-                "off".to_owned()
-            }
-        );
-        println!(
-            "Restorable window:      {}",
-            if status.window_from.is_empty() {
-                "none yet".to_owned()
-            } else {
-                format!("{} to {}", status.window_from, status.window_to)
-            }
-        );
-        println!(
-            "WAL shipped up to:      {} ({})",
-            or_never(&status.newest_wal),
-            or_never(&status.newest_wal_time)
-        );
-        println!(
-            "Shipped:                {} WAL files, {} in all; {} waiting on the server",
-            status.wal_files,
-            indicatif::BinaryBytes(status.bytes),
-            status.waiting
-        );
-        println!("Base backups:           {}", status.base_backups.len());
-        for base in &status.base_backups {
-            println!(
-                "  {}  finished {}  from {}  {}",
-                base.id,
-                base.finished,
-                base.start_wal,
-                indicatif::BinaryBytes(base.size_bytes)
-            );
+        return outln!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    let or_never = |text: &str| {
+        if text.is_empty() {
+            "never".to_owned()
+        } else {
+            text.to_owned()
         }
-        for gap in &status.gaps {
-            println!("  ! missing WAL segment {gap}");
+    };
+    outln!(
+        "Point-in-time recovery: {}",
+        if status.enabled {
+            format!(
+                "on since {} (archive {})",
+                status.enabled_at, status.archive_directory
+            )
+        } else {
+            "off".to_owned()
         }
-        if !status.last_error.is_empty() {
-            println!("  ! last shipping failed: {}", status.last_error);
+    )?;
+    outln!(
+        "Restorable window:      {}",
+        if status.window_from.is_empty() {
+            "none yet".to_owned()
+        } else {
+            format!("{} to {}", status.window_from, status.window_to)
         }
+    )?;
+    outln!(
+        "WAL shipped up to:      {} ({})",
+        or_never(&status.newest_wal),
+        or_never(&status.newest_wal_time)
+    )?;
+    outln!(
+        "Shipped:                {} WAL files, {} in all; {} waiting on the server",
+        status.wal_files,
+        indicatif::BinaryBytes(status.bytes),
+        status.waiting
+    )?;
+    outln!("Base backups:           {}", status.base_backups.len())?;
+    for base in &status.base_backups {
+        outln!(
+            "  {}  finished {}  from {}  {}",
+            base.id,
+            base.finished,
+            base.start_wal,
+            indicatif::BinaryBytes(base.size_bytes)
+        )?;
+    }
+    for gap in &status.gaps {
+        outln!("  ! missing WAL segment {gap}")?;
+    }
+    if !status.last_error.is_empty() {
+        outln!("  ! last shipping failed: {}", status.last_error)?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod docs;
 mod offline;
+mod output;
 
 use std::process::ExitCode;
 
@@ -12,14 +13,45 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mesbakctl: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => output::fail(err, json),
     }
+}
+
+/// clap's own output for help and version; a usage error as one sentence
+/// (and JSON with --json), exit status 2.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|arg| arg == "--json") {
+        let message = err
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned();
+        let body = serde_json::json!({ "error": { "name": "Usage", "message": message } });
+        let _ = outln!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    }
+    let _ = err.print();
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,7 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(ask_agent(agent_command, cli.json))
+            let result = runtime.block_on(ask_agent(agent_command, cli.json));
+            // A prompt's reader may still wait on the terminal: do not wait for it.
+            runtime.shutdown_background();
+            result
         }
     }
 }
@@ -43,8 +78,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
     match command {
         Command::Backup { what } => client::backup(what.into(), json).await,
-        Command::List => client::list(json).await,
+        Command::List { ids } => client::list(json, ids).await,
         Command::Status => client::status(json).await,
+        Command::Jobs => client::jobs(json).await,
+        Command::Wait { job } => client::wait(job.as_deref(), json).await,
+        Command::Cancel { job } => client::cancel(job.as_deref(), json).await,
         Command::Verify { backup } => client::verify(&backup, json).await,
         Command::Restore(args) => client::restore(&args, json).await,
         Command::TestRestore { backup, to_time } => match to_time {
@@ -52,7 +90,7 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
             None => client::test_restore(backup.as_deref(), json).await,
         },
         Command::Pitr(command) => client::pitr(command, json).await,
-        Command::Prune { dry_run } => client::prune(dry_run, json).await,
+        Command::Prune { dry_run, yes } => client::prune(dry_run, yes, json).await,
         other => anyhow::bail!("`{}` does not talk to the agent", command_name(&other)),
     }
 }
@@ -60,8 +98,11 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Backup { .. } => "backup",
-        Command::List => "list",
+        Command::List { .. } => "list",
         Command::Status => "status",
+        Command::Jobs => "jobs",
+        Command::Wait { .. } => "wait",
+        Command::Cancel { .. } => "cancel",
         Command::Verify { .. } => "verify",
         Command::Restore(_) => "restore",
         Command::TestRestore { .. } => "test-restore",

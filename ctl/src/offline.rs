@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mesbak_format::{Decryptor, FormatError, Key};
+use mesbak_format::{Decryptor, FormatError, Key, KeyError};
 
 use crate::cli::DEFAULT_KEY_FILE;
 
@@ -14,13 +14,22 @@ use crate::cli::DEFAULT_KEY_FILE;
 /// else the default key file.
 pub fn load_key(key_file: Option<&Path>) -> Result<Key> {
     let key = match key_file {
-        Some(path) => Key::from_file(path)?,
+        Some(path) => Key::from_file(path),
         None => match Key::from_env() {
-            Some(key) => key?,
-            None => Key::from_file(Path::new(DEFAULT_KEY_FILE))?,
+            Some(key) => key,
+            None => Key::from_file(Path::new(DEFAULT_KEY_FILE)),
         },
     };
-    Ok(key)
+    key.map_err(|err| match err {
+        // Recovering: only the key the backup was made with can read it.
+        KeyError::Missing(_) => crate::output::named(
+            "KeyMissing",
+            format!(
+                "{err}; decrypting needs the key this backup was made with: find it (the copy kept away from the server, or BACKUP_ENCRYPTION_KEY in the stack's .env) and pass it with --key-file. A new key cannot read existing backups"
+            ),
+        ),
+        other => other.into(),
+    })
 }
 
 pub fn decrypt(file: &Path, key_file: Option<&Path>, output: Option<&Path>) -> Result<()> {
@@ -112,7 +121,7 @@ pub fn keygen(output: &Path) -> Result<()> {
         }
     }
     Key::generate_file(output)?;
-    eprintln!(
+    crate::errln!(
         "Created {} (mode 0600). Keep a copy somewhere safe away from this server: without it no backup can be restored.",
         output.display()
     );

@@ -21,7 +21,7 @@ const GENERATED_KEY_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path} does not exist; create one with `mesbakctl keygen -o {path}` or set {ENV_KEY_VAR}", path = .0.display())]
+    #[error("key file {path} does not exist (nor is {ENV_KEY_VAR} set)", path = .0.display())]
     Missing(PathBuf),
     #[error("key file {path} is a symbolic link; point the configuration at the real file", path = .0.display())]
     Symlink(PathBuf),

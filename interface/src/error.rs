@@ -28,6 +28,9 @@ pub enum Error {
     Database(String),
     /// The agent's configuration is invalid.
     Config(String),
+    /// The job was cancelled on request (`Cancel`); the message says what
+    /// was put back.
+    Cancelled(String),
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -47,6 +50,7 @@ impl Error {
             Error::Docker(_) => "Docker",
             Error::Database(_) => "Database",
             Error::Config(_) => "Config",
+            Error::Cancelled(_) => "Cancelled",
             Error::Failed(_) => "Failed",
         }
     }
@@ -63,6 +67,7 @@ impl Error {
             "Docker" => Error::Docker(message),
             "Database" => Error::Database(message),
             "Config" => Error::Config(message),
+            "Cancelled" => Error::Cancelled(message),
             _ => Error::Failed(message),
         }
     }
@@ -80,6 +85,7 @@ impl Error {
             | Error::Docker(m)
             | Error::Database(m)
             | Error::Config(m)
+            | Error::Cancelled(m)
             | Error::Failed(m) => m.clone(),
         }
     }
@@ -110,6 +116,7 @@ mod tests {
             Error::Docker(String::new()),
             Error::Database(String::new()),
             Error::Config(String::new()),
+            Error::Cancelled(String::new()),
             Error::Failed(String::new()),
         ] {
             assert_eq!(

@@ -9,8 +9,9 @@ mod types;
 pub use error::Error;
 pub use proxy::{AgentProxy, JobProxy};
 pub use types::{
-    BackupInfo, BackupKind, BackupTarget, Health, JobOperation, JobState, ParseNameError, PitrBase,
-    PitrStatus, RestoreOptions, StatusReport, time_from_wire, wire_time,
+    BackupInfo, BackupKind, BackupTarget, Health, JobOperation, JobState, KeptDatabase,
+    ParseNameError, PitrBase, PitrStatus, RestoreOptions, RunningJob, StatusReport, time_from_wire,
+    wire_time,
 };
 
 /// Well-known bus name the agent owns on the system bus.
@@ -34,4 +35,14 @@ pub const INTROSPECTION_XML: &str = include_str!("../org.mesbak.Agent1.xml");
 /// Path of job number `id`.
 pub fn job_path(id: u64) -> String {
     format!("{JOBS_PATH}/{id}")
+}
+
+/// The number of a job from its path or its number as typed.
+pub fn job_number(given: &str) -> Option<u64> {
+    given
+        .strip_prefix(JOBS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(given)
+        .parse()
+        .ok()
 }

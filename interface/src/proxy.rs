@@ -4,7 +4,7 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BackupInfo, Error, PitrStatus, RestoreOptions};
+use crate::{BackupInfo, Error, KeptDatabase, PitrStatus, RestoreOptions};
 
 /// The manager object, `/org/mesbak/Agent1`.
 #[proxy(
@@ -25,11 +25,20 @@ pub trait Agent {
     /// Restores a backup (root only). See `RestoreOptions`.
     fn restore(&self, backup: &str, options: RestoreOptions) -> Result<OwnedObjectPath, Error>;
 
-    /// Puts back the database the last restore replaced (root only).
+    /// Puts back the database the newest restore replaced (root only).
+    /// Refused once that restore was rolled back: not a toggle.
     fn rollback_restore(&self) -> Result<OwnedObjectPath, Error>;
 
-    /// Drops the database the last restore kept (root only).
-    fn drop_previous(&self) -> Result<OwnedObjectPath, Error>;
+    /// Drops a kept database by name (see `PreviousDatabases`); "" means
+    /// the one the newest restore kept (root only).
+    fn drop_previous(&self, name: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// What a destructive action would change, one sentence per line, for
+    /// the confirmation prompt: `action` is `restore` (argument: the
+    /// backup), `rollback`, `drop-previous` (argument: the name or "") or
+    /// `prune`. Fails as the action itself would (nothing to roll back, a
+    /// backup that does not exist, ...). Changes nothing.
+    fn preview(&self, action: &str, argument: &str) -> Result<Vec<String>, Error>;
 
     /// Restores a database backup into a scratch database and checks it;
     /// an empty id means the newest database backup.
@@ -40,9 +49,6 @@ pub trait Agent {
 
     /// Deletes what retention allows (root only).
     fn prune(&self) -> Result<OwnedObjectPath, Error>;
-
-    /// What `PitrEnable` would change on the database server.
-    fn plan_pitr_enable(&self) -> Result<Vec<String>, Error>;
 
     /// Turns point-in-time recovery on (root only).
     fn pitr_enable(&self) -> Result<OwnedObjectPath, Error>;
@@ -100,6 +106,10 @@ pub trait Agent {
     /// Job objects that exist now, running or recently finished.
     #[zbus(property)]
     fn jobs(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+
+    /// Databases kept by restores and rollbacks, until dropped.
+    #[zbus(property)]
+    fn previous_databases(&self) -> zbus::Result<Vec<KeptDatabase>>;
 }
 
 /// A job object, `/org/mesbak/Agent1/jobs/<n>`.
@@ -108,6 +118,13 @@ pub trait Agent {
     default_service = "org.mesbak.Agent1"
 )]
 pub trait Job {
+    /// Asks the job to stop at its next safe point and put back what it
+    /// changed; it then ends with state `cancelled`. Refused (`Failed`)
+    /// once the job is past the point of no return (a restore that has
+    /// switched the database), and for callers other than root and the
+    /// job's owner (`NotAuthorized`).
+    fn cancel(&self) -> Result<(), Error>;
+
     /// Emitted once when the job ends.
     #[zbus(signal)]
     fn finished(&self, success: bool, message: String) -> zbus::Result<()>;
@@ -164,4 +181,8 @@ pub trait Job {
     /// Things that went right but deserve a look.
     #[zbus(property)]
     fn warnings(&self) -> zbus::Result<Vec<String>>;
+
+    /// Whether `Cancel` would still be accepted.
+    #[zbus(property)]
+    fn cancellable(&self) -> zbus::Result<bool>;
 }

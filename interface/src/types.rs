@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use zbus::zvariant::{DeserializeDict, SerializeDict, Type};
+use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
 /// A name that is not one of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,8 @@ wire_enum!(
         Running = "running",
         Succeeded = "succeeded",
         Failed = "failed",
+        /// Stopped on request (`Cancel`), with what it changed put back.
+        Cancelled = "cancelled",
     }
 );
 
@@ -172,6 +174,39 @@ pub struct BackupInfo {
     pub warnings: Vec<String>,
 }
 
+/// A database a restore or a rollback replaced and kept (`<name>_previous_*`,
+/// `<name>_rolledback_*`), as the `PreviousDatabases` property lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Value, OwnedValue)]
+pub struct KeptDatabase {
+    /// Its name on the server now.
+    pub name: String,
+    /// The live name it had, and gets back on rollback.
+    pub live_name: String,
+    /// RFC 3339: when it stopped being live.
+    pub replaced_at: String,
+    /// The backup restored in its place ("" when it was replaced by a rollback).
+    pub restored_backup: String,
+    /// Size on the server when last measured; 0 when not known.
+    pub size_bytes: u64,
+    /// Whether `RollbackRestore` would make it live again: only the database
+    /// the newest restore replaced, and only until it was rolled back once.
+    pub rollback_target: bool,
+}
+
+/// A job that is still running, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningJob {
+    /// Its object path (`mesbakctl wait` takes it, or its number).
+    pub job: String,
+    pub operation: JobOperation,
+    pub target: String,
+    pub stage: String,
+    /// 0.0 to 1.0, or null when not known.
+    pub progress: Option<f64>,
+    pub bytes_done: u64,
+    pub started_at: String,
+}
+
 /// Options of `Restore`, as `a{sv}`; absent keys take their defaults.
 #[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
 #[zvariant(signature = "a{sv}", rename_all = "kebab-case")]
@@ -193,6 +228,12 @@ pub struct StatusReport {
     pub last_test_restore_ok: Option<bool>,
     /// Why the status is not healthy, one sentence each.
     pub problems: Vec<String>,
+    /// Jobs running now.
+    #[serde(default)]
+    pub running_jobs: Vec<RunningJob>,
+    /// Databases kept by restores and rollbacks, until dropped.
+    #[serde(default)]
+    pub previous_databases: Vec<KeptDatabase>,
 }
 
 /// One physical base backup of point-in-time recovery.
@@ -276,5 +317,6 @@ mod tests {
             PitrStatus::SIGNATURE.to_string(),
             "(bssa(sssst)ssssasuttss)"
         );
+        assert_eq!(KeptDatabase::SIGNATURE.to_string(), "(sssstb)");
     }
 }

@@ -215,7 +215,10 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
         our_restore = our_restore.min(started.elapsed());
         assert!(outcome.success, "{}", outcome.message);
-        let drop = proxy.drop_previous().await.expect("drop the kept database");
+        let drop = proxy
+            .drop_previous("")
+            .await
+            .expect("drop the kept database");
         let (ok, message) = wait_job(agent.connection(), &drop).await;
         assert!(ok, "{message}");
     }

@@ -671,6 +671,18 @@ pub async fn agent_proxy(connection: &zbus::Connection) -> AgentProxy<'static> {
         .expect("build AgentProxy")
 }
 
+/// A proxy of the job object at `path` that reads properties fresh each
+/// time (for `Cancel`, `State`, `Cancellable`...).
+pub async fn job_proxy(connection: &zbus::Connection, path: &str) -> JobProxy<'static> {
+    JobProxy::builder(connection)
+        .path(path.to_owned())
+        .unwrap_or_else(|err| panic!("not a job path {path}: {err}"))
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("build JobProxy")
+}
+
 /// Waits (up to 120 s) until the job at `job` has handled `bytes` and its
 /// stage contains `stage`, to interrupt it there; panics if the job ends
 /// first.
@@ -680,13 +692,7 @@ pub async fn wait_for_progress(
     stage: &str,
     bytes: u64,
 ) {
-    let proxy = JobProxy::builder(connection)
-        .path(job.clone())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
+    let proxy = job_proxy(connection, job.as_str()).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let now_stage = proxy.stage().await.unwrap_or_default();

@@ -29,18 +29,21 @@ mod agent;
 mod bus;
 mod fingerprint;
 mod postgres;
+mod receiver;
 pub mod util;
 mod volume;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
-    mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome, write_private,
+    job_proxy, mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome,
+    write_private,
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
 pub use postgres::{
     ADMIN, DEFAULT_DB, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
 };
+pub use receiver::{HttpReceiver, Received, SmtpServer};
 pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};
 
 /// Runs each database test on both servers: PostgreSQL 15 and the plant's

@@ -335,7 +335,7 @@ async fn full_disks_are_refused_before_and_handled_during_a_backup(flavor: Flavo
     assert!(pg.fingerprint("mes").total_rows() > before.total_rows());
 }
 
-async fn a_dump_missing_a_configured_schema_degrades_health(flavor: Flavor) {
+async fn a_dump_missing_a_configured_schema_makes_health_unhealthy(flavor: Flavor) {
     let bus = Bus::start();
     let pg = Postgres::with_fixture_on(flavor);
     pg.psql("mes", "DROP SCHEMA mes_custom CASCADE;");
@@ -351,7 +351,7 @@ async fn a_dump_missing_a_configured_schema_degrades_health(flavor: Flavor) {
     );
     let out = mesbakctl(&bus).args(["status", "--json"]).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(status["status"], "healthy", "{status}");
+    assert_eq!(status["status"], "unhealthy", "{status}");
     let problems = status["problems"].to_string();
     assert!(problems.contains("mes_custom"), "{problems}");
     for key in [
@@ -453,6 +453,6 @@ on_both_servers!(
     a_stopped_database_container_is_started_and_stopped_again,
     an_agent_killed_mid_backup_leaves_no_complete_looking_file,
     full_disks_are_refused_before_and_handled_during_a_backup,
-    a_dump_missing_a_configured_schema_degrades_health,
+    a_dump_missing_a_configured_schema_makes_health_unhealthy,
     retention_runs_after_success_and_keeps_the_newest,
 );

@@ -737,10 +737,11 @@ async fn binaries_build_once_and_mesbakctl_runs_as_each_user() {
 }
 
 /// The agent's own parser accepts what `AgentConfig` writes
-/// (`mesbak-agent --check-config`; its sections deny unknown keys).
+/// (`mesbak-agent --check-config --syntax-only`; its sections deny unknown
+/// keys).
 fn assert_agent_accepts(config: &AgentConfig) {
     let out = std::process::Command::new(binary("mesbak-agent"))
-        .arg("--check-config")
+        .args(["--check-config", "--syntax-only"])
         .arg("--config")
         .arg(config.write())
         .env_remove("POSTGRES_PASSWORD")

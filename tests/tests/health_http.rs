@@ -194,8 +194,11 @@ fn write_sidecar(
         "source": if kind == "database" { "mes" } else { "ignition-data" },
         "server_version": if kind == "database" { "15.10" } else { "" },
         "timescaledb_version": "",
+        "table_rows": schemas
+            .iter()
+            .map(|schema| (format!("{schema}.t"), json!(1)))
+            .collect::<serde_json::Map<String, Value>>(),
         "schemas": schemas,
-        "table_rows": {},
         "downtime_ms": 0,
         "warnings": [],
     });

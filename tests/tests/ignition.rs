@@ -913,4 +913,70 @@ async fn a_swap_cut_short_is_undone_or_finished_by_the_next_job() {
     assert!(helpers_of(&config).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_volume_backup_and_restore_leave_nothing_behind() {
+    let volume = Volume::create_populated();
+    volume.sh("head -c 157286400 /dev/urandom > big.bin");
+    let Stack {
+        bus: _bus,
+        volume,
+        gateway,
+        config,
+        agent,
+    } = Stack::start(volume, true, AgentConfig::new(), |_| {}).await;
+    let cancel = |job: OwnedObjectPath| {
+        let conn = agent.connection().clone();
+        async move { job_proxy(&conn, job.as_str()).await.cancel().await.unwrap() }
+    };
+
+    // A backup cancelled during the copy: no file, the gateway running again.
+    let job = agent.proxy().await.backup("ignition").await.unwrap();
+    wait_for_progress(agent.connection(), &job, "copying volume", 0).await;
+    cancel(job.clone()).await;
+    let outcome = finish(&agent, job).await;
+    assert_eq!(outcome.error_name, "Cancelled", "{}", outcome.message);
+    let names: Vec<String> = std::fs::read_dir(config.backup_dir().join("ignition"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+    assert!(gateway.is_running(), "the gateway was left stopped");
+    assert!(journal_is_empty(&config));
+    assert!(helpers_of(&config).is_empty(), "{:?}", helpers_of(&config));
+
+    // A restore cancelled while it extracts: the volume as it was.
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    volume.sh("printf changed > logs/wrapper.log; mkdir newer");
+    let changed = exact_listing(&volume);
+    let job = agent
+        .proxy()
+        .await
+        .restore(
+            &made.files[0],
+            RestoreOptions {
+                skip_safety_backup: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_progress(agent.connection(), &job, "extracting", 8 << 20).await;
+    cancel(job.clone()).await;
+    let outcome = finish(&agent, job).await;
+    assert_eq!(outcome.error_name, "Cancelled", "{}", outcome.message);
+    assert!(
+        outcome.message.contains("was not changed"),
+        "{}",
+        outcome.message
+    );
+    assert_same_listing(
+        &exact_listing(&volume),
+        &changed,
+        "after a cancelled restore",
+    );
+    assert!(gateway.is_running());
+    assert!(!config.state_dir().join("ignition-restore.json").exists());
+    assert!(helpers_of(&config).is_empty(), "{:?}", helpers_of(&config));
+}
+
 on_both_servers!(backup_all_gives_both_halves_one_timestamp);

@@ -98,6 +98,25 @@ async fn setup(flavor: Flavor, bulk_mib: u64) -> Setup {
     }
 }
 
+/// Starts a restore of the setup's backup (no safety backup) and waits
+/// until 8 MiB are loaded, to interrupt it there.
+async fn restore_until_loading(s: &Setup) -> zbus::zvariant::OwnedObjectPath {
+    let job = s
+        .agent
+        .proxy()
+        .await
+        .restore(
+            &s.backup_id,
+            RestoreOptions {
+                skip_safety_backup: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    job
+}
+
 /// Changes rows, a sequence and a role after the backup.
 fn change_data(pg: &Postgres) {
     pg.psql(
@@ -167,9 +186,10 @@ async fn restore_brings_back_the_backup_and_keeps_the_previous_database(flavor: 
     );
     assert!(restore_databases(&s.pg).is_empty());
 
-    // Rollback puts the changed database back; drop-previous removes the restored one.
+    // Rollback puts the changed database back, once; drop-previous removes
+    // the restored one.
     let out = mesbakctl(&s.bus)
-        .args(["restore", "--rollback"])
+        .args(["restore", "--rollback", "--yes"])
         .output()
         .unwrap();
     assert!(
@@ -180,7 +200,19 @@ async fn restore_brings_back_the_backup_and_keeps_the_previous_database(flavor: 
     s.pg.fingerprint("mes")
         .assert_same(&changed, "after rollback");
     let out = mesbakctl(&s.bus)
-        .args(["restore", "--drop-previous"])
+        .args(["restore", "--rollback", "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second rollback was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already rolled back"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.pg.fingerprint("mes")
+        .assert_same(&changed, "after a refused second rollback");
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--drop-previous", "--yes"])
         .output()
         .unwrap();
     assert!(
@@ -195,7 +227,7 @@ async fn restore_brings_back_the_backup_and_keeps_the_previous_database(flavor: 
             .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let out = mesbakctl(&s.bus)
-        .args(["restore", "--drop-previous"])
+        .args(["restore", "--drop-previous", "--yes"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -323,19 +355,7 @@ async fn an_agent_killed_mid_restore_is_repaired_at_its_next_start(flavor: Flavo
     let mut s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
-    let job = s
-        .agent
-        .proxy()
-        .await
-        .restore(
-            &s.backup_id,
-            RestoreOptions {
-                skip_safety_backup: Some(true),
-            },
-        )
-        .await
-        .unwrap();
-    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    restore_until_loading(&s).await;
     s.agent.kill9();
     assert!(
         !s.writer.is_running(),
@@ -375,19 +395,7 @@ async fn the_database_server_stopping_mid_restore_leaves_the_live_database(flavo
     let s = setup(flavor, 120).await;
     change_data(&s.pg);
     let live = s.pg.fingerprint("mes");
-    let job = s
-        .agent
-        .proxy()
-        .await
-        .restore(
-            &s.backup_id,
-            RestoreOptions {
-                skip_safety_backup: Some(true),
-            },
-        )
-        .await
-        .unwrap();
-    wait_for_progress(s.agent.connection(), &job, "restoring ", 8 << 20).await;
+    let job = restore_until_loading(&s).await;
     s.pg.stop();
     let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success);
@@ -570,3 +578,128 @@ on_both_servers!(
     test_restore_passes_and_fails_and_is_recorded,
     a_restore_without_room_for_a_second_copy_is_refused,
 );
+
+/// Every database a restore keeps is tracked, shown, measured and droppable
+/// by name; the rollback prompt names the database that becomes live.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kept_database_is_tracked_shown_and_droppable_by_name() {
+    let s = setup(Flavor::Postgres15, 0).await;
+    for round in 0..2 {
+        s.pg.psql(
+            "mes",
+            &format!("UPDATE mes_core.asset_definition SET notes = 'round {round}';"),
+        );
+        let out = mesbakctl(&s.bus)
+            .args(["restore", &s.backup_id, "--yes", "--skip-safety-backup"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Distinct names: the stamp has a one-second resolution.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let on_server: Vec<String> =
+        s.pg.databases()
+            .into_iter()
+            .filter(|d| d.starts_with("mes_previous_"))
+            .collect();
+    assert_eq!(on_server.len(), 2, "{on_server:?}");
+    let out = mesbakctl(&s.bus)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = status["previous_databases"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "{status}");
+    for db in kept {
+        assert!(
+            on_server.contains(&db["name"].as_str().unwrap().to_owned()),
+            "{status}"
+        );
+        assert!(db["size_bytes"].as_u64().unwrap() > 0, "{status}");
+    }
+    // The newest is the rollback target; the older one only droppable.
+    let newest = kept[0]["name"].as_str().unwrap().to_owned();
+    let older = kept[1]["name"].as_str().unwrap().to_owned();
+    assert_eq!(kept[0]["rollback_target"], true, "{status}");
+    assert_eq!(kept[1]["rollback_target"], false, "{status}");
+    let out = mesbakctl(&s.bus).arg("list").output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&newest) && listed.contains(&older),
+        "{listed}"
+    );
+
+    // Drop the older one by name; the newest stays the rollback target.
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--drop-previous", &older, "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.pg.databases().contains(&older));
+    assert!(s.pg.databases().contains(&newest));
+    // The live database is never dropped that way.
+    let out = mesbakctl(&s.bus)
+        .args(["restore", "--drop-previous", "mes", "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(s.pg.databases().contains(&"mes".to_owned()));
+
+    // The rollback prompt says which database becomes live.
+    let mut cmd = mesbakctl(&s.bus);
+    cmd.args(["restore", "--rollback"]).env("TERM", "dumb");
+    let mut session = rexpect::session::spawn_command(cmd, Some(60_000)).unwrap();
+    session
+        .exp_string(&format!("Made live again: '{newest}'"))
+        .unwrap();
+    session.exp_string("Type 'yes' to continue:").unwrap();
+    session.send_line("no").unwrap();
+    session.exp_string("nothing was changed").unwrap();
+    assert!(s.pg.databases().contains(&newest));
+}
+
+/// A restore cancelled before the swap drops its new database and puts the
+/// writers back; the live database is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_cancelled_before_the_swap_changes_nothing() {
+    let s = setup(Flavor::Postgres15, 120).await;
+    change_data(&s.pg);
+    let live = s.pg.fingerprint("mes");
+    let writer_started = s.writer.started_at();
+    let job = restore_until_loading(&s).await;
+    assert!(
+        !s.writer.is_running(),
+        "the writer should be stopped mid-restore"
+    );
+    let proxy = job_proxy(s.agent.connection(), job.as_str()).await;
+    assert!(proxy.cancellable().await.unwrap());
+    proxy.cancel().await.unwrap();
+    let outcome = wait_job_outcome(s.agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.error_name, "Cancelled", "{}", outcome.message);
+    assert!(
+        outcome.message.contains("live database was not changed"),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        restore_databases(&s.pg).is_empty(),
+        "{:?}",
+        s.pg.databases()
+    );
+    assert!(s.writer.is_running(), "the writer was left stopped");
+    assert_ne!(s.writer.started_at(), writer_started);
+    s.pg.fingerprint("mes")
+        .assert_same(&live, "after a cancelled restore");
+    assert!(!s.config.state_dir().join("restore.json").exists());
+    // An ended job cannot be cancelled again.
+    assert!(proxy.cancel().await.is_err());
+}

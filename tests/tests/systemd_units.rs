@@ -17,6 +17,7 @@ const UNITS: &[&str] = &[
     "mesbak-backup.timer",
     "mesbak-test-restore.service",
     "mesbak-test-restore.timer",
+    "mesbak-notify-failure@.service",
 ];
 
 fn systemd_dir() -> PathBuf {
@@ -76,12 +77,18 @@ fn units_pass_systemd_analyze_verify() {
     let expected = format!(
         "mesbak-agent.service: Command {agent_binary} is not executable: No such file or directory"
     );
+    // The notify template runs the same binary (verified as instance "i").
+    let expected_notify = format!(
+        "mesbak-notify-failure@i.service: Command {agent_binary} is not executable: No such file or directory"
+    );
     let all = text(&output);
     let binary_missing = !Path::new(&agent_binary).exists();
     let unexpected: Vec<&str> = all
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .filter(|line| line.trim() != expected || !binary_missing)
+        .filter(|line| {
+            !binary_missing || (line.trim() != expected && line.trim() != expected_notify)
+        })
         .collect();
     assert!(
         unexpected.is_empty(),
@@ -248,4 +255,44 @@ fn tmpfiles_and_sysusers_make_the_folders_and_the_group() {
         group.lines().any(|line| line.starts_with("mesbak:x:")),
         "no group mesbak in {group}"
     );
+}
+
+#[test]
+fn failures_of_every_mesbak_unit_alert_through_the_notifier() {
+    for unit in [
+        "mesbak-agent.service",
+        "mesbak-backup.service",
+        "mesbak-test-restore.service",
+    ] {
+        assert_eq!(
+            value(&read(unit), "OnFailure"),
+            "mesbak-notify-failure@%n.service",
+            "{unit}"
+        );
+    }
+    let notifier = read("mesbak-notify-failure@.service");
+    assert_eq!(
+        value(&notifier, "ExecStart"),
+        "/usr/sbin/mesbak-agent --config /etc/mesbak/mesbak.toml --notify-failure %i"
+    );
+    assert_eq!(value(&notifier, "Type"), "oneshot");
+    // Sandboxed like the clients, but it must reach the receivers.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join("mesbak-notify-failure@mesbak-backup.service.service");
+    fs::write(&path, &notifier).unwrap();
+    let output = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path));
+    let all = text(&output);
+    let level: f64 = all
+        .lines()
+        .find_map(|line| line.split("Overall exposure level for ").nth(1))
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{all}"));
+    assert!(level <= MAX_AGENT_EXPOSURE, "notifier exposure {level}");
+    assert!(values(&notifier, "RestrictAddressFamilies")[0].contains("AF_INET"));
 }

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use zbus::interface;
+use mesbak_interface::Error;
+use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::{Connection, interface};
 
+use super::caller_uid;
 use crate::jobs::Job;
 
 pub struct JobObject {
@@ -21,6 +24,27 @@ impl JobObject {
 
 #[interface(name = "org.mesbak.Agent1.Job")]
 impl JobObject {
+    /// Asks the job to stop at its next safe point and put back what it
+    /// changed (root, or whoever started the job).
+    async fn cancel(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), Error> {
+        let uid = caller_uid(conn, &header).await?;
+        if uid != 0 && uid != self.job.caller_uid {
+            return Err(Error::NotAuthorized(format!(
+                "job {} was started by uid {}; only that user or root may cancel it (you are uid {uid})",
+                self.job.id, self.job.caller_uid
+            )));
+        }
+        self.job.cancel()?;
+        tracing::info!(job = self.job.id, uid, "job cancel accepted");
+        let _ = self.cancellable_changed(&emitter).await;
+        Ok(())
+    }
+
     /// Emitted once when the job ends.
     #[zbus(signal)]
     async fn finished(
@@ -98,6 +122,11 @@ impl JobObject {
     fn warnings(&self) -> Vec<String> {
         self.job.warnings()
     }
+
+    #[zbus(property)]
+    fn cancellable(&self) -> bool {
+        self.job.cancellable()
+    }
 }
 
 /// Publishes the properties that move while a job runs. The interface lock
@@ -112,6 +141,7 @@ pub async fn progress_changed(iface: &InterfaceRef<JobObject>) {
     let _ = object.stage_changed(emitter).await;
     let _ = object.files_changed(emitter).await;
     let _ = object.warnings_changed(emitter).await;
+    let _ = object.cancellable_changed(emitter).await;
 }
 
 /// Publishes the end of a job: final properties, then `Finished`.

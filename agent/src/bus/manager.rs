@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use mesbak_interface::{
-    BackupInfo, BackupTarget, Error, JobOperation, MANAGER_PATH, PitrStatus, RestoreOptions,
-    job_path, wire_time,
+    BackupInfo, BackupTarget, Error, JobOperation, KeptDatabase, MANAGER_PATH, PitrStatus,
+    RestoreOptions, job_path, wire_time,
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
@@ -15,7 +15,7 @@ use zbus::{Connection, interface};
 
 use super::{caller_uid, launch, require_root};
 use crate::app::App;
-use crate::{backup, restore, retention, verify};
+use crate::{backup, kept, preview, restore, retention, verify};
 
 pub struct Manager {
     app: Arc<App>,
@@ -121,7 +121,8 @@ impl Manager {
         .await
     }
 
-    /// Puts back the database the last restore replaced (root only).
+    /// Puts back the database the newest restore replaced (root only).
+    /// Refused once that restore was rolled back: not a toggle.
     async fn rollback_restore(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -138,21 +139,57 @@ impl Manager {
         .await
     }
 
-    /// Drops the database the last restore kept (root only).
+    /// Drops a kept database by name (see `PreviousDatabases`); "" means
+    /// the one the newest restore kept (root only).
     async fn drop_previous(
         &self,
+        name: &str,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        require_root(uid, "dropping a kept database")?;
+        let kept = kept::find(&self.app, name)?;
         self.start(
             conn,
-            caller_uid(conn, &header).await?,
+            uid,
             JobOperation::DropPrevious,
-            String::new(),
-            Some("dropping the previous database"),
-            restore::drop_previous,
+            kept.name.clone(),
+            None,
+            move |app, job| restore::drop_previous(app, job, kept),
         )
         .await
+    }
+
+    /// What a destructive action would change, one sentence per line, for
+    /// the confirmation prompt: `action` is `restore` (argument: the
+    /// backup), `rollback`, `drop-previous` (argument: the name or "") or
+    /// `prune`. Fails as the action itself would (nothing to roll back, a
+    /// backup that does not exist, ...). Changes nothing.
+    async fn preview(
+        &self,
+        action: &str,
+        argument: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        match action {
+            // These ask the database server what it would change.
+            "pitr-enable" => {
+                super::require_root(uid, "turning point-in-time recovery on")?;
+                crate::pitr::preview_enable(&self.app).await
+            }
+            "pitr-disable" => {
+                super::require_root(uid, "turning point-in-time recovery off")?;
+                crate::pitr::preview_disable(&self.app)
+            }
+            "restore-to-time" => {
+                super::require_root(uid, "restore")?;
+                crate::pitr::preview_restore(&self.app, argument)
+            }
+            _ => preview::describe(&self.app, action, argument, uid),
+        }
     }
 
     /// Restores a database backup into a scratch database and checks it;
@@ -200,12 +237,6 @@ impl Manager {
             |app, job| async move { prune(&app, &job) },
         )
         .await
-    }
-
-    /// What `PitrEnable` would change on the database server, one line
-    /// each (for the confirmation).
-    async fn plan_pitr_enable(&self) -> Result<Vec<String>, Error> {
-        crate::pitr::plan_enable(&self.app).await
     }
 
     /// Turns point-in-time recovery on (root only): configures the server's
@@ -380,6 +411,12 @@ impl Manager {
             .filter_map(|id| OwnedObjectPath::try_from(job_path(id)).ok())
             .collect()
     }
+
+    /// Databases kept by restores and rollbacks, until dropped.
+    #[zbus(property)]
+    fn previous_databases(&self) -> Vec<KeptDatabase> {
+        kept::list(&self.app)
+    }
 }
 
 fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
@@ -389,7 +426,14 @@ fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
         app.config.retention.days,
         OffsetDateTime::now_utc(),
     );
-    for backup in &expired {
+    for (done, backup) in expired.iter().enumerate() {
+        job.check_cancel(&match done {
+            0 => "nothing was deleted".to_owned(),
+            n => format!(
+                "{n} of {} expired backups were deleted before that",
+                expired.len()
+            ),
+        })?;
         app.storage.delete(backup)?;
         tracing::info!(job = job.id, file = %backup.id, "pruned a backup");
     }
@@ -431,6 +475,7 @@ pub async fn health_changed(conn: &Connection) {
     let _ = object.last_ignition_backup_changed(emitter).await;
     let _ = object.last_test_restore_changed(emitter).await;
     let _ = object.last_test_restore_result_changed(emitter).await;
+    let _ = object.previous_databases_changed(emitter).await;
 }
 
 /// Publishes the list of job objects.

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesbak_interface::{Error, MANAGER_PATH, job_path};
+use mesbak_interface::{Error, JobOperation, MANAGER_PATH, job_path};
 use zbus::Connection;
 use zbus::message::Header;
 use zbus::zvariant::OwnedObjectPath;
@@ -20,6 +20,7 @@ pub use manager::Manager;
 
 use crate::app::App;
 use crate::jobs::Job;
+use crate::notify::{Event, EventKind};
 
 /// How often a running job publishes its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -72,6 +73,14 @@ where
         return Err(err.into());
     }
     tracing::info!(job = job.id, operation = %job.operation, target = %job.target, uid = job.caller_uid, "job started");
+    if job.operation == JobOperation::Backup {
+        app.notifier.send(Event::new(
+            EventKind::BackupStarted,
+            format!("backup of {} started", job.target),
+            "",
+            "",
+        ));
+    }
     manager::jobs_changed(conn).await;
     let conn = conn.clone();
     tokio::spawn(async move {
@@ -105,6 +114,7 @@ where
         } else {
             tracing::error!(job = job.id, operation = %job.operation, duration_ms = elapsed_ms, error = %job.error_name(), message = %message, "job failed");
         }
+        alert_end(&app, &job, &result);
         if let Ok(iface) = &iface {
             job::finished(iface, success, &message).await;
         }
@@ -118,6 +128,39 @@ where
         manager::jobs_changed(&conn).await;
     });
     Ok(object_path)
+}
+
+/// Alerts for the end of a backup or a test restore; a cancelled job
+/// alerts nobody.
+fn alert_end(app: &App, job: &Job, result: &Result<String, Error>) {
+    let files = job.files();
+    let event = match (job.operation, result) {
+        (_, Err(Error::Cancelled(_))) => return,
+        (JobOperation::Backup, Ok(message)) => Event::new(
+            EventKind::BackupSucceeded,
+            format!("backup of {} succeeded", job.target),
+            message.clone(),
+            "",
+        ),
+        (JobOperation::Backup, Err(err)) => Event::new(
+            EventKind::BackupFailed,
+            format!("the backup of {} failed", job.target),
+            err.message(),
+            "Fix the cause, then run `mesbakctl backup` (details: `journalctl -u mesbak-agent`).",
+        ),
+        (JobOperation::TestRestore, Err(err)) => Event::new(
+            EventKind::TestRestoreFailed,
+            format!("the test restore of {} failed", job.target),
+            err.message(),
+            "This backup may not restore: check it with `mesbakctl verify`, take a new backup and run `mesbakctl test-restore` again.",
+        ),
+        _ => return,
+    };
+    let backup = match job.operation {
+        JobOperation::TestRestore => Some(job.target.clone()),
+        _ => (!files.is_empty()).then(|| files.join(", ")),
+    };
+    app.notifier.send(event.with_backup(backup));
 }
 
 /// Serves every object, then asks for the well-known name.

@@ -305,7 +305,8 @@ async fn settle(app: &App, docker: &Docker) -> Result<Source, Error> {
     })
 }
 
-fn quoted(names: &[String]) -> String {
+/// `'a', 'b'`: names for a sentence.
+pub(crate) fn quoted(names: &[String]) -> String {
     names
         .iter()
         .map(|name| format!("'{name}'"))

@@ -85,7 +85,13 @@ impl Copy<'_> {
             // The root as found, to give its time back if the restore fails.
             record.root = parse_stat(&made);
             save_record(app, Some(&record))?;
-            self.upload(key, backup, &record.staging).await
+            let walked = self.upload(key, backup, &record.staging).await?;
+            // The point of no return: from the swap on, the restore finishes.
+            job.commit(
+                format!("the restored files are being swapped into volume '{volume}'"),
+                "the staged files were removed",
+            )?;
+            Ok(walked)
         }
         .await;
         let walked = match staged {
@@ -226,10 +232,20 @@ impl Copy<'_> {
         );
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
         let id = backup.id.clone();
+        let cancel = self.job.cancel_token();
+        let cancelled = self.job.cancelled_error("the staged files were removed");
         let forward = tokio::spawn(async move {
             let mut walker = TarWalker::default();
             let mut damage = None;
-            while let Some(block) = reader.blocks.recv().await {
+            loop {
+                let block = tokio::select! {
+                    block = reader.blocks.recv() => block,
+                    _ = cancel.cancelled() => {
+                        damage = Some(cancelled);
+                        break;
+                    }
+                };
+                let Some(block) = block else { break };
                 if let Err(err) = walker.feed(&block) {
                     damage = Some(Error::Integrity(format!(
                         "backup {id} does not hold a valid tar archive ({err}); use another backup"

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::spool::{Relay, Spool};
 use super::tar::TarWalker;
 use super::{BLOCK, Copy, MOUNT, quoted, start_gateways};
-use crate::commit::commit;
+use crate::commit::{CANCELLED_BACKUP, commit};
 use crate::jobs::now_rfc3339;
 use crate::pipeline::BackupWriter;
 use crate::recovery::Touched;
@@ -90,7 +90,15 @@ impl Copy<'_> {
         let mut block = BytesMut::with_capacity(BLOCK);
         let mut failed = None;
         let mut relay_ok = true;
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = job.cancelled() => {
+                    failed = Some(job.cancelled_error(CANCELLED_BACKUP));
+                    break;
+                }
+            };
+            let Some(item) = item else { break };
             let data = match item {
                 Ok(data) => data,
                 Err(err) => {

@@ -87,24 +87,85 @@ fn container(app: &App) -> Result<String, Error> {
     Ok(container)
 }
 
-/// What `pitr enable` will change on the server, for the confirmation
-/// prompt (the server must be reachable).
-pub async fn plan_enable(app: &App) -> Result<Vec<String>, Error> {
+/// What `pitr enable` will change, for the confirmation prompt (asks the
+/// server; refuses as enabling would).
+pub async fn preview_enable(app: &App) -> Result<Vec<String>, Error> {
     let container = container(app)?;
     let server = app.database().await?;
-    let settings = server::settings(&server).await?;
+    let settings = server::settings(&server).await;
+    server.release().await;
+    let settings = settings?;
     let directory = format!(
         "{}/{}",
         settings.data_directory, app.config.pitr.archive_dir
     );
     server::check_enable(&settings, &server.runner, &directory)?;
-    let mut changes =
-        server::describe_changes(&settings, &directory, app.config.pitr.ship_interval_secs);
-    changes.push(format!(
-        "container '{container}' is restarted once (a few seconds without the database)"
+    let mut lines =
+        vec!["Turns point-in-time recovery on. On the database server (ALTER SYSTEM):".to_owned()];
+    lines.extend(
+        server::describe_changes(&settings, &directory, app.config.pitr.ship_interval_secs)
+            .into_iter()
+            .map(|change| format!("  - {change}")),
+    );
+    lines.push(format!(
+        "Restarted once: container '{container}' (a few seconds without the database; its clients reconnect)."
     ));
-    changes.push("a first base backup is taken".into());
-    Ok(changes)
+    lines.push("Then a first base backup is taken and WAL is shipped from then on.".into());
+    Ok(lines)
+}
+
+/// What `pitr disable` will change.
+pub fn preview_disable(app: &App) -> Result<Vec<String>, Error> {
+    let container = container(app)?;
+    let archiving = archiving(app)?;
+    Ok(vec![
+        "Turns point-in-time recovery off: the last WAL is shipped, then archive_mode, archive_library, basic_archive.archive_directory and archive_timeout are reset (ALTER SYSTEM RESET).".to_owned(),
+        format!("Restarted once: container '{container}'."),
+        format!(
+            "Kept: the base backups and WAL already shipped, until retention removes them; the folder {} on the server is left empty.",
+            archiving.archive_directory
+        ),
+    ])
+}
+
+/// What `restore --to-time TIME` will do.
+pub fn preview_restore(app: &App, time: &str) -> Result<Vec<String>, Error> {
+    let target = parse_target(time)?;
+    let status = status(app);
+    let live = &app.config.database.name;
+    let mut lines = vec![format!(
+        "Restores '{live}' as it was at {}.",
+        rfc3339(target)
+    )];
+    if status.window_from.is_empty() {
+        lines.push("There is no restorable window yet: this will be refused.".into());
+    } else {
+        lines.push(format!(
+            "Restorable window: {} to {}.",
+            status.window_from, status.window_to
+        ));
+    }
+    lines.push(
+        "Recovered first in a scratch container of the database's own image (nothing live is touched)."
+            .into(),
+    );
+    lines.push(format!(
+        "Replaced: the live database '{live}', only after the recovered copy has been checked."
+    ));
+    lines.push(format!(
+        "Kept: the current '{live}', renamed '{live}_previous_<time>'; `mesbakctl restore --rollback` puts it back once."
+    ));
+    if !app.config.restore.stop_containers.is_empty() {
+        lines.push(format!(
+            "Stopped during the restore, started again after: container(s) {}.",
+            crate::ignition::quoted(&app.config.restore.stop_containers)
+        ));
+    }
+    lines.push(
+        "A safety backup of the current database is taken first (unless --skip-safety-backup)."
+            .into(),
+    );
+    Ok(lines)
 }
 
 /// `pitr enable`: configures the server, restarts it once, takes the first

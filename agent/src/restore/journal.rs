@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::jobs::now_rfc3339;
+use crate::kept;
 use crate::postgres::{MAINTENANCE_DB, Server, catalog, quote_ident};
-use crate::state::PreviousDatabase;
+use crate::state::KeptRecord;
 
 const FILE: &str = "restore.json";
 
@@ -107,14 +108,17 @@ pub async fn recover(app: &App, server: &Server) -> Result<(), Error> {
         } else if let Some(previous) = &record.previous_name {
             if catalog::database_exists(server, previous).await? {
                 tracing::warn!(database = %previous, backup = %record.backup, "an interrupted restore had swapped; keeping the replaced database for rollback");
-                app.state.update(|state| {
-                    state.previous_database = Some(PreviousDatabase {
+                let size_bytes = catalog::database_size(server, previous).await.unwrap_or(0);
+                kept::record_restore(
+                    app,
+                    KeptRecord {
                         name: previous.clone(),
                         live_name: record.live_name.clone(),
                         replaced_at: now_rfc3339(),
                         restored_backup: record.backup.clone(),
-                    })
-                })?;
+                        size_bytes,
+                    },
+                )?;
             }
         }
         save(app, None)

@@ -16,6 +16,10 @@ use crate::postgres::{DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_lit
 use crate::process;
 use crate::storage::{BackupRef, open_backup};
 
+/// What a load cut short by `Cancel` leaves.
+pub const CANCELLED_LOAD: &str =
+    "the database it was restoring into was dropped; the live database was not changed";
+
 /// What a load did.
 pub struct Loaded {
     pub plain_bytes: u64,
@@ -128,7 +132,16 @@ pub async fn load(
     };
     let mut fed = stdin.write_all(prologue.as_bytes()).await.is_ok();
     while fed {
-        let Some(block) = reader.blocks.recv().await else {
+        let block = tokio::select! {
+            block = reader.blocks.recv() => block,
+            _ = job.cancelled() => {
+                // psql is cut off; the caller drops the database it filled.
+                done.abort();
+                copy_reports.abort();
+                return Err(job.cancelled_error(CANCELLED_LOAD));
+            }
+        };
+        let Some(block) = block else {
             break;
         };
         dump.feed(&block);

@@ -27,10 +27,11 @@ use time::OffsetDateTime;
 use crate::app::App;
 use crate::backup;
 use crate::jobs::{Job, now_rfc3339};
+use crate::kept;
 use crate::postgres::{Server, catalog};
 use crate::recovery::Touched;
-use crate::state::PreviousDatabase;
-use crate::storage::{BackupRef, Storage};
+use crate::state::KeptRecord;
+use crate::storage::{BackupRef, Storage, human_bytes};
 
 pub use journal::{interrupted, recover};
 pub use load::compare_rows;
@@ -147,6 +148,14 @@ async fn restore_database(
         Ok(())
     }
     .await;
+    // The point of no return: once the names are switched, the restore
+    // finishes (a rollback undoes it).
+    let loaded = loaded.and_then(|()| {
+        job.commit(
+            format!("the live database '{live}' is being switched to the restored copy"),
+            load::CANCELLED_LOAD,
+        )
+    });
     if let Err(err) = loaded {
         journal::drop_database(app, server, &new_db).await?;
         return Err(err);
@@ -162,16 +171,18 @@ async fn restore_database(
     .await?;
     // From here the restore has happened: a failure to record it is a
     // warning, and the journal (kept) lets the next start record it.
-    let older = app.state.get().previous_database;
     let recorded = if live_exists {
-        app.state.update(|state| {
-            state.previous_database = Some(PreviousDatabase {
+        let size_bytes = catalog::database_size(server, &previous).await.unwrap_or(0);
+        kept::record_restore(
+            app,
+            KeptRecord {
                 name: previous.clone(),
                 live_name: live.clone(),
                 replaced_at: now_rfc3339(),
                 restored_backup: backup.id.clone(),
-            })
-        })
+                size_bytes,
+            },
+        )
     } else {
         Ok(())
     };
@@ -182,16 +193,22 @@ async fn restore_database(
             err.message()
         )),
     }
-    if let Some(older) = older.filter(|_| live_exists) {
+    previous::reconcile(app, server).await;
+    let older: Vec<String> = kept::list(app)
+        .into_iter()
+        .filter(|db| db.name != previous)
+        .map(|db| format!("'{}' ({})", db.name, human_bytes(db.size_bytes)))
+        .collect();
+    if !older.is_empty() {
         job.warn(format!(
-            "an older kept database '{}' (from a restore at {}) still exists; drop it with DROP DATABASE when it is no longer needed",
-            older.name, older.replaced_at
+            "databases kept by earlier restores still use space: {}; drop each with `mesbakctl restore --drop-previous NAME` when it is no longer needed",
+            older.join(", ")
         ));
     }
     tracing::info!(job = job.id, file = %backup.id, database = %live, "database restored");
     Ok(if live_exists {
         format!(
-            "restored {} into '{live}'; the previous database is kept as '{previous}': `mesbakctl restore --rollback` puts it back, `mesbakctl restore --drop-previous` deletes it",
+            "restored {} into '{live}'; the previous database is kept as '{previous}': `mesbakctl restore --rollback` puts it back (once), `mesbakctl restore --drop-previous {previous}` deletes it",
             backup.id
         )
     } else {
