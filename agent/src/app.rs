@@ -4,13 +4,14 @@
 use std::sync::Mutex;
 
 use mesbak_format::{Key, KeyError};
-use mesbak_interface::{Error, StatusReport};
+use mesbak_interface::{Error, Health, StatusReport};
 use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::health;
 use crate::jobs::Jobs;
+use crate::offsite::Offsite;
 use crate::postgres::{Server, Session};
 use crate::process::Runner;
 use crate::recovery::Journal;
@@ -24,6 +25,7 @@ pub struct App {
     pub state: StateStore,
     pub jobs: Jobs,
     pub pitr: crate::pitr::Pitr,
+    pub offsite: Offsite,
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Problems found outside jobs (start-up checks, repairs that failed).
     problems: Mutex<Vec<String>>,
@@ -33,6 +35,7 @@ impl App {
     pub fn new(config: Config) -> Result<App, Error> {
         let state = StateStore::open(&config.state_dir)?;
         let journal = Journal::open(&config.state_dir)?;
+        let offsite = Offsite::new(&config.state_dir);
         Ok(App {
             storage: Storage::new(&config.backup_dir),
             config,
@@ -40,6 +43,7 @@ impl App {
             state,
             jobs: Jobs::default(),
             pitr: crate::pitr::Pitr::default(),
+            offsite,
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(Vec::new()),
         })
@@ -145,6 +149,20 @@ impl App {
             report.status = report.status.max(status);
             report.problems.push(problem);
         }
+        let offsite = crate::offsite::health::assess(
+            &self.config,
+            &backups,
+            |name| self.offsite.queue.get(name),
+            now,
+        );
+        if !offsite.unhealthy.is_empty() {
+            report.status = mesbak_interface::Health::Unhealthy;
+        } else if !offsite.degraded.is_empty() && report.status == mesbak_interface::Health::Healthy {
+            report.status = mesbak_interface::Health::Degraded;
+        }
+        report.problems.extend(offsite.unhealthy);
+        report.problems.extend(offsite.degraded);
+        report.offsite = offsite.targets;
         report
     }
 }

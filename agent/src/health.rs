@@ -117,6 +117,7 @@ pub fn assess(
         last_test_restore: state.last_test_restore.as_ref().map(|r| r.time.clone()),
         last_test_restore_ok: state.last_test_restore.as_ref().map(|r| r.ok),
         problems: unhealthy,
+        offsite: Vec::new(),
     }
 }
 

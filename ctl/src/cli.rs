@@ -37,13 +37,20 @@ pub enum Command {
         what: TargetArg,
     },
     /// List the backups, newest first.
-    List,
+    List {
+        /// List what off-site target NAME holds instead of the backup folder.
+        #[arg(long, value_name = "NAME")]
+        offsite: Option<String>,
+    },
     /// Show whether backups are fresh and test restores pass.
     Status,
     /// Check that a backup decrypts and authenticates completely.
     Verify {
         /// A backup id (file name, as `list` shows) or a path to a backup file.
         backup: String,
+        /// Read the backup from off-site target NAME.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
     },
     /// Restore a backup over the live data (root only).
     ///
@@ -60,6 +67,14 @@ pub enum Command {
         /// "YYYY-MM-DD HH:MM:SS").
         #[arg(long, value_name = "TIME")]
         to_time: Option<String>,
+        /// Read the backup from off-site target NAME (default: its newest database backup).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Off-site copies (the [[offsite]] targets of the configuration).
+    Offsite {
+        #[command(subcommand)]
+        command: OffsiteCommand,
     },
     /// Point-in-time recovery: continuous WAL archiving on the database server.
     #[command(subcommand)]
@@ -144,6 +159,15 @@ pub struct RestoreArgs {
     /// Drop the database that the last restore kept.
     #[arg(long, conflicts_with_all = ["backup", "rollback"])]
     pub drop_previous: bool,
+    /// Read the backup from off-site target NAME (the backup folder may be empty).
+    #[arg(long, value_name = "NAME", requires = "backup")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffsiteCommand {
+    /// Copy what is missing to every off-site target now, verified there.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,6 +203,26 @@ mod tests {
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "--rollback"]).is_ok());
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--rollback"]).is_err());
         assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--yes"]).is_ok());
+    }
+
+    #[test]
+    fn offsite_options() {
+        let cli = Cli::try_parse_from(["mesbakctl", "list", "--offsite", "s3", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::List { offsite: Some(ref n) } if n == "s3"));
+        assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--from", "s3"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["mesbakctl", "restore", "--rollback", "--from", "s3"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["mesbakctl", "test-restore", "--from", "s3"]).is_ok());
+        assert!(Cli::try_parse_from(["mesbakctl", "verify", "x", "--from", "s3"]).is_ok());
+        assert!(matches!(
+            Cli::try_parse_from(["mesbakctl", "offsite", "sync"])
+                .unwrap()
+                .command,
+            Command::Offsite {
+                command: OffsiteCommand::Sync
+            }
+        ));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use anyhow::{Result, anyhow, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesbak_interface::{
-    AgentProxy, BackupInfo, BackupKind, BackupTarget, Error, Health, JobProxy, RestoreOptions,
-    StatusReport, time_from_wire,
+    AgentProxy, BackupInfo, BackupKind, BackupTarget, Error, Health, JobProxy, OffsiteReport,
+    RestoreOptions, StatusReport, time_from_wire,
 };
 use serde::Serialize;
 use zbus::Connection;
@@ -229,6 +229,27 @@ pub async fn list(json: bool) -> Result<()> {
     Ok(())
 }
 
+pub async fn list_offsite(target: &str, json: bool) -> Result<()> {
+    let (_conn, agent) = connect().await?;
+    let backups = agent.list_offsite(target).await.map_err(explain)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&backups)?);
+        return Ok(());
+    }
+    if backups.is_empty() {
+        println!("Off-site target '{target}' holds no backups yet.");
+        return Ok(());
+    }
+    print_backups(&backups);
+    Ok(())
+}
+
+pub async fn offsite_sync(json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = agent.sync_offsite().await.map_err(explain)?;
+    follow(&conn, path, json).await
+}
+
 fn print_backups(backups: &[BackupInfo]) {
     if backups.is_empty() {
         println!("No backups yet.");
@@ -270,6 +291,12 @@ pub async fn status(json: bool) -> Result<()> {
         last_test_restore: time_from_wire(agent.last_test_restore().await?),
         last_test_restore_ok: (!result.is_empty()).then(|| result == "passed"),
         problems: agent.problems().await?,
+        offsite: agent
+            .offsite()
+            .await?
+            .into_iter()
+            .map(OffsiteReport::from)
+            .collect(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -296,6 +323,17 @@ pub async fn status(json: bool) -> Result<()> {
                 (None, _) => never(),
             }
         );
+        for target in &report.offsite {
+            println!(
+                "Off-site '{}':{}{} ({}; newest copy: {}; queued: {})",
+                target.name,
+                " ".repeat(12usize.saturating_sub(target.name.len())),
+                target.status,
+                target.url,
+                target.newest_copy.as_deref().unwrap_or("none"),
+                target.queue_length
+            );
+        }
         for problem in &report.problems {
             println!("  - {problem}");
         }
@@ -307,19 +345,30 @@ pub async fn status(json: bool) -> Result<()> {
     }
 }
 
-pub async fn verify(backup: &str, json: bool) -> Result<()> {
+pub async fn verify(backup: &str, from: Option<&str>, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
-    let path = agent
-        .verify(&backup_argument(backup)?)
-        .await
-        .map_err(explain)?;
+    let path = match from {
+        Some(target) => agent.verify_from(backup, target).await,
+        None => agent.verify(&backup_argument(backup)?).await,
+    }
+    .map_err(explain)?;
     follow(&conn, path, json).await
 }
 
-pub async fn test_restore(backup: Option<&str>, json: bool) -> Result<()> {
+pub async fn test_restore(backup: Option<&str>, from: Option<&str>, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
-    let given = backup.map(backup_argument).transpose()?.unwrap_or_default();
-    let path = agent.test_restore(&given).await.map_err(explain)?;
+    let path = match from {
+        Some(target) => {
+            agent
+                .test_restore_from(backup.unwrap_or_default(), target)
+                .await
+        }
+        None => {
+            let given = backup.map(backup_argument).transpose()?.unwrap_or_default();
+            agent.test_restore(&given).await
+        }
+    }
+    .map_err(explain)?;
     follow(&conn, path, json).await
 }
 
@@ -364,30 +413,47 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             .backup
             .as_deref()
             .ok_or_else(|| anyhow!("name the backup to restore (see `mesbakctl list`)"))?;
-        let argument = backup_argument(given)?;
+        let argument = match &args.from {
+            Some(_) => given.to_owned(),
+            None => backup_argument(given)?,
+        };
         if !args.yes {
-            confirm(&agent, &argument, args.skip_safety_backup).await?;
+            confirm(
+                &agent,
+                &argument,
+                args.from.as_deref(),
+                args.skip_safety_backup,
+            )
+            .await?;
         }
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
-        agent.restore(&argument, options).await.map_err(explain)?
+        match &args.from {
+            Some(target) => agent.restore_from(&argument, target, options).await,
+            None => agent.restore(&argument, options).await,
+        }
+        .map_err(explain)?
     };
     follow(&conn, path, json).await
 }
 
 /// Asks on a terminal; refuses without one (use --yes in scripts).
-async fn confirm(agent: &AgentProxy<'_>, argument: &str, skip_safety: bool) -> Result<()> {
+async fn confirm(
+    agent: &AgentProxy<'_>,
+    argument: &str,
+    from: Option<&str>,
+    skip_safety: bool,
+) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("restore replaces live data; confirm with --yes when running without a terminal");
     }
     let id = argument.rsplit('/').next().unwrap_or(argument);
-    let info = agent
-        .list_backups()
-        .await
-        .map_err(explain)?
-        .into_iter()
-        .find(|b| b.id == id);
+    let listed = match from {
+        Some(target) => agent.list_offsite(target).await,
+        None => agent.list_backups().await,
+    };
+    let info = listed.map_err(explain)?.into_iter().find(|b| b.id == id);
     let kind = info
         .as_ref()
         .map(|b| b.kind)
@@ -400,7 +466,12 @@ async fn confirm(agent: &AgentProxy<'_>, argument: &str, skip_safety: bool) -> R
         .as_ref()
         .map(|b| format!(" (made {})", b.created))
         .unwrap_or_default();
-    eprintln!("This restores {id}{made}.");
+    match from {
+        Some(target) => {
+            eprintln!("This restores {id}{made}, read from off-site target '{target}'.")
+        }
+        None => eprintln!("This restores {id}{made}."),
+    }
     match kind {
         BackupKind::Database => {
             eprintln!("  Replaced: the live database, after the restored copy has been checked.");
