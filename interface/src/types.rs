@@ -134,9 +134,11 @@ impl JobOperation {
         // Shipping WAL and base backups only add files, under their own lock.
         !matches!(
             self,
-            JobOperation::Verify | JobOperation::PitrSync | JobOperation::PitrBaseBackup
+            JobOperation::Verify
+                | JobOperation::PitrSync
+                | JobOperation::PitrBaseBackup
+                | JobOperation::OffsiteSync
         )
-        !matches!(self, JobOperation::Verify | JobOperation::OffsiteSync)
     }
 }
 
