@@ -4,8 +4,7 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BackupInfo, Error, PitrStatus, RestoreOptions};
-use crate::{BackupInfo, Error, OffsiteStatus, RestoreOptions};
+use crate::{BackupInfo, Error, OffsiteStatus, PitrStatus, RestoreOptions};
 
 /// The manager object, `/org/mesbak/Agent1`.
 #[proxy(
