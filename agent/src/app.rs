@@ -142,9 +142,9 @@ impl App {
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
         for (unhealthy, problem) in crate::pitr::problems(self, now) {
             let status = if unhealthy {
-                mesbak_interface::Health::Unhealthy
+                Health::Unhealthy
             } else {
-                mesbak_interface::Health::Degraded
+                Health::Degraded
             };
             report.status = report.status.max(status);
             report.problems.push(problem);
@@ -156,9 +156,9 @@ impl App {
             now,
         );
         if !offsite.unhealthy.is_empty() {
-            report.status = mesbak_interface::Health::Unhealthy;
-        } else if !offsite.degraded.is_empty() && report.status == mesbak_interface::Health::Healthy {
-            report.status = mesbak_interface::Health::Degraded;
+            report.status = Health::Unhealthy;
+        } else if !offsite.degraded.is_empty() && report.status == Health::Healthy {
+            report.status = Health::Degraded;
         }
         report.problems.extend(offsite.unhealthy);
         report.problems.extend(offsite.degraded);

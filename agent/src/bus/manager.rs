@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use mesbak_interface::{
     BackupInfo, BackupTarget, Error, JobOperation, MANAGER_PATH, OffsiteStatus, PitrStatus,
-    RestoreOptions,
-    job_path, wire_time,
+    RestoreOptions, job_path, wire_time,
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
