@@ -7,6 +7,9 @@ use super::queue::TargetState;
 use crate::health::parse_time;
 use crate::http::Family;
 
+/// A counter family: name, help, and its value in a target's state.
+type Counter = (&'static str, &'static str, fn(&TargetState) -> u64);
+
 /// The off-site families; nothing when no target is configured.
 pub fn render(
     out: &mut String,
@@ -77,7 +80,7 @@ pub fn render(
             u8::from(report.last_error.is_some()),
         );
     }
-    let counters: [(&str, &str, fn(&TargetState) -> u64); 3] = [
+    let counters: [Counter; 3] = [
         (
             "mesbak_offsite_copies_total",
             "Backups copied and verified on the target since the agent's state was created.",
