@@ -20,6 +20,7 @@ MESBAK_PACKAGES=(
     python3 python3-cryptography libssl-dev pkg-config gcc
     debootstrap lintian rpm ca-certificates curl util-linux procps
     python3-aiosmtpd openssl prometheus man-db
+    rclone
 )
 
 ensure_packages() {
@@ -274,4 +275,38 @@ apt_mirror() {
 
 ensure_debian_image() {
     import_image mesbak-test/debian:12 debian_rootfs 'CMD ["/bin/bash"]'
+}
+
+# Off-site test servers, cached under $MESBAK_STATE/tools (a second run
+# costs nothing): s3s-fs (an S3 server that checks multipart uploads and
+# checksums; later versions need a newer rustc) and Azurite (Microsoft's
+# Azure Blob emulator). The tests start them on loopback ports themselves,
+# azurite-blob always with --disableTelemetry.
+MESBAK_TOOLS=$MESBAK_STATE/tools
+S3S_FS_VERSION=0.14.1
+AZURITE_VERSION=3.35.0
+
+ensure_offsite_servers() {
+    mkdir -p "$MESBAK_TOOLS"
+    if [ "$("$MESBAK_TOOLS/bin/s3s-fs" --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]; then
+        say "building s3s-fs $S3S_FS_VERSION (once)"
+        cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked \
+            --root "$MESBAK_TOOLS" --target-dir "$MESBAK_STATE/s3s-fs-build" >/dev/null 2>&1 ||
+            die "could not build s3s-fs (cargo install s3s-fs --version $S3S_FS_VERSION --features binary --locked)"
+        rm -rf "$MESBAK_STATE/s3s-fs-build"
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        say "installing nodejs and npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    local azurite=$MESBAK_TOOLS/azurite
+    if [ "$(node -p "require('$azurite/node_modules/azurite/package.json').version" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+        say "installing azurite $AZURITE_VERSION (once)"
+        mkdir -p "$azurite"
+        npm install --prefix "$azurite" --no-audit --no-fund --no-update-notifier \
+            "azurite@$AZURITE_VERSION" >/dev/null 2>&1 ||
+            die "could not install azurite@$AZURITE_VERSION from npm"
+    fi
 }

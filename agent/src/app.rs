@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use mesbak_format::{Key, KeyError};
-use mesbak_interface::{Error, StatusReport};
+use mesbak_interface::{Error, Health, StatusReport};
 use time::OffsetDateTime;
 
 use crate::config::Config;
@@ -12,6 +12,7 @@ use crate::docker::Docker;
 use crate::health;
 use crate::jobs::Jobs;
 use crate::notify::Notifier;
+use crate::offsite::Offsite;
 use crate::postgres::{Server, Session};
 use crate::process::Runner;
 use crate::recovery::Journal;
@@ -43,6 +44,7 @@ pub struct App {
     pub jobs: Jobs,
     pub pitr: crate::pitr::Pitr,
     pub notifier: Notifier,
+    pub offsite: Offsite,
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Problems found outside jobs (start-up checks, repairs that failed).
     problems: Mutex<Vec<String>>,
@@ -52,6 +54,7 @@ impl App {
     pub fn new(config: Config) -> Result<App, Error> {
         let state = StateStore::open(&config.state_dir)?;
         let journal = Journal::open(&config.state_dir)?;
+        let offsite = Offsite::new(&config.state_dir);
         Ok(App {
             storage: Storage::new(&config.backup_dir),
             config,
@@ -60,6 +63,7 @@ impl App {
             jobs: Jobs::default(),
             pitr: crate::pitr::Pitr::default(),
             notifier: Notifier::default(),
+            offsite,
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(Vec::new()),
         })
@@ -162,9 +166,9 @@ impl App {
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
         for (unhealthy, problem) in crate::pitr::problems(self, now) {
             let status = if unhealthy {
-                mesbak_interface::Health::Unhealthy
+                Health::Unhealthy
             } else {
-                mesbak_interface::Health::Degraded
+                Health::Degraded
             };
             report.status = report.status.max(status);
             report.problems.push(problem);
@@ -176,6 +180,20 @@ impl App {
             .map(|job| job.running())
             .collect();
         report.previous_databases = crate::kept::list(self);
+        let offsite = crate::offsite::health::assess(
+            &self.config,
+            &backups,
+            |name| self.offsite.queue.get(name),
+            now,
+        );
+        if !offsite.unhealthy.is_empty() {
+            report.status = Health::Unhealthy;
+        } else if !offsite.degraded.is_empty() && report.status == Health::Healthy {
+            report.status = Health::Degraded;
+        }
+        report.problems.extend(offsite.unhealthy);
+        report.problems.extend(offsite.degraded);
+        report.offsite = offsite.targets;
         report
     }
 }

@@ -53,6 +53,8 @@ pub struct Config {
     pub schedule: Schedule,
     pub pitr: Pitr,
     pub notify: Notify,
+    /// `[[offsite]]` targets (see `offsite::config`).
+    pub offsite: Vec<crate::offsite::config::TargetConfig>,
     #[serde(skip)]
     pub origin: PathBuf,
 }
@@ -137,6 +139,8 @@ pub struct HealthConfig {
     pub listen: String,
     pub max_backup_age_hours: u32,
     pub max_test_restore_age_hours: u32,
+    /// An off-site target lacking a backup longer than this is unhealthy.
+    pub max_offsite_lag_hours: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +197,7 @@ impl Default for Config {
             schedule: Schedule::default(),
             pitr: Pitr::default(),
             notify: Notify::default(),
+            offsite: Vec::new(),
             origin: DEFAULT_PATH.into(),
         }
     }
@@ -261,6 +266,7 @@ impl Default for HealthConfig {
             listen: "127.0.0.1:8888".into(),
             max_backup_age_hours: 26,
             max_test_restore_age_hours: 192,
+            max_offsite_lag_hours: 26,
         }
     }
 }
@@ -454,6 +460,8 @@ impl Config {
                 "0 would delete every backup but the newest; use at least 1".into(),
             ));
         }
+        crate::offsite::config::validate(&self.offsite)
+            .map_err(|(key, message)| invalid(&key, message))?;
         if !self.health.listen.is_empty() {
             self.health.listen.parse::<SocketAddr>().map_err(|_| {
                 invalid(
@@ -653,6 +661,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("BACKUP_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn offsite_targets_are_read_and_checked() {
+        let config = load(
+            "[[offsite]]\nname = \"s3\"\nurl = \"s3://mes-backups/plant-7\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nbandwidth_limit = \"4 MiB/s\"\n\n[[offsite]]\nname = \"nas\"\nurl = \"/mnt/nas/mes\"\nrequire_mount = true\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.offsite.len(), 2);
+        assert_eq!(config.offsite[0].bandwidth_limit, Some(4 << 20));
+        assert_eq!(config.offsite[0].region, "us-east-1");
+        assert!(config.offsite[1].require_mount);
+        assert_eq!(config.health.max_offsite_lag_hours, 26);
+
+        let err = load("[[offsite]]\nname = \"x\"\nurl = \"ftp://host/x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`offsite[0].url`") && err.contains("s3://"),
+            "{err}"
+        );
+        let err = load(
+            "[[offsite]]\nname = \"x\"\nurl = \"s3://bucket/x\"\nbandwidth_limit = \"fast\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bandwidth_limit"), "{err}");
+        let err = load(
+            "[[offsite]]\nname = \"x\"\nurl = \"/srv/x\"\npassword = 1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("password"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Err(err) => app.add_problem(err.message()),
     }
     crate::postgres::remove_stale_password_files(&app.config.state_dir);
+    crate::offsite::read::remove_spools(&app);
     for partial in app.storage.remove_partials() {
         tracing::warn!(file = %partial.display(), "removed an incomplete backup left by an interrupted run");
     }
@@ -64,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     crate::http::spawn(app.clone());
     crate::pitr::spawn_shipper(app.clone());
     crate::notify::spawn_watch(app.clone());
+    bus::offsite::spawn_retries(app.clone(), conn.clone());
     let status = app.status();
     let _ = notify(
         false,

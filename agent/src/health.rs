@@ -131,6 +131,7 @@ pub fn assess(
         problems: unhealthy,
         running_jobs: Vec::new(),
         previous_databases: Vec::new(),
+        offsite: Vec::new(),
     }
 }
 

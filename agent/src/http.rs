@@ -160,7 +160,13 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
                 // An unreadable folder is already among the report's problems.
                 let backups = app.storage.list().unwrap_or_default();
                 let free = app.storage.free_bytes().ok();
-                let text = render_metrics(&report, &backups, &app.state.get(), free, now);
+                let mut text = render_metrics(&report, &backups, &app.state.get(), free, now);
+                crate::offsite::metrics::render(
+                    &mut text,
+                    &report.offsite,
+                    |name| app.offsite.queue.get(name),
+                    now,
+                );
                 response(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes())
             }
         }
@@ -219,20 +225,30 @@ fn response(
 }
 
 /// One metric family being written: `# HELP` and `# TYPE`, then samples.
-struct Family<'a> {
+pub(crate) struct Family<'a> {
     out: &'a mut String,
     name: &'static str,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    pub(crate) fn new(
+        out: &'a mut String,
+        name: &'static str,
+        kind: &str,
+        help: &str,
+    ) -> Family<'a> {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out, name }
     }
 
-    /// A sample; `labels` values are fixed words, never needing escapes.
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) -> &mut Self {
+    /// A sample; `labels` values are fixed words or checked names (off-site
+    /// targets), never needing escapes.
+    pub(crate) fn sample(
+        &mut self,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) -> &mut Self {
         let _ = write!(self.out, "{}", self.name);
         if !labels.is_empty() {
             let labels: Vec<String> = labels
@@ -523,6 +539,7 @@ mod tests {
             problems: vec![],
             running_jobs: vec![],
             previous_databases: vec![],
+            offsite: vec![],
         }
     }
 

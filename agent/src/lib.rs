@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod kept;
 pub mod logging;
 pub mod notify;
+pub mod offsite;
 pub mod pipeline;
 pub mod pitr;
 pub mod postgres;

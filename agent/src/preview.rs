@@ -19,6 +19,10 @@ pub fn describe(app: &App, action: &str, argument: &str, uid: u32) -> Result<Vec
             require_root(uid, "restore")?;
             restore(app, argument)
         }
+        "restore-from" => {
+            require_root(uid, "restore")?;
+            restore_from(app, argument)
+        }
         "rollback" => {
             require_root(uid, "rollback")?;
             rollback(app)
@@ -44,9 +48,33 @@ fn restore(app: &App, backup: &str) -> Result<Vec<String>, Error> {
         .as_ref()
         .map(|info| format!(" (made {}, {})", info.created, human_bytes(info.size_bytes)))
         .unwrap_or_else(|| " (no metadata: its row counts are read from the file)".into());
-    let mut lines = vec![format!("Restores {}{made}.", found.id)];
+    Ok(replaced(
+        app,
+        format!("Restores {}{made}.", found.id),
+        found.kind,
+    ))
+}
+
+/// `restore ID --from TARGET`: the argument is `TARGET/ID`.
+fn restore_from(app: &App, argument: &str) -> Result<Vec<String>, Error> {
+    let (target, id) = argument
+        .split_once('/')
+        .ok_or_else(|| Error::InvalidArgument(format!("'{argument}' is not TARGET/ID")))?;
+    let kind = crate::storage::kind_of_id(id)?;
+    Ok(replaced(
+        app,
+        format!(
+            "Restores {id}, read from off-site target '{target}' (downloaded and authenticated before anything is touched)."
+        ),
+        kind,
+    ))
+}
+
+/// The lines of a restore of a `kind` backup, after `first`.
+fn replaced(app: &App, first: String, kind: BackupKind) -> Vec<String> {
+    let mut lines = vec![first];
     let config = &app.config;
-    match found.kind {
+    match kind {
         BackupKind::Database => {
             let live = &config.database.name;
             let place = if config.database.container.is_empty() {
@@ -94,7 +122,7 @@ fn restore(app: &App, backup: &str) -> Result<Vec<String>, Error> {
             lines.push("A safety backup of the volume as it is now is taken first (unless --skip-safety-backup).".into());
         }
     }
-    Ok(lines)
+    lines
 }
 
 fn rollback(app: &App) -> Result<Vec<String>, Error> {

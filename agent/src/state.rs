@@ -147,16 +147,26 @@ impl StateStore {
         let mut state = self.state.lock().expect("state lock");
         change(&mut state);
         state.migrate();
-        let write = || -> std::io::Result<()> {
-            let dir = self.path.parent().expect("state file in a folder");
-            let tmp = dir.join(".state.json.tmp");
-            let _ = fs::remove_file(&tmp);
-            let mut file = create_private_file(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&*state).expect("serialises"))?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            sync_dir(dir)
-        };
-        write().map_err(|err| Error::Failed(format!("cannot save {}: {err}", self.path.display())))
+        write_json(&self.path, &*state)
     }
+}
+
+/// Writes `value` as JSON to `path` (0600) atomically: a hidden temporary
+/// file, synced, renamed over the old one.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
+    let write = || -> std::io::Result<()> {
+        let dir = path.parent().expect("state file in a folder");
+        let name = path
+            .file_name()
+            .expect("state file has a name")
+            .to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut file = create_private_file(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(value).expect("serialises"))?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    };
+    write().map_err(|err| Error::Failed(format!("cannot save {}: {err}", path.display())))
 }

@@ -21,7 +21,8 @@ pub fn suffix(kind: BackupKind) -> &'static str {
     }
 }
 
-fn subdir(kind: BackupKind) -> &'static str {
+/// The folder of a kind, here and on off-site targets.
+pub fn subdir(kind: BackupKind) -> &'static str {
     match kind {
         BackupKind::Database => "database",
         BackupKind::Ignition => "ignition",
@@ -459,7 +460,9 @@ pub fn write_error(path: &Path, err: io::Error) -> Error {
     }
 }
 
-fn ensure_private_dir(path: &Path, repairs: &mut Vec<String>) -> Result<(), Error> {
+/// Creates `path` 0700 or checks and repairs it; refuses symlinks and
+/// folders of other users.
+pub fn ensure_private_dir(path: &Path, repairs: &mut Vec<String>) -> Result<(), Error> {
     let euid = nix::unistd::geteuid().as_raw();
     match fs::symlink_metadata(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {

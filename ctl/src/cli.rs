@@ -41,9 +41,12 @@ pub enum Command {
         /// Print only the backup ids, one per line (for scripts and completion).
         #[arg(long, conflicts_with = "json")]
         ids: bool,
+        /// List what off-site target NAME holds instead of the backup folder.
+        #[arg(long, value_name = "NAME", conflicts_with = "ids")]
+        offsite: Option<String>,
     },
     /// Show whether backups are fresh and test restores pass, the running
-    /// job and the databases restores kept.
+    /// job, the databases restores kept and the off-site targets.
     Status,
     /// List the agent's jobs: running and finished in the last 10 minutes.
     Jobs,
@@ -62,6 +65,9 @@ pub enum Command {
     Verify {
         /// A backup id (file name, as `list` shows) or a path to a backup file.
         backup: String,
+        /// Read the backup from off-site target NAME.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
     },
     /// Restore a backup over the live data (root only).
     ///
@@ -76,8 +82,16 @@ pub enum Command {
         backup: Option<String>,
         /// Test a point-in-time restore to TIME instead (RFC 3339, or local
         /// "YYYY-MM-DD HH:MM:SS").
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", conflicts_with = "from")]
         to_time: Option<String>,
+        /// Read the backup from off-site target NAME (default: its newest database backup).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Off-site copies (the [[offsite]] targets of the configuration).
+    Offsite {
+        #[command(subcommand)]
+        command: OffsiteCommand,
     },
     /// Point-in-time recovery: continuous WAL archiving on the database server.
     #[command(subcommand)]
@@ -168,6 +182,15 @@ pub struct RestoreArgs {
     /// the one the newest restore kept.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["backup", "rollback"])]
     pub drop_previous: Option<Option<String>>,
+    /// Read the backup from off-site target NAME (the backup folder may be empty).
+    #[arg(long, value_name = "NAME", requires = "backup", conflicts_with_all = ["rollback", "drop_previous", "to_time"])]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffsiteCommand {
+    /// Copy what is missing to every off-site target now, verified there.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -215,6 +238,26 @@ mod tests {
             panic!()
         };
         assert_eq!(args.drop_previous, Some(Some("mes_previous_1".into())));
+    }
+
+    #[test]
+    fn offsite_options() {
+        let cli = Cli::try_parse_from(["mesbakctl", "list", "--offsite", "s3", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::List { offsite: Some(ref n), .. } if n == "s3"));
+        assert!(Cli::try_parse_from(["mesbakctl", "restore", "x", "--from", "s3"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["mesbakctl", "restore", "--rollback", "--from", "s3"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["mesbakctl", "test-restore", "--from", "s3"]).is_ok());
+        assert!(Cli::try_parse_from(["mesbakctl", "verify", "x", "--from", "s3"]).is_ok());
+        assert!(matches!(
+            Cli::try_parse_from(["mesbakctl", "offsite", "sync"])
+                .unwrap()
+                .command,
+            Command::Offsite {
+                command: OffsiteCommand::Sync
+            }
+        ));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use anyhow::{Result, anyhow};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesbak_interface::{
-    AgentProxy, BackupInfo, BackupTarget, Error, Health, JobProxy, KeptDatabase, RestoreOptions,
-    RunningJob, StatusReport, job_number, job_path, time_from_wire,
+    AgentProxy, BackupInfo, BackupTarget, Error, Health, JobProxy, KeptDatabase, OffsiteReport,
+    RestoreOptions, RunningJob, StatusReport, job_number, job_path, time_from_wire,
 };
 use serde::Serialize;
 use zbus::Connection;
@@ -344,6 +344,24 @@ pub async fn list(json: bool, ids_only: bool) -> Result<()> {
     Ok(())
 }
 
+pub async fn list_offsite(target: &str, json: bool) -> Result<()> {
+    let (_conn, agent) = connect().await?;
+    let backups = agent.list_offsite(target).await.map_err(explain)?;
+    if json {
+        return outln!("{}", serde_json::to_string_pretty(&backups)?);
+    }
+    if backups.is_empty() {
+        return outln!("Off-site target '{target}' holds no backups yet.");
+    }
+    print_backups(&backups)
+}
+
+pub async fn offsite_sync(json: bool) -> Result<()> {
+    let (conn, agent) = connect().await?;
+    let path = agent.sync_offsite().await.map_err(explain)?;
+    follow(&conn, path, json).await
+}
+
 fn print_backups(backups: &[BackupInfo]) -> Result<()> {
     if backups.is_empty() {
         return outln!("No backups yet.");
@@ -469,6 +487,13 @@ pub async fn status(json: bool) -> Result<()> {
         problems: agent.problems().await.map_err(bus)?,
         running_jobs: running_jobs(&conn, &agent).await?,
         previous_databases: agent.previous_databases().await.map_err(bus)?,
+        offsite: agent
+            .offsite()
+            .await
+            .map_err(bus)?
+            .into_iter()
+            .map(OffsiteReport::from)
+            .collect(),
     };
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -495,6 +520,17 @@ pub async fn status(json: bool) -> Result<()> {
                 (None, _) => never(),
             }
         )?;
+        for target in &report.offsite {
+            outln!(
+                "Off-site '{}':{}{} ({}; newest copy: {}; queued: {})",
+                target.name,
+                " ".repeat(12usize.saturating_sub(target.name.len())),
+                target.status,
+                target.url,
+                target.newest_copy.as_deref().unwrap_or("none"),
+                target.queue_length
+            )?;
+        }
         for job in &report.running_jobs {
             outln!("Running:              {}", describe_running(job))?;
         }
@@ -513,19 +549,30 @@ pub async fn status(json: bool) -> Result<()> {
     }
 }
 
-pub async fn verify(backup: &str, json: bool) -> Result<()> {
+pub async fn verify(backup: &str, from: Option<&str>, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
-    let path = agent
-        .verify(&backup_argument(backup)?)
-        .await
-        .map_err(explain)?;
+    let path = match from {
+        Some(target) => agent.verify_from(backup, target).await,
+        None => agent.verify(&backup_argument(backup)?).await,
+    }
+    .map_err(explain)?;
     follow(&conn, path, json).await
 }
 
-pub async fn test_restore(backup: Option<&str>, json: bool) -> Result<()> {
+pub async fn test_restore(backup: Option<&str>, from: Option<&str>, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
-    let given = backup.map(backup_argument).transpose()?.unwrap_or_default();
-    let path = agent.test_restore(&given).await.map_err(explain)?;
+    let path = match from {
+        Some(target) => {
+            agent
+                .test_restore_from(backup.unwrap_or_default(), target)
+                .await
+        }
+        None => {
+            let given = backup.map(backup_argument).transpose()?.unwrap_or_default();
+            agent.test_restore(&given).await
+        }
+    }
+    .map_err(explain)?;
     follow(&conn, path, json).await
 }
 
@@ -590,8 +637,19 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             .backup
             .as_deref()
             .ok_or_else(|| named("Usage", "name the backup to restore (see `mesbakctl list`)"))?;
-        let argument = backup_argument(given)?;
-        let mut preview = agent.preview("restore", &argument).await.map_err(explain)?;
+        let argument = match &args.from {
+            Some(_) => given.to_owned(),
+            None => backup_argument(given)?,
+        };
+        let mut preview = match &args.from {
+            Some(target) => {
+                agent
+                    .preview("restore-from", &format!("{target}/{argument}"))
+                    .await
+            }
+            None => agent.preview("restore", &argument).await,
+        }
+        .map_err(explain)?;
         if args.skip_safety_backup {
             preview.retain(|line| !line.starts_with("A safety backup"));
             preview.push(
@@ -602,7 +660,11 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
-        agent.restore(&argument, options).await.map_err(explain)?
+        match &args.from {
+            Some(target) => agent.restore_from(&argument, target, options).await,
+            None => agent.restore(&argument, options).await,
+        }
+        .map_err(explain)?
     };
     follow(&conn, path, json).await
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, OffsiteCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -78,18 +78,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
     match command {
         Command::Backup { what } => client::backup(what.into(), json).await,
-        Command::List { ids } => client::list(json, ids).await,
+        Command::List {
+            offsite: Some(target),
+            ..
+        } => client::list_offsite(&target, json).await,
+        Command::List { ids, offsite: None } => client::list(json, ids).await,
         Command::Status => client::status(json).await,
         Command::Jobs => client::jobs(json).await,
         Command::Wait { job } => client::wait(job.as_deref(), json).await,
         Command::Cancel { job } => client::cancel(job.as_deref(), json).await,
-        Command::Verify { backup } => client::verify(&backup, json).await,
+        Command::Verify { backup, from } => client::verify(&backup, from.as_deref(), json).await,
         Command::Restore(args) => client::restore(&args, json).await,
-        Command::TestRestore { backup, to_time } => match to_time {
+        Command::TestRestore {
+            backup,
+            to_time,
+            from,
+        } => match to_time {
             Some(time) => client::test_restore_to_time(&time, json).await,
-            None => client::test_restore(backup.as_deref(), json).await,
+            None => client::test_restore(backup.as_deref(), from.as_deref(), json).await,
         },
         Command::Pitr(command) => client::pitr(command, json).await,
+        Command::Offsite {
+            command: OffsiteCommand::Sync,
+        } => client::offsite_sync(json).await,
         Command::Prune { dry_run, yes } => client::prune(dry_run, yes, json).await,
         other => anyhow::bail!("`{}` does not talk to the agent", command_name(&other)),
     }
@@ -108,6 +119,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::TestRestore { .. } => "test-restore",
         Command::Pitr(_) => "pitr",
         Command::Prune { .. } => "prune",
+        Command::Offsite { .. } => "offsite",
         Command::Decrypt { .. } => "decrypt",
         Command::Keygen { .. } => "keygen",
         Command::GenerateDocs { .. } => "generate-docs",

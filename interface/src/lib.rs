@@ -10,8 +10,8 @@ pub use error::Error;
 pub use proxy::{AgentProxy, JobProxy};
 pub use types::{
     BackupInfo, BackupKind, BackupTarget, Health, JobOperation, JobState, KeptDatabase,
-    ParseNameError, PitrBase, PitrStatus, RestoreOptions, RunningJob, StatusReport, time_from_wire,
-    wire_time,
+    OffsiteReport, OffsiteStatus, ParseNameError, PitrBase, PitrStatus, RestoreOptions, RunningJob,
+    StatusReport, time_from_wire, wire_time,
 };
 
 /// Well-known bus name the agent owns on the system bus.

@@ -4,7 +4,7 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BackupInfo, Error, KeptDatabase, PitrStatus, RestoreOptions};
+use crate::{BackupInfo, Error, KeptDatabase, OffsiteStatus, PitrStatus, RestoreOptions};
 
 /// The manager object, `/org/mesbak/Agent1`.
 #[proxy(
@@ -75,8 +75,34 @@ pub trait Agent {
     /// A test restore of the database as it was at `time` (RFC 3339).
     fn test_restore_to_time(&self, time: &str) -> Result<OwnedObjectPath, Error>;
 
+    /// Copies what is missing to every off-site target now; returns the
+    /// running sync's job when one is already running.
+    fn sync_offsite(&self) -> Result<OwnedObjectPath, Error>;
+
+    /// The backups off-site target `target` holds, newest first.
+    fn list_offsite(&self, target: &str) -> Result<Vec<BackupInfo>, Error>;
+
+    /// `Verify` of a backup read from off-site target `target`.
+    fn verify_from(&self, backup: &str, target: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// `TestRestore` of a backup read from off-site target `target`; an
+    /// empty id means the newest database backup there.
+    fn test_restore_from(&self, backup: &str, target: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// `Restore` of a backup read from off-site target `target` (root only).
+    fn restore_from(
+        &self,
+        backup: &str,
+        target: &str,
+        options: RestoreOptions,
+    ) -> Result<OwnedObjectPath, Error>;
+
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
+
+    /// One entry per off-site target: newest copy, queue, last error.
+    #[zbus(property)]
+    fn offsite(&self) -> zbus::Result<Vec<OffsiteStatus>>;
 
     /// `healthy`, `degraded` or `unhealthy`.
     #[zbus(property)]

@@ -123,16 +123,23 @@ wire_enum!(
         PitrDisable = "pitr-disable",
         PitrSync = "pitr-sync",
         PitrBaseBackup = "pitr-base-backup",
+        /// Copies what is missing to the off-site targets.
+        OffsiteSync = "offsite-sync",
     }
 );
 
 impl JobOperation {
-    /// Whether the job changes data; only one such job runs at a time.
+    /// Whether the job changes data; only one such job runs at a time. An
+    /// off-site sync only reads the backups here (it has its own lock), so
+    /// a long upload never holds up a backup.
     pub fn mutates(self) -> bool {
         // Shipping WAL and base backups only add files, under their own lock.
         !matches!(
             self,
-            JobOperation::Verify | JobOperation::PitrSync | JobOperation::PitrBaseBackup
+            JobOperation::Verify
+                | JobOperation::PitrSync
+                | JobOperation::PitrBaseBackup
+                | JobOperation::OffsiteSync
         )
     }
 }
@@ -207,6 +214,29 @@ pub struct RunningJob {
     pub started_at: String,
 }
 
+impl BackupInfo {
+    /// A backup known only by its id and kind; every other field empty.
+    pub fn new(id: impl Into<String>, kind: BackupKind) -> BackupInfo {
+        BackupInfo {
+            id: id.into(),
+            kind,
+            path: String::new(),
+            created: String::new(),
+            size_bytes: 0,
+            sha256: String::new(),
+            duration_ms: 0,
+            restore_point: String::new(),
+            source: String::new(),
+            server_version: String::new(),
+            timescaledb_version: String::new(),
+            schemas: Vec::new(),
+            table_rows: BTreeMap::new(),
+            downtime_ms: 0,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Options of `Restore`, as `a{sv}`; absent keys take their defaults.
 #[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
 #[zvariant(signature = "a{sv}", rename_all = "kebab-case")]
@@ -234,6 +264,77 @@ pub struct StatusReport {
     /// Databases kept by restores and rollbacks, until dropped.
     #[serde(default)]
     pub previous_databases: Vec<KeptDatabase>,
+    /// One entry per `[[offsite]]` target, in configuration order.
+    #[serde(default)]
+    pub offsite: Vec<OffsiteReport>,
+}
+
+/// One off-site target as `status --json` and the HTTP endpoint show it.
+/// Times are RFC 3339 or null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsiteReport {
+    pub name: String,
+    /// `s3://...`, `az://...` or the path, as configured.
+    pub url: String,
+    /// This target's own judgement.
+    pub status: Health,
+    /// The newest backup verified there, and when it was made.
+    pub newest_copy: Option<String>,
+    pub newest_copy_created: Option<String>,
+    /// Good local backups not (yet) verified there.
+    pub queue_length: u64,
+    /// The last failed copy that still waits for its retry.
+    pub last_error: Option<String>,
+    pub last_error_time: Option<String>,
+    /// When the last copy was verified there.
+    pub last_success: Option<String>,
+}
+
+/// [`OffsiteReport`] on the bus (`Offsite` property): "" stands for null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type, Value, OwnedValue)]
+pub struct OffsiteStatus {
+    pub name: String,
+    pub url: String,
+    /// A [`Health`] name.
+    pub status: String,
+    pub newest_copy: String,
+    pub newest_copy_created: String,
+    pub queue_length: u64,
+    pub last_error: String,
+    pub last_error_time: String,
+    pub last_success: String,
+}
+
+impl From<&OffsiteReport> for OffsiteStatus {
+    fn from(report: &OffsiteReport) -> OffsiteStatus {
+        OffsiteStatus {
+            name: report.name.clone(),
+            url: report.url.clone(),
+            status: report.status.to_string(),
+            newest_copy: wire_time(&report.newest_copy),
+            newest_copy_created: wire_time(&report.newest_copy_created),
+            queue_length: report.queue_length,
+            last_error: wire_time(&report.last_error),
+            last_error_time: wire_time(&report.last_error_time),
+            last_success: wire_time(&report.last_success),
+        }
+    }
+}
+
+impl From<OffsiteStatus> for OffsiteReport {
+    fn from(status: OffsiteStatus) -> OffsiteReport {
+        OffsiteReport {
+            name: status.name,
+            url: status.url,
+            status: status.status.parse().unwrap_or(Health::Unhealthy),
+            newest_copy: time_from_wire(status.newest_copy),
+            newest_copy_created: time_from_wire(status.newest_copy_created),
+            queue_length: status.queue_length,
+            last_error: time_from_wire(status.last_error),
+            last_error_time: time_from_wire(status.last_error_time),
+            last_success: time_from_wire(status.last_success),
+        }
+    }
 }
 
 /// One physical base backup of point-in-time recovery.
@@ -318,5 +419,6 @@ mod tests {
             "(bssa(sssst)ssssasuttss)"
         );
         assert_eq!(KeptDatabase::SIGNATURE.to_string(), "(sssstb)");
+        assert_eq!(OffsiteStatus::SIGNATURE.to_string(), "(ssssstsss)");
     }
 }

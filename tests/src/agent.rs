@@ -46,6 +46,12 @@ const SCRUBBED_ENV: &[&str] = &[
     "INVOCATION_ID",
     "JOURNAL_STREAM",
     "RUST_LOG",
+    // Off-site credentials the agent would take from its environment.
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
 ];
 
 /// Path of a binary of this workspace (`mesbak-agent`, `mesbakctl`), built

@@ -28,6 +28,7 @@
 mod agent;
 mod bus;
 mod fingerprint;
+mod offsite;
 mod postgres;
 mod receiver;
 pub mod util;
@@ -40,6 +41,9 @@ pub use agent::{
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
+pub use offsite::{
+    AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Rclone, S3Server, add_offsite, backup_folder_names,
+};
 pub use postgres::{
     ADMIN, DEFAULT_DB, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
 };

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use mesbak_interface::{
-    BackupInfo, BackupTarget, Error, JobOperation, KeptDatabase, MANAGER_PATH, PitrStatus,
-    RestoreOptions, job_path, wire_time,
+    BackupInfo, BackupTarget, Error, JobOperation, KeptDatabase, MANAGER_PATH, OffsiteStatus,
+    PitrStatus, RestoreOptions, job_path, wire_time,
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
@@ -15,6 +15,8 @@ use zbus::{Connection, interface};
 
 use super::{caller_uid, launch, require_root};
 use crate::app::App;
+use crate::offsite::read::{self as offsite_read, spooled};
+use crate::offsite::sync::Due;
 use crate::{backup, kept, preview, restore, retention, verify};
 
 pub struct Manager {
@@ -46,6 +48,32 @@ impl Manager {
         let future = work(self.app.clone(), job.clone());
         launch(self.app.clone(), conn, job, future).await
     }
+
+    /// Starts a job on a backup fetched from off-site target `target` into
+    /// the spool (see `offsite::read::spooled`).
+    async fn start_from<F, Fut>(
+        &self,
+        conn: &Connection,
+        uid: u32,
+        operation: JobOperation,
+        backup: &str,
+        target: &str,
+        then: F,
+    ) -> Result<OwnedObjectPath, Error>
+    where
+        F: FnOnce(Arc<App>, Arc<crate::jobs::Job>, crate::storage::BackupRef) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<String, Error>> + Send + 'static,
+    {
+        crate::storage::kind_of_id(backup)?;
+        offsite_read::open(&self.app, target)?;
+        let (id, name) = (backup.to_owned(), target.to_owned());
+        self.start(conn, uid, operation, id.clone(), None, move |app, job| {
+            spooled(app, job, name, id, then)
+        })
+        .await
+    }
 }
 
 #[interface(name = "org.mesbak.Agent1")]
@@ -63,13 +91,18 @@ impl Manager {
                 .map_err(|err: mesbak_interface::ParseNameError| {
                     Error::InvalidArgument(err.to_string())
                 })?;
+        let conn_after = conn.clone();
         self.start(
             conn,
             caller_uid(conn, &header).await?,
             JobOperation::Backup,
             target.to_string(),
             None,
-            move |app, job| backup::run(app, job, target),
+            move |app, job| async move {
+                let result = backup::run(app.clone(), job, target).await;
+                super::offsite::after_backup(&app, &conn_after).await;
+                result
+            },
         )
         .await
     }
@@ -353,6 +386,98 @@ impl Manager {
         .await
     }
 
+    /// Copies what is missing to every off-site target now; returns the
+    /// running sync's job when one is already running.
+    async fn sync_offsite(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        super::offsite::start_sync(self.app.clone(), conn, uid, Due::All).await
+    }
+
+    /// The backups off-site target `target` holds, newest first.
+    async fn list_offsite(&self, target: &str) -> Result<Vec<BackupInfo>, Error> {
+        tokio::time::timeout(LIST_OFFSITE_TIMEOUT, offsite_read::list(&self.app, target))
+            .await
+            .unwrap_or_else(|_| Err(not_answering(target)))
+    }
+
+    /// `Verify` of a backup read from off-site target `target`.
+    async fn verify_from(
+        &self,
+        backup: &str,
+        target: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        self.start_from(conn, uid, JobOperation::Verify, backup, target, verify::run)
+            .await
+    }
+
+    /// `TestRestore` of a backup read from off-site target `target`; an
+    /// empty id means the newest database backup there.
+    async fn test_restore_from(
+        &self,
+        backup: &str,
+        target: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        offsite_read::open(&self.app, target)?;
+        let picked = tokio::time::timeout(
+            LIST_OFFSITE_TIMEOUT,
+            offsite_read::pick_test_restore(&self.app, target, backup),
+        )
+        .await
+        .unwrap_or_else(|_| Err(not_answering(target)))?;
+        self.start_from(
+            conn,
+            uid,
+            JobOperation::TestRestore,
+            &picked,
+            target,
+            restore::test_restore,
+        )
+        .await
+    }
+
+    /// `Restore` of a backup read from off-site target `target` (root only).
+    async fn restore_from(
+        &self,
+        backup: &str,
+        target: &str,
+        options: RestoreOptions,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        require_root(uid, "restore")?;
+        self.start_from(
+            conn,
+            uid,
+            JobOperation::Restore,
+            backup,
+            target,
+            move |app, job, found| restore::run(app, job, found, options),
+        )
+        .await
+    }
+
+    /// One entry per off-site target: newest copy, queue, last error.
+    #[zbus(property)]
+    fn offsite(&self) -> Vec<OffsiteStatus> {
+        self.app
+            .status()
+            .offsite
+            .iter()
+            .map(OffsiteStatus::from)
+            .collect()
+    }
+
     #[zbus(property)]
     fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_owned()
@@ -419,6 +544,16 @@ impl Manager {
     }
 }
 
+/// How long `ListOffsite` waits for a target (clients give up at 25 s).
+const LIST_OFFSITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn not_answering(target: &str) -> Error {
+    Error::Failed(format!(
+        "off-site target '{target}' did not answer within {} s; check that it is reachable",
+        LIST_OFFSITE_TIMEOUT.as_secs()
+    ))
+}
+
 fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
     job.set_stage("deleting expired backups");
     let expired = retention::plan(
@@ -476,6 +611,7 @@ pub async fn health_changed(conn: &Connection) {
     let _ = object.last_test_restore_changed(emitter).await;
     let _ = object.last_test_restore_result_changed(emitter).await;
     let _ = object.previous_databases_changed(emitter).await;
+    let _ = object.offsite_changed(emitter).await;
 }
 
 /// Publishes the list of job objects.

@@ -5,6 +5,7 @@
 
 mod job;
 mod manager;
+pub mod offsite;
 
 use std::future::Future;
 use std::sync::Arc;
