@@ -17,7 +17,7 @@ require_root() {
 # Debian packages the tests and the demo use.
 MESBAK_PACKAGES=(
     docker.io busybox-static dbus postgresql-15 postgresql-client-15
-    python3 python3-cryptography libssl-dev pkg-config gcc
+    python3 python3-cryptography libssl-dev pkg-config gcc zstd
     debootstrap lintian rpm ca-certificates curl util-linux procps
     python3-aiosmtpd openssl prometheus man-db
     rclone

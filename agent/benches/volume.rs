@@ -14,8 +14,9 @@
 //! `cargo bench -p mesbak-agent --bench volume` as root with dockerd and the
 //! `mesbak-test/busybox` image (`dev/lib.sh ensure_images`).
 //! `MESBAK_BENCH_VOLUME_MIB` sets the volume's size (default 300),
-//! `MESBAK_BENCH_ROUNDS` the rounds (best of, default 2) and
-//! `MESBAK_BENCH_LEVEL` the agent's gzip level (default 6, as `tar czf`).
+//! `MESBAK_BENCH_ROUNDS` the rounds (best of, default 2),
+//! `MESBAK_BENCH_COMPRESSION` the agent's compression (`gzip`, the default,
+//! or `zstd`) and `MESBAK_BENCH_LEVEL` its level (default: the agent's).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use mesbak_agent::app::App;
 use mesbak_agent::config::Config;
 use mesbak_agent::ignition;
 use mesbak_agent::storage::Storage;
-use mesbak_interface::JobOperation;
+use mesbak_interface::{Compression, JobOperation};
 
 const IMAGE: &str = "mesbak-test/busybox";
 
@@ -199,7 +200,13 @@ fn mib(bytes: u64) -> f64 {
 async fn main() {
     let size_mib = env_u64("MESBAK_BENCH_VOLUME_MIB", 300);
     let rounds = env_u64("MESBAK_BENCH_ROUNDS", 2).max(1);
-    let level = env_u64("MESBAK_BENCH_LEVEL", 6) as u32;
+    let compression: Compression = std::env::var("MESBAK_BENCH_COMPRESSION")
+        .unwrap_or_else(|_| "gzip".into())
+        .parse()
+        .expect("MESBAK_BENCH_COMPRESSION: gzip or zstd");
+    let level = std::env::var("MESBAK_BENCH_LEVEL")
+        .ok()
+        .map(|l| l.parse::<u32>().expect("MESBAK_BENCH_LEVEL: a number"));
     assert!(
         !docker(&["images", "-q", IMAGE]).is_empty(),
         "the image {IMAGE} is missing; build it with `bash -c 'source dev/lib.sh; ensure_images'`"
@@ -252,9 +259,11 @@ async fn main() {
     config.ignition.stop_containers = vec![stand.gateway.clone()];
     config.ignition.helper_image = String::new();
     config.ignition.stop_timeout_secs = 10;
+    config.backup.compression = compression;
     config.backup.compression_level = level;
     config.backup.min_free_bytes = 0;
     config.health.listen = String::new();
+    let codec = config.codec();
     let app = App::new(config).expect("agent context");
     app.docker().await.expect("connect to Docker");
 
@@ -304,11 +313,13 @@ async fn main() {
     let tar_size = std::fs::metadata(&tar_gz).expect("tar output").len();
     let throughput = |d: Duration| mib(bytes) / d.as_secs_f64();
     println!(
-        "volume: {files} files, {:.0} MiB; agent gzip level {level}; best of {rounds}",
-        mib(bytes)
+        "volume: {files} files, {:.0} MiB; agent {} level {}; best of {rounds}",
+        mib(bytes),
+        codec.compression,
+        codec.level
     );
     println!(
-        "agent snapshot (stop, stream, restart, gzip, encrypt, fsync): {:>7.2} s  {:>6.1} MiB/s  {:>7.1} MiB",
+        "agent snapshot (stop, stream, restart, compress, encrypt, fsync): {:>7.2} s  {:>6.1} MiB/s  {:>7.1} MiB",
         agent_best.as_secs_f64(),
         throughput(agent_best),
         mib(agent_size)

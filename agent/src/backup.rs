@@ -147,7 +147,8 @@ fn apply_retention(app: &App, job: &Job, made: &[BackupInfo]) {
     }
 }
 
-/// Backs up the configured database as `<name>_<point>[_<tag>].sql.gz.enc`.
+/// Backs up the configured database as `<name>_<point>[_<tag>].sql.gz.enc`
+/// (`.sql.zst.enc` with zstd).
 /// Starts the database container if it is stopped, and stops it again.
 pub async fn database(
     app: &App,
@@ -192,19 +193,19 @@ pub async fn dump(
         .list()?
         .into_iter()
         .find(|b| b.kind == BackupKind::Database);
-    let (pending, file) = app
-        .storage
-        .create(BackupKind::Database, database, point, tag)?;
+    let codec = app.config.codec();
+    let (pending, file) = app.storage.create(
+        BackupKind::Database,
+        codec.compression,
+        database,
+        point,
+        tag,
+    )?;
     job.set_stage(format!("Creating backup: {}", pending.id));
     job.reset_bytes(0);
     // The writer derives the file's key (PBKDF2) while the roles, versions
     // and database facts are read.
-    let writer = BackupWriter::start(
-        file,
-        key,
-        app.config.backup.compression_level,
-        job.bytes_done.clone(),
-    );
+    let writer = BackupWriter::start(file, key, codec, job.bytes_done.clone());
     let roles_args = ["--roles-only", "-l", database.as_str()];
     let roles = server.output("pg_dumpall", &roles_args, None, |detail| {
         Error::Database(format!(

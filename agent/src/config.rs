@@ -5,8 +5,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use mesbak_interface::Compression;
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::pipeline::Codec;
 
 pub const DEFAULT_PATH: &str = "/etc/mesbak/mesbak.toml";
 
@@ -126,8 +129,11 @@ pub struct Restore {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backup {
-    /// gzip level 1-9.
-    pub compression_level: u32,
+    /// `gzip` (the default: `.sql.gz.enc`, `.tar.gz.enc`) or `zstd`
+    /// (`.sql.zst.enc`, `.tar.zst.enc`).
+    pub compression: Compression,
+    /// gzip 1-12, zstd 1-19; unset = the compression's measured default.
+    pub compression_level: Option<u32>,
     /// Refuse to start a backup when less than this would stay free.
     pub min_free_bytes: u64,
 }
@@ -254,7 +260,8 @@ impl Default for Restore {
 impl Default for Backup {
     fn default() -> Self {
         Backup {
-            compression_level: 5,
+            compression: Compression::Gzip,
+            compression_level: None,
             min_free_bytes: 10 << 30,
         }
     }
@@ -425,12 +432,20 @@ impl Config {
                 format!("'{}' is not a volume name", self.ignition.volume),
             ));
         }
-        if !(1..=9).contains(&self.backup.compression_level) {
+        let levels = Codec::levels(self.backup.compression);
+        if let Some(level) = self
+            .backup
+            .compression_level
+            .filter(|l| !levels.contains(l))
+        {
             return Err(invalid(
                 "backup.compression_level",
                 format!(
-                    "{} is out of range; use 1 (fastest) to 9 (smallest)",
-                    self.backup.compression_level
+                    "{level} is out of range for {}; use {} (fastest) to {} (smallest), or leave it out for the default {}",
+                    self.backup.compression,
+                    levels.start(),
+                    levels.end(),
+                    Codec::default_level(self.backup.compression)
                 ),
             ));
         }
@@ -474,6 +489,22 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// How backups are compressed.
+    pub fn codec(&self) -> Codec {
+        self.codec_for(self.backup.compression)
+    }
+
+    /// `compression` at the configured level when it is the configured
+    /// compression, else at its default (PITR's files are always gzip).
+    pub fn codec_for(&self, compression: Compression) -> Codec {
+        let level = self
+            .backup
+            .compression_level
+            .filter(|_| compression == self.backup.compression)
+            .unwrap_or_else(|| Codec::default_level(compression));
+        Codec { compression, level }
     }
 
     /// The health endpoint's address, when it is on.
@@ -639,10 +670,30 @@ mod tests {
             "{err}"
         );
 
-        let err = load("[backup]\ncompression_level = 12\n", &[])
+        let err = load("[backup]\ncompression_level = 13\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`backup.compression_level`"), "{err}");
+        assert!(
+            err.contains("`backup.compression_level`") && err.contains("1 (fastest) to 12"),
+            "{err}"
+        );
+        let err = load(
+            "[backup]\ncompression = \"zstd\"\ncompression_level = 20\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`backup.compression_level`") && err.contains("zstd"),
+            "{err}"
+        );
+        let err = load("[backup]\ncompression = \"xz\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`backup.compression`") && err.contains("zstd"),
+            "{err}"
+        );
 
         let err = load("[health]\nlisten = \"everywhere\"\n", &[])
             .unwrap_err()

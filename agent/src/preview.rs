@@ -60,7 +60,7 @@ fn restore_from(app: &App, argument: &str) -> Result<Vec<String>, Error> {
     let (target, id) = argument
         .split_once('/')
         .ok_or_else(|| Error::InvalidArgument(format!("'{argument}' is not TARGET/ID")))?;
-    let kind = crate::storage::kind_of_id(id)?;
+    let (kind, _) = crate::storage::kind_of_id(id)?;
     Ok(replaced(
         app,
         format!(

@@ -8,18 +8,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use mesbak_interface::{BackupInfo, BackupKind, Error};
+use mesbak_interface::{
+    BackupInfo, BackupKind, Compression, Error, backup_name_kind, backup_suffix,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
-
-/// Suffix of a finished backup file of each kind.
-pub fn suffix(kind: BackupKind) -> &'static str {
-    match kind {
-        BackupKind::Database => ".sql.gz.enc",
-        BackupKind::Ignition => ".tar.gz.enc",
-    }
-}
 
 /// The folder of a kind, here and on off-site targets.
 pub fn subdir(kind: BackupKind) -> &'static str {
@@ -32,8 +26,9 @@ pub fn subdir(kind: BackupKind) -> &'static str {
 const METADATA_SUFFIX: &str = ".json";
 const PARTIAL_SUFFIX: &str = ".partial";
 
-/// Checks a backup id: a plain file name with a known suffix.
-pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
+/// Checks a backup id: a plain file name with a known suffix, which says
+/// what it holds and how it is compressed.
+pub fn kind_of_id(id: &str) -> Result<(BackupKind, Compression), Error> {
     let plain = !id.is_empty()
         && !id.starts_with('.')
         && id.len() <= 200
@@ -47,15 +42,11 @@ pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
             id.escape_debug()
         )));
     }
-    BackupKind::ALL
-        .iter()
-        .copied()
-        .find(|kind| id.ends_with(suffix(*kind)))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "'{id}' is not a backup id: backup files end in .sql.gz.enc or .tar.gz.enc"
-            ))
-        })
+    backup_name_kind(id).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "'{id}' is not a backup id: backup files end in .sql.gz.enc, .sql.zst.enc, .tar.gz.enc or .tar.zst.enc"
+        ))
+    })
 }
 
 /// A backup file the agent may read.
@@ -63,6 +54,8 @@ pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
 pub struct BackupRef {
     pub id: String,
     pub kind: BackupKind,
+    /// How its payload is compressed (from the name).
+    pub compression: Compression,
     pub path: PathBuf,
 }
 
@@ -76,6 +69,7 @@ pub struct Storage {
 pub struct PendingBackup {
     pub id: String,
     pub kind: BackupKind,
+    pub compression: Compression,
     file: PendingFile,
 }
 
@@ -209,6 +203,7 @@ impl Storage {
     pub fn create(
         &self,
         kind: BackupKind,
+        compression: Compression,
         prefix: &str,
         point: &str,
         tag: Option<&str>,
@@ -221,16 +216,24 @@ impl Storage {
         };
         for attempt in 0..100 {
             let id = if attempt == 0 {
-                format!("{base}{}", suffix(kind))
+                format!("{base}{}", backup_suffix(kind, compression))
             } else {
-                format!("{base}-{attempt}{}", suffix(kind))
+                format!("{base}-{attempt}{}", backup_suffix(kind, compression))
             };
             kind_of_id(&id)?;
             if fs::symlink_metadata(dir.join(&id)).is_ok() {
                 continue;
             }
             let (file, handle) = PendingFile::create(&dir, &id)?;
-            return Ok((PendingBackup { id, kind, file }, handle));
+            return Ok((
+                PendingBackup {
+                    id,
+                    kind,
+                    compression,
+                    file,
+                },
+                handle,
+            ));
         }
         Err(Error::Failed(format!(
             "too many backups named {base} in {}",
@@ -251,7 +254,7 @@ impl Storage {
                 .file_name()
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let kind = kind_of_id(&id)?;
+            let (kind, _) = kind_of_id(&id)?;
             if path.parent() != Some(self.dir(kind).as_path()) && !allow_paths {
                 return Err(Error::NotAuthorized(format!(
                     "only root may use backup files outside {}; copy the file there or run as root",
@@ -260,10 +263,10 @@ impl Storage {
             }
             (id, path)
         } else {
-            let kind = kind_of_id(given)?;
+            let (kind, _) = kind_of_id(given)?;
             (given.to_owned(), self.dir(kind).join(given))
         };
-        let kind = kind_of_id(&id)?;
+        let (kind, compression) = kind_of_id(&id)?;
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
                 "{} is a symlink; mesbak only reads real files",
@@ -273,7 +276,12 @@ impl Storage {
                 "{} is not a regular file",
                 path.display()
             ))),
-            Ok(_) => Ok(BackupRef { id, kind, path }),
+            Ok(_) => Ok(BackupRef {
+                id,
+                kind,
+                compression,
+                path,
+            }),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Error::NotFound(format!(
                 "backup '{given}' does not exist; `mesbakctl list` shows the backups there are"
             ))),
@@ -302,7 +310,7 @@ impl Storage {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') || !name.ends_with(suffix(*kind)) {
+                if name.starts_with('.') || backup_name_kind(&name).map(|(k, _)| k) != Some(*kind) {
                     continue;
                 }
                 let Ok(meta) = entry.path().symlink_metadata() else {
@@ -411,6 +419,7 @@ impl PendingBackup {
         Ok(BackupRef {
             id: self.id,
             kind: self.kind,
+            compression: self.compression,
             path,
         })
     }
@@ -533,11 +542,11 @@ mod tests {
     fn ids_must_be_plain_names() {
         assert_eq!(
             kind_of_id("mes_2026-01-02_030405.sql.gz.enc").unwrap(),
-            BackupKind::Database
+            (BackupKind::Database, Compression::Gzip)
         );
         assert_eq!(
-            kind_of_id("ignition_2026-01-02_030405.tar.gz.enc").unwrap(),
-            BackupKind::Ignition
+            kind_of_id("ignition_2026-01-02_030405.tar.zst.enc").unwrap(),
+            (BackupKind::Ignition, Compression::Zstd)
         );
         for bad in [
             "",
@@ -548,6 +557,8 @@ mod tests {
             "x\0.sql.gz.enc",
             "a..b.sql.gz.enc",
             "mes.sql",
+            "mes.sql.gz",
+            "mes.sql.xz.enc",
             "mes name.sql.gz.enc",
         ] {
             assert!(kind_of_id(bad).is_err(), "{bad:?} accepted");
@@ -592,7 +603,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let storage = Storage::new(tmp.path().join("b"));
         let (pending, mut file) = storage
-            .create(BackupKind::Database, "mes", "2026-01-02_030405", None)
+            .create(
+                BackupKind::Database,
+                Compression::Gzip,
+                "mes",
+                "2026-01-02_030405",
+                None,
+            )
             .unwrap();
         file.write_all(b"data").unwrap();
         assert!(storage.list().unwrap().is_empty());
@@ -621,10 +638,43 @@ mod tests {
         assert_eq!(fs::metadata(&committed.path).unwrap().mode() & 0o777, 0o600);
         // A second backup in the same second gets its own name.
         let (second, _file) = storage
-            .create(BackupKind::Database, "mes", "2026-01-02_030405", None)
+            .create(
+                BackupKind::Database,
+                Compression::Gzip,
+                "mes",
+                "2026-01-02_030405",
+                None,
+            )
             .unwrap();
         assert_eq!(second.id, "mes_2026-01-02_030405-1.sql.gz.enc");
         drop(second);
+        // A zstd backup is listed beside it and resolves as zstd.
+        let (zstd, _file) = storage
+            .create(
+                BackupKind::Database,
+                Compression::Zstd,
+                "mes",
+                "2026-01-02_030406",
+                None,
+            )
+            .unwrap();
+        assert_eq!(zstd.id, "mes_2026-01-02_030406.sql.zst.enc");
+        let zstd = zstd
+            .commit(&BackupInfo {
+                id: "mes_2026-01-02_030406.sql.zst.enc".into(),
+                created: "2026-01-02T03:04:06Z".into(),
+                ..info.clone()
+            })
+            .unwrap();
+        assert_eq!(zstd.compression, Compression::Zstd);
+        let listed = storage.list().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].id, "mes_2026-01-02_030406.sql.zst.enc");
+        let resolved = storage.resolve(&listed[0].id, false).unwrap();
+        assert_eq!(
+            (resolved.kind, resolved.compression),
+            (BackupKind::Database, Compression::Zstd)
+        );
         assert!(storage.remove_partials().is_empty());
     }
 

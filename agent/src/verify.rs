@@ -1,5 +1,5 @@
 //! The verify job: authenticate every chunk of a backup and check its gzip
-//! stream, without writing anything.
+//! or zstd stream, without writing anything.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,8 +22,13 @@ pub async fn check(app: &App, job: &Job, backup: &BackupRef) -> Result<u64, Erro
         .len();
     job.reset_bytes(size);
     job.set_stage(format!("authenticating {}", backup.id));
-    let mut reader =
-        BackupReader::start(backup.id.clone(), file, key, true, job.bytes_done.clone());
+    let mut reader = BackupReader::start(
+        backup.id.clone(),
+        file,
+        key,
+        Some(backup.compression),
+        job.bytes_done.clone(),
+    );
     loop {
         tokio::select! {
             block = reader.blocks.recv() => if block.is_none() { break },

@@ -108,8 +108,10 @@ pub enum Command {
     },
     /// Decrypt a backup file without the agent (to stdout unless -o).
     ///
-    /// The output is the standard `.sql.gz` or `.tar.gz` payload:
-    /// `mesbakctl decrypt FILE | gunzip | psql -v ON_ERROR_STOP=1 DB`.
+    /// The output is the standard `.sql.gz` / `.tar.gz` payload (`.sql.zst`
+    /// / `.tar.zst` for zstd backups):
+    /// `mesbakctl decrypt FILE | gunzip | psql -v ON_ERROR_STOP=1 DB`
+    /// (`| zstd -d |` for `.zst.enc` files).
     Decrypt {
         /// The encrypted backup file, or - for standard input.
         file: PathBuf,

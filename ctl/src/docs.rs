@@ -156,7 +156,7 @@ The agent's configuration (see \fBmesbak\-agent\fR(8)).
 The encryption key; \fBdecrypt\fR's default key file. Keep a copy away from the server: no backup can be read without the key it was made with.
 .TP
 .I /var/backups/mes/database/, /var/backups/mes/ignition/
-The backups (\fBmes_YYYY\-MM\-DD_HHMMSS.sql.gz.enc\fR, \fBignition_YYYY\-MM\-DD_HHMMSS.tar.gz.enc\fR), each with its metadata (\fB.json\fR).
+The backups (\fBmes_YYYY\-MM\-DD_HHMMSS.sql.gz.enc\fR, \fBignition_YYYY\-MM\-DD_HHMMSS.tar.gz.enc\fR; \fB.sql.zst.enc\fR, \fB.tar.zst.enc\fR with \fBbackup.compression = "zstd"\fR), each with its metadata (\fB.json\fR).
 .TP
 .I /usr/share/mesbak/prometheus/mesbak.rules.yml, /usr/share/mesbak/grafana/mesbak\-dashboard.json
 Alert rules and a dashboard for the agent's metrics.

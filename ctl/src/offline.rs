@@ -47,7 +47,7 @@ pub fn decrypt(file: &Path, key_file: Option<&Path>, output: Option<&Path>) -> R
             let stdout = io::stdout();
             if stdout.is_terminal() {
                 bail!(
-                    "the decrypted backup is compressed binary data; pipe it (for example into `gunzip | psql`) or write it to a file with -o FILE"
+                    "the decrypted backup is compressed binary data; pipe it (for example into `gunzip | psql`, or `zstd -d | psql` for a .zst.enc file) or write it to a file with -o FILE"
                 );
             }
             copy(&mut decryptor, &mut BufWriter::new(stdout.lock()))

@@ -79,6 +79,48 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// How a backup's payload is compressed; the file name says which
+    /// (`.sql.gz.enc`, `.sql.zst.enc`).
+    Compression, "compression" {
+        /// A standard gzip stream (possibly several members): `gunzip`.
+        Gzip = "gzip",
+        /// A standard zstd stream: `zstd -d`.
+        Zstd = "zstd",
+    }
+);
+
+impl Compression {
+    /// What the standard tool's files end in: `.gz`, `.zst`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+}
+
+/// The name ending of a backup file: `.sql.gz.enc`, `.tar.zst.enc`...
+pub fn backup_suffix(kind: BackupKind, compression: Compression) -> &'static str {
+    match (kind, compression) {
+        (BackupKind::Database, Compression::Gzip) => ".sql.gz.enc",
+        (BackupKind::Database, Compression::Zstd) => ".sql.zst.enc",
+        (BackupKind::Ignition, Compression::Gzip) => ".tar.gz.enc",
+        (BackupKind::Ignition, Compression::Zstd) => ".tar.zst.enc",
+    }
+}
+
+/// What a backup file name says it holds, from its ending; None for a name
+/// that is not a backup's.
+pub fn backup_name_kind(name: &str) -> Option<(BackupKind, Compression)> {
+    BackupKind::ALL.iter().find_map(|&kind| {
+        Compression::ALL
+            .iter()
+            .find(|&&compression| name.ends_with(backup_suffix(kind, compression)))
+            .map(|&compression| (kind, compression))
+    })
+}
+
+wire_enum!(
     /// What `Backup` is asked to save.
     BackupTarget, "backup target" {
         Database = "database",
@@ -407,6 +449,19 @@ mod tests {
             serde_json::to_string(&JobOperation::TestRestore).unwrap(),
             "\"test-restore\""
         );
+    }
+
+    #[test]
+    fn backup_names_say_kind_and_compression() {
+        for &kind in BackupKind::ALL {
+            for &compression in Compression::ALL {
+                let name = format!("mes_2026-01-02_030405{}", backup_suffix(kind, compression));
+                assert_eq!(backup_name_kind(&name), Some((kind, compression)));
+            }
+        }
+        for name in ["mes.sql.gz", "mes.sql.enc", "mes.sql.bz2.enc", "x.json"] {
+            assert_eq!(backup_name_kind(name), None, "{name}");
+        }
     }
 
     #[test]

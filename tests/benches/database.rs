@@ -1,26 +1,39 @@
 //! Database backup and restore, measured side by side in one run against
-//! the baselines DESIGN.md names, as ratios (the machine is shared and noisy):
+//! the baselines DESIGN.md and issue 15 name, as ratios (the machine is
+//! shared and noisy, so every round runs each side back to back):
 //!
 //! - backup: bare `pg_dump > /dev/null`; the old way `pg_dump | gzip |
-//!   openssl enc -aes-256-cbc`; output size against `gzip -6`; the agent's
-//!   peak RSS;
-//! - restore: `gunzip | psql` of the same dump into an empty database.
+//!   openssl enc -aes-256-cbc`; the agent's backup with its default gzip
+//!   and with zstd; output size against `gzip -6`; the agent's peak RSS;
+//!   CPU-seconds per GiB of SQL of the agent and of pg_dump + the server
+//!   (the database container's cgroup), so the ratios can be read for a
+//!   server with more cores;
+//! - restore: the agent's whole restore (authentication, safety backup,
+//!   load into a new database, row checks, swap) against the old way
+//!   `openssl -d | gunzip | psql` into an empty database, and the downtime
+//!   of a writer container (`restore.stop_containers`) during it.
 //!
 //! Both servers, one after the other: PostgreSQL 15 (the bulk rows in a
 //! partitioned table) and the plant's TimescaleDB on PostgreSQL 17 (the bulk
 //! rows in a hypertable; its baseline restore follows Timescale's procedure,
-//! `timescaledb_pre_restore()` / `gunzip | psql` / `timescaledb_post_restore()`).
+//! `timescaledb_pre_restore()` / `... | psql` / `timescaledb_post_restore()`).
 //!
 //! `cargo bench -p mesbak-tests --bench database`; `MESBAK_BENCH_MIB`
 //! sets the size of the dump (default 300), `MESBAK_BENCH_ROUNDS` the
-//! rounds (best of, default 2), `MESBAK_BENCH_SERVERS` which servers
-//! (`postgres15,timescaledb`, the default).
+//! rounds (default 3; each round is printed, the summary gives medians),
+//! `MESBAK_BENCH_SERVERS` which servers (`postgres15,timescaledb`, the
+//! default). `MESBAK_BENCH_LEVELS=1,2,4,6,zstd:1,zstd:3` first compares
+//! compression levels (gzip unless prefixed `zstd:`).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesbak_interface::RestoreOptions;
+use mesbak_tests::util::random_hex;
 use mesbak_tests::*;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -40,11 +53,19 @@ fn shell(script: &str) -> Duration {
     started.elapsed()
 }
 
-fn best(rounds: u64, mut run: impl FnMut() -> Duration) -> Duration {
-    (0..rounds)
-        .map(|_| run())
-        .min()
-        .expect("at least one round")
+fn docker_text(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -71,14 +92,161 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds the processes of a container used so far (the server, and
+/// pg_dump / psql run in it through `docker exec`), from its cgroup: v1
+/// (cpuacct) or v2 (cgroupfs or systemd driver).
+struct ContainerCpu {
+    path: std::path::PathBuf,
+    v2: bool,
+}
+
+impl ContainerCpu {
+    fn of(container: &str) -> ContainerCpu {
+        let id = docker_text(&["inspect", "-f", "{{.Id}}", container]);
+        let candidates = [
+            (
+                format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"),
+                false,
+            ),
+            (
+                format!("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+                false,
+            ),
+            (format!("/sys/fs/cgroup/docker/{id}/cpu.stat"), true),
+            (
+                format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+                true,
+            ),
+        ];
+        candidates
+            .into_iter()
+            .find(|(path, _)| Path::new(path).exists())
+            .map(|(path, v2)| ContainerCpu {
+                path: path.into(),
+                v2,
+            })
+            .unwrap_or_else(|| {
+                panic!("cannot find the cgroup CPU counter of container {container}")
+            })
+    }
+
+    fn seconds(&self) -> f64 {
+        let text = std::fs::read_to_string(&self.path).expect("read the cgroup CPU counter");
+        if self.v2 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .expect("usage_usec in cpu.stat")
+                / 1e6
+        } else {
+            text.trim().parse::<f64>().expect("cpuacct.usage") / 1e9
+        }
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A stand-in for the Ignition gateway, stopped by the agent during a
+/// restore; its Docker timestamps give the writers' downtime.
+struct Writer {
+    name: String,
+}
+
+impl Writer {
+    fn start() -> Writer {
+        let name = format!("mesbak-bench-writer-{}", random_hex(4));
+        docker_text(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "mesbak-test/busybox",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done",
+        ]);
+        Writer { name }
+    }
+
+    /// Seconds between the last stop and the last start.
+    fn last_downtime(&self) -> f64 {
+        let text = docker_text(&[
+            "inspect",
+            "-f",
+            "{{.State.FinishedAt}} {{.State.StartedAt}}",
+            &self.name,
+        ]);
+        let (stopped, started) = text.split_once(' ').expect("two times");
+        let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).expect("a Docker time");
+        (parse(started) - parse(stopped)).as_seconds_f64()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// What one of the agent's backups cost.
+struct AgentBackup {
+    wall: f64,
+    agent_cpu: f64,
+    server_cpu: f64,
+    size: u64,
+    id: String,
+}
+
+async fn agent_backup(agent: &Agent, config: &AgentConfig, server: &ContainerCpu) -> AgentBackup {
+    let proxy = agent.proxy().await;
+    let (agent_before, server_before) = (cpu_seconds(agent.pid()), server.seconds());
+    let started = Instant::now();
+    let job = proxy.backup("database").await.expect("start a backup");
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    let wall = started.elapsed().as_secs_f64();
+    assert!(outcome.success, "{}", outcome.message);
+    let id = outcome.files[0].clone();
+    AgentBackup {
+        wall,
+        agent_cpu: cpu_seconds(agent.pid()) - agent_before,
+        server_cpu: server.seconds() - server_before,
+        size: std::fs::metadata(config.backup_dir().join("database").join(&id))
+            .expect("backup file")
+            .len(),
+        id,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let size_mib = env_u64("MESBAK_BENCH_MIB", 300);
-    let rounds = env_u64("MESBAK_BENCH_ROUNDS", 2).max(1);
+    let rounds = env_u64("MESBAK_BENCH_ROUNDS", 3).max(1);
     let servers =
         std::env::var("MESBAK_BENCH_SERVERS").unwrap_or_else(|_| "postgres15,timescaledb".into());
     for server in servers.split(',').map(str::trim) {
@@ -93,6 +261,27 @@ async fn main() {
     }
 }
 
+/// One round's figures, in seconds, bytes and KiB.
+#[derive(Default)]
+struct Round {
+    bare: f64,
+    bare_server_cpu: f64,
+    old_way: f64,
+    gzip: f64,
+    gzip_agent_cpu: f64,
+    gzip_server_cpu: f64,
+    gzip_size: u64,
+    zstd: f64,
+    zstd_agent_cpu: f64,
+    zstd_size: u64,
+    rss_backup_kib: u64,
+    rss_zstd_kib: u64,
+    rss_restore_kib: u64,
+    baseline_restore: f64,
+    restore: f64,
+    downtime: f64,
+}
+
 async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
     let work = tempfile::tempdir().expect("temporary folder");
     let bus = Bus::start();
@@ -100,86 +289,63 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
     eprintln!("loading about {size_mib} MiB of time-series rows...");
     pg.load_bulk("mes", size_mib);
     let dump_bytes = pg.pg_dump_size("mes");
+    let gib = dump_bytes as f64 / f64::from(1u32 << 30);
     let c = pg.name().to_owned();
+    let server = ContainerCpu::of(&c);
     let sql_gz = work.path().join("dump.sql.gz");
     let old = work.path().join("old.sql.gz.enc");
-
-    let bare = best(rounds, || {
-        shell(&format!("docker exec {c} pg_dump -U admin mes > /dev/null"))
-    });
-    let old_way = best(rounds, || {
-        shell(&format!(
-            "docker exec {c} pg_dump -U admin mes | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass pass:bench -out {}",
-            old.display()
-        ))
-    });
+    let server_name = match flavor {
+        Flavor::Postgres15 => "PostgreSQL 15",
+        Flavor::TimescaleDb => "TimescaleDB 2.19 / PostgreSQL 17 (bulk rows in a hypertable)",
+    };
     shell(&format!(
         "docker exec {c} pg_dump -U admin mes | gzip -6 > {}",
         sql_gz.display()
     ));
     let gzip6_bytes = std::fs::metadata(&sql_gz).expect("gzip output").len();
 
-    // MESBAK_BENCH_LEVELS=1,3,6 compares compression levels first.
     if let Ok(levels) = std::env::var("MESBAK_BENCH_LEVELS") {
-        for level in levels
-            .split(',')
-            .filter_map(|l| l.trim().parse::<i64>().ok())
-        {
-            let config = AgentConfig::for_postgres(&pg).with("backup.compression_level", level);
-            let agent = Agent::spawn(&bus, &config).await;
-            let cpu_before = cpu_seconds(agent.pid());
-            let started = Instant::now();
-            let job = agent
-                .proxy()
-                .await
-                .backup("database")
-                .await
-                .expect("start a backup");
-            let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-            let took = started.elapsed();
-            assert!(outcome.success, "{}", outcome.message);
-            let size =
-                std::fs::metadata(config.backup_dir().join("database").join(&outcome.files[0]))
-                    .expect("backup file")
-                    .len();
-            println!(
-                "  level {level}: {:.2} s = {:.2}x bare pg_dump, size {:.3}x gzip -6, agent CPU {:.2} s",
-                took.as_secs_f64(),
-                took.as_secs_f64() / bare.as_secs_f64(),
-                size as f64 / gzip6_bytes as f64,
-                cpu_seconds(agent.pid()) - cpu_before
-            );
-        }
+        compare_levels(&bus, &pg, &server, &levels, gzip6_bytes, gib).await;
     }
 
-    let mut config = AgentConfig::for_postgres(&pg);
-    config.unset("backup.compression_level");
-    let agent = Agent::spawn(&bus, &config).await;
-    let proxy = agent.proxy().await;
-    let mut ours = Duration::MAX;
-    let mut backup_id = String::new();
-    let mut backup_bytes = 0;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        let job = proxy.backup("database").await.expect("start a backup");
-        let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-        let elapsed = started.elapsed();
-        assert!(outcome.success, "{}", outcome.message);
-        if elapsed < ours {
-            ours = elapsed;
-        }
-        backup_id = outcome.files[0].clone();
-        backup_bytes = std::fs::metadata(config.backup_dir().join("database").join(&backup_id))
-            .expect("backup file")
-            .len();
-    }
-    let rss_after_backup = peak_rss_kib(agent.pid());
+    let writer = Writer::start();
+    let config = {
+        let mut config = AgentConfig::for_postgres(&pg)
+            .with("restore.stop_containers", vec![writer.name.clone()]);
+        config.unset("backup.compression_level");
+        config
+    };
+    let zstd_config = {
+        let mut config = AgentConfig::for_postgres(&pg).with("backup.compression", "zstd");
+        config.unset("backup.compression_level");
+        config
+    };
+    println!(
+        "database on {server_name}: {:.0} MiB of SQL, {rounds} rounds; load average at the start {}",
+        mib(dump_bytes),
+        load_average()
+    );
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        let mut r = Round::default();
+        let before = server.seconds();
+        r.bare = shell(&format!("docker exec {c} pg_dump -U admin mes > /dev/null")).as_secs_f64();
+        r.bare_server_cpu = server.seconds() - before;
+        r.old_way = shell(&format!(
+            "docker exec {c} pg_dump -U admin mes | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass pass:bench -out {}",
+            old.display()
+        ))
+        .as_secs_f64();
 
-    // Restore: the same dump through gunzip | psql, against the agent's job.
-    let mut n = 0;
-    let baseline_restore = best(rounds, || {
-        n += 1;
-        let db = format!("bench_plain_{n}");
+        // The agent with its defaults: a gzip backup, then a restore of it
+        // with its safety backup, the writer stopped by the agent.
+        let agent = Agent::spawn(&bus, &config).await;
+        let made = agent_backup(&agent, &config, &server).await;
+        r.rss_backup_kib = peak_rss_kib(agent.pid());
+        (r.gzip, r.gzip_agent_cpu, r.gzip_server_cpu, r.gzip_size) =
+            (made.wall, made.agent_cpu, made.server_cpu, made.size);
+
+        let db = format!("bench_plain_{round}");
         pg.create_database(&db);
         let (pre, post) = if flavor.timescaledb() {
             (
@@ -193,91 +359,188 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         } else {
             (String::new(), String::new())
         };
-        let took = shell(&format!(
-            "{pre}gunzip -c {} | docker exec -i {c} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} > /dev/null{post}",
-            sql_gz.display()
-        ));
+        r.baseline_restore = shell(&format!(
+            "{pre}openssl enc -d -aes-256-cbc -pbkdf2 -pass pass:bench -in {} | gunzip | docker exec -i {c} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} > /dev/null{post}",
+            old.display()
+        ))
+        .as_secs_f64();
         pg.drop_database(&db);
-        took
-    });
-    let mut our_restore = Duration::MAX;
-    for _ in 0..rounds {
+
+        let proxy = agent.proxy().await;
         let started = Instant::now();
         let job = proxy
-            .restore(
-                &backup_id,
-                RestoreOptions {
-                    skip_safety_backup: Some(true),
-                },
-            )
+            .restore(&made.id, RestoreOptions::default())
             .await
             .expect("start a restore");
         let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-        our_restore = our_restore.min(started.elapsed());
+        r.restore = started.elapsed().as_secs_f64();
         assert!(outcome.success, "{}", outcome.message);
+        r.downtime = writer.last_downtime();
+        r.rss_restore_kib = peak_rss_kib(agent.pid());
         let drop = proxy
             .drop_previous("")
             .await
             .expect("drop the kept database");
         let (ok, message) = wait_job(agent.connection(), &drop).await;
         assert!(ok, "{message}");
-    }
-    let rss = peak_rss_kib(agent.pid());
+        // Only the round's backup is kept: the disk stays flat.
+        for entry in std::fs::read_dir(config.backup_dir().join("database")).expect("backups") {
+            let _ = std::fs::remove_file(entry.expect("entry").path());
+        }
+        drop_agent(agent);
 
-    let secs = |d: Duration| d.as_secs_f64();
+        let agent = Agent::spawn(&bus, &zstd_config).await;
+        let made = agent_backup(&agent, &zstd_config, &server).await;
+        r.rss_zstd_kib = peak_rss_kib(agent.pid());
+        (r.zstd, r.zstd_agent_cpu, r.zstd_size) = (made.wall, made.agent_cpu, made.size);
+        let _ = std::fs::remove_file(zstd_config.backup_dir().join("database").join(&made.id));
+        drop_agent(agent);
+
+        println!(
+            "  round {round}: pg_dump {:.2} s | old {:.2} s | mesbak gzip {:.2} s ({:.2}x pg_dump, {:.2}x faster than old, agent {:.2} CPU-s, RSS {:.1} MiB) | zstd {:.2} s ({:.2}x) | restore {:.2} s vs openssl|gunzip|psql {:.2} s = {:.2}x, writer down {:.2} s | load {}",
+            r.bare,
+            r.old_way,
+            r.gzip,
+            r.gzip / r.bare,
+            r.old_way / r.gzip,
+            r.gzip_agent_cpu,
+            r.rss_backup_kib as f64 / 1024.0,
+            r.zstd,
+            r.zstd / r.bare,
+            r.restore,
+            r.baseline_restore,
+            r.restore / r.baseline_restore,
+            r.downtime,
+            load_average()
+        );
+        all.push(r);
+    }
+    drop(writer);
+
+    let m = |f: &dyn Fn(&Round) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
+    let each = |f: &dyn Fn(&Round) -> f64| {
+        all.iter()
+            .map(|r| format!("{:.2}", f(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("database on {server_name}: summary (median; each round in brackets)");
     println!(
-        "database on {}: {:.0} MiB of SQL ({} rounds, best of)",
-        match flavor {
-            Flavor::Postgres15 => "PostgreSQL 15",
-            Flavor::TimescaleDb => "TimescaleDB 2.19 / PostgreSQL 17 (bulk rows in a hypertable)",
-        },
-        mib(dump_bytes),
-        rounds
+        "  bare pg_dump > /dev/null          {:7.2} s  {:6.1} MiB/s  [{}]",
+        m(&|r| r.bare),
+        mib(dump_bytes) / m(&|r| r.bare),
+        each(&|r| r.bare)
     );
     println!(
-        "  bare pg_dump > /dev/null          {:7.2} s  {:6.1} MiB/s",
-        secs(bare),
-        mib(dump_bytes) / secs(bare)
+        "  pg_dump | gzip | openssl (old)    {:7.2} s  [{}]",
+        m(&|r| r.old_way),
+        each(&|r| r.old_way)
     );
     println!(
-        "  pg_dump | gzip | openssl (old)    {:7.2} s  {:6.1} MiB/s",
-        secs(old_way),
-        mib(dump_bytes) / secs(old_way)
+        "  mesbak backup, gzip (default)     {:7.2} s  [{}]",
+        m(&|r| r.gzip),
+        each(&|r| r.gzip)
     );
     println!(
-        "  mesbak backup                     {:7.2} s  {:6.1} MiB/s",
-        secs(ours),
-        mib(dump_bytes) / secs(ours)
+        "  ratio mesbak / bare pg_dump       {:7.2}   [{}]  (target <= 1.10)",
+        m(&|r| r.gzip / r.bare),
+        each(&|r| r.gzip / r.bare)
     );
     println!(
-        "  ratio mesbak / bare pg_dump       {:7.2}   (target <= 1.20)",
-        secs(ours) / secs(bare)
+        "  speed-up over the old pipeline    {:7.2}x  [{}]  (target >= 2.50)",
+        m(&|r| r.old_way / r.gzip),
+        each(&|r| r.old_way / r.gzip)
     );
     println!(
-        "  speed-up over the old pipeline    {:7.2}x  (target >= 2.00)",
-        secs(old_way) / secs(ours)
-    );
-    println!(
-        "  size mesbak / gzip -6             {:7.3}   ({:.1} MiB vs {:.1} MiB; target <= 1.10)",
-        backup_bytes as f64 / gzip6_bytes as f64,
-        mib(backup_bytes),
+        "  size mesbak gzip / gzip -6        {:7.3}   ({:.1} MiB vs {:.1} MiB; target <= 1.00)",
+        all[0].gzip_size as f64 / gzip6_bytes as f64,
+        mib(all[0].gzip_size),
         mib(gzip6_bytes)
     );
     println!(
-        "  agent peak RSS                    {:7.1} MiB after backup, {:.1} MiB after restore (target < 64)",
-        rss_after_backup as f64 / 1024.0,
-        rss as f64 / 1024.0
+        "  mesbak backup, zstd               {:7.2} s  = {:.2}x pg_dump [{}], size {:.3}x gzip -6",
+        m(&|r| r.zstd),
+        m(&|r| r.zstd / r.bare),
+        each(&|r| r.zstd / r.bare),
+        all[0].zstd_size as f64 / gzip6_bytes as f64
     );
     println!(
-        "  gunzip | psql (baseline restore)  {:7.2} s  (TimescaleDB: with pre/post_restore)",
-        secs(baseline_restore)
+        "  CPU-s per GiB of SQL: agent gzip {:.2} [{}], agent zstd {:.2}; pg_dump + server {:.2} under mesbak [{}], {:.2} bare",
+        m(&|r| r.gzip_agent_cpu / gib),
+        each(&|r| r.gzip_agent_cpu / gib),
+        m(&|r| r.zstd_agent_cpu / gib),
+        m(&|r| r.gzip_server_cpu / gib),
+        each(&|r| r.gzip_server_cpu / gib),
+        m(&|r| r.bare_server_cpu / gib)
     );
     println!(
-        "  mesbak restore (no safety backup) {:7.2} s  (authenticate, load, check rows, swap)",
-        secs(our_restore)
+        "  agent peak RSS (MiB)              {:7.1}   after backup [{}], zstd [{}], after restore [{}] (target < 64)",
+        m(&|r| r.rss_restore_kib as f64 / 1024.0),
+        each(&|r| r.rss_backup_kib as f64 / 1024.0),
+        each(&|r| r.rss_zstd_kib as f64 / 1024.0),
+        each(&|r| r.rss_restore_kib as f64 / 1024.0)
     );
     println!(
-        "  ratio restore / gunzip | psql     {:7.2}   (target <= 1.20)",
-        secs(our_restore) / secs(baseline_restore)
+        "  openssl -d | gunzip | psql        {:7.2} s  [{}]  (TimescaleDB: with pre/post_restore)",
+        m(&|r| r.baseline_restore),
+        each(&|r| r.baseline_restore)
     );
+    println!(
+        "  mesbak restore with safety backup {:7.2} s  [{}]",
+        m(&|r| r.restore),
+        each(&|r| r.restore)
+    );
+    println!(
+        "  ratio restore / openssl|gunzip|psql {:5.2}   [{}]  (target <= 1.20)",
+        m(&|r| r.restore / r.baseline_restore),
+        each(&|r| r.restore / r.baseline_restore)
+    );
+    println!(
+        "  writer downtime during restore    {:7.2} s  [{}] ({:.0} % of the restore)",
+        m(&|r| r.downtime),
+        each(&|r| r.downtime),
+        100.0 * m(&|r| r.downtime / r.restore)
+    );
+    println!("  load average at the end {}", load_average());
+}
+
+/// Stops an agent and waits until its bus name is free for the next one.
+fn drop_agent(agent: Agent) {
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// One backup per level: time, size against `gzip -6`, the agent's CPU.
+async fn compare_levels(
+    bus: &Bus,
+    pg: &Postgres,
+    server: &ContainerCpu,
+    levels: &str,
+    gzip6_bytes: u64,
+    gib: f64,
+) {
+    let bare = shell(&format!(
+        "docker exec {} pg_dump -U admin mes > /dev/null",
+        pg.name()
+    ))
+    .as_secs_f64();
+    println!("  levels: bare pg_dump {bare:.2} s");
+    for item in levels.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        let (compression, level) = item.split_once(':').unwrap_or(("gzip", item));
+        let level: i64 = level.parse().expect("MESBAK_BENCH_LEVELS: numbers");
+        let config = AgentConfig::for_postgres(pg)
+            .with("backup.compression", compression)
+            .with("backup.compression_level", level);
+        let agent = Agent::spawn(bus, &config).await;
+        let made = agent_backup(&agent, &config, server).await;
+        println!(
+            "  {compression} level {level}: {:.2} s = {:.2}x bare pg_dump, size {:.3}x gzip -6, agent {:.2} CPU-s per GiB, peak RSS {:.1} MiB",
+            made.wall,
+            made.wall / bare,
+            made.size as f64 / gzip6_bytes as f64,
+            made.agent_cpu / gib,
+            peak_rss_kib(agent.pid()) as f64 / 1024.0
+        );
+        drop_agent(agent);
+    }
 }

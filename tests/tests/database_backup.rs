@@ -6,15 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mesbak_interface::BackupInfo;
+use mesbak_interface::{BackupInfo, RestoreOptions};
 use mesbak_tests::*;
 
 /// `mesbakctl decrypt FILE | gunzip | psql -v ON_ERROR_STOP=1` into the new
-/// database `db` on `pg`: what a plant does without the agent.
-fn restore_with_standard_tools(pg: &Postgres, file: &Path, key_file: &Path, db: &str) {
+/// database `db` on `pg`: what a plant does without the agent. `decompress`
+/// is the standard tool for the file's payload (`gunzip`, `zstd -d`).
+fn restore_with_standard_tools(
+    pg: &Postgres,
+    file: &Path,
+    key_file: &Path,
+    decompress: &str,
+    db: &str,
+) {
     pg.create_database(db);
     let script = format!(
-        "set -o pipefail; '{}' decrypt '{}' --key-file '{}' | gunzip | docker exec -i {} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} >/dev/null",
+        "set -o pipefail; '{}' decrypt '{}' --key-file '{}' | {decompress} | docker exec -i {} psql -X -q -v ON_ERROR_STOP=1 -U admin -d {db} >/dev/null",
         binary("mesbakctl").display(),
         file.display(),
         key_file.display(),
@@ -23,9 +30,48 @@ fn restore_with_standard_tools(pg: &Postgres, file: &Path, key_file: &Path, db: 
     let out = Command::new("bash").args(["-c", &script]).output().unwrap();
     assert!(
         out.status.success(),
-        "decrypt | gunzip | psql failed: {}",
+        "decrypt | {decompress} | psql failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The SHA-256 of what a shell pipeline prints.
+fn sha256_of_output(script: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-c", &format!("set -o pipefail; {script} | sha256sum")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The payload read three independent ways gives the same SQL: mesbakctl
+/// with `zcat`, and the Python decrypter (tests/tools/decrypt.py, written
+/// from FORMAT.md) with Python's own `gzip` module.
+fn payload_reads_alike_with_zcat_and_python(file: &Path, key_file: &Path) {
+    let zcat = sha256_of_output(&format!(
+        "'{}' decrypt '{}' --key-file '{}' | zcat",
+        binary("mesbakctl").display(),
+        file.display(),
+        key_file.display()
+    ));
+    let python = sha256_of_output(&format!(
+        "/usr/bin/python3 '{}' --key-file '{}' '{}' - | /usr/bin/python3 -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.GzipFile(fileobj=sys.stdin.buffer), sys.stdout.buffer)'",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tools/decrypt.py")
+            .display(),
+        key_file.display(),
+        file.display()
+    ));
+    assert_eq!(zcat, python, "zcat and Python's gzip read different SQL");
 }
 
 fn list(bus: &Bus) -> Vec<BackupInfo> {
@@ -173,8 +219,10 @@ async fn backup_restores_identically_with_standard_tools_with_and_without_roles(
     // (exit status 0): not a failure, not a warning of the backup.
     assert!(info.warnings.is_empty(), "{:?}", info.warnings);
 
+    payload_reads_alike_with_zcat_and_python(&file, &config.key_file());
+
     // Same server: the roles exist.
-    restore_with_standard_tools(&pg, &file, &config.key_file(), "mes_copy");
+    restore_with_standard_tools(&pg, &file, &config.key_file(), "gunzip", "mes_copy");
     pg.fingerprint("mes_copy")
         .assert_same(&original, "restore next to the roles");
 
@@ -182,10 +230,96 @@ async fn backup_restores_identically_with_standard_tools_with_and_without_roles(
     let empty = Postgres::start_on(flavor);
     assert!(!empty.roles().iter().any(|r| r == "mes_app"));
     empty.drop_database("mes");
-    restore_with_standard_tools(&empty, &file, &config.key_file(), "mes");
+    restore_with_standard_tools(&empty, &file, &config.key_file(), "gunzip", "mes");
     empty
         .fingerprint("mes")
         .assert_same(&original, "restore onto a server without the roles");
+}
+
+/// `backup.compression = "zstd"`: `.sql.zst.enc` files that `zstd -d`
+/// reads, verified, test-restored and restored by the agent like gzip ones
+/// (the restore's safety backup is zstd too).
+async fn zstd_backups_restore_with_zstd_and_through_the_agent(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("backup.compression", "zstd");
+    let agent = Agent::spawn(&bus, &config).await;
+    let original = pg.fingerprint("mes");
+    let out = mesbakctl(&bus)
+        .args(["backup", "database"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backups = list(&bus);
+    assert_eq!(backups.len(), 1);
+    let info = &backups[0];
+    assert!(
+        info.id.starts_with("mes_20") && info.id.ends_with(".sql.zst.enc"),
+        "{}",
+        info.id
+    );
+    assert!(!info.table_rows.is_empty());
+    let file = backup_file(&config, info);
+
+    // Standard tools only: decrypt | zstd -d | psql, and `zstd -t` accepts
+    // the payload (frame checksums included).
+    restore_with_standard_tools(&pg, &file, &config.key_file(), "zstd -d", "mes_copy");
+    pg.fingerprint("mes_copy")
+        .assert_same(&original, "decrypt | zstd -d | psql");
+    sha256_of_output(&format!(
+        "'{}' decrypt '{}' --key-file '{}' | zstd -t -q",
+        binary("mesbakctl").display(),
+        file.display(),
+        config.key_file().display()
+    ));
+    pg.drop_database("mes_copy");
+
+    for command in [vec!["verify", &info.id], vec!["test-restore", &info.id]] {
+        let out = mesbakctl(&bus).args(&command).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The agent's restore, over changed data.
+    pg.psql(
+        "mes",
+        "UPDATE mes_core.asset_definition SET notes = 'changed after the backup';",
+    );
+    let changed = pg.fingerprint("mes");
+    let job = agent
+        .proxy()
+        .await
+        .restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    pg.fingerprint("mes")
+        .assert_same(&original, "the agent's restore of a zstd backup");
+    let safety: Vec<BackupInfo> = list(&bus)
+        .into_iter()
+        .filter(|b| b.id.contains("pre-restore"))
+        .collect();
+    assert_eq!(safety.len(), 1, "{safety:?}");
+    assert!(safety[0].id.ends_with(".sql.zst.enc"), "{}", safety[0].id);
+    restore_with_standard_tools(
+        &pg,
+        &backup_file(&config, &safety[0]),
+        &config.key_file(),
+        "zstd -d",
+        "mes_safety",
+    );
+    pg.fingerprint("mes_safety")
+        .assert_same(&changed, "the zstd safety backup");
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -450,6 +584,7 @@ async fn a_symlinked_backup_folder_is_refused() {
 
 on_both_servers!(
     backup_restores_identically_with_standard_tools_with_and_without_roles,
+    zstd_backups_restore_with_zstd_and_through_the_agent,
     a_stopped_database_container_is_started_and_stopped_again,
     an_agent_killed_mid_backup_leaves_no_complete_looking_file,
     full_disks_are_refused_before_and_handled_during_a_backup,

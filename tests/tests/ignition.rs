@@ -398,6 +398,70 @@ async fn snapshot_wipe_restore_gives_back_every_entry_exactly() {
     assert!(held.lines().any(|l| l == "./db/leftover"), "{held}");
 }
 
+/// `backup.compression = "zstd"`: `.tar.zst.enc`, read by `zstd -d | tar`,
+/// verified and restored by the agent (its safety backup zstd too).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zstd_snapshot_extracts_with_zstd_and_restores_exactly() {
+    let Stack {
+        bus,
+        volume,
+        gateway: _gateway,
+        config,
+        agent,
+    } = Stack::start(
+        Volume::create_populated(),
+        true,
+        AgentConfig::new().with("backup.compression", "zstd"),
+        |_| {},
+    )
+    .await;
+    let original = listing(&volume);
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    let id = &made.files[0];
+    assert!(
+        id.starts_with("ignition_") && id.ends_with(".tar.zst.enc"),
+        "{id}"
+    );
+    let extracted = tempfile::tempdir().unwrap();
+    decrypt_into_tar(
+        &ignition_file(&config, id),
+        &config.key_file(),
+        &format!(
+            "--zstd -xpf - --numeric-owner -C '{}'",
+            extracted.path().display()
+        ),
+    );
+    assert_same_listing(
+        &listing_of_dir(extracted.path()),
+        &original,
+        "decrypt | zstd -d | tar x on the host",
+    );
+    let out = mesbakctl(&bus).args(["verify", id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    volume.clear();
+    volume.sh("printf stale > stale.txt");
+    let restored = restore(&agent, id, false).await;
+    assert!(restored.success, "{}", restored.message);
+    assert_same_listing(&listing(&volume), &original, "after the restore");
+    let safety = list(&agent)
+        .await
+        .into_iter()
+        .find(|b| b.id.ends_with("_pre-restore.tar.zst.enc"))
+        .expect("a zstd safety backup");
+    let held = decrypt_into_tar(
+        &ignition_file(&config, &safety.id),
+        &config.key_file(),
+        "--zstd -tf -",
+    );
+    assert!(held.lines().any(|l| l == "./stale.txt"), "{held}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_backup_changes_nothing_not_even_the_gateway() {
     let Stack {

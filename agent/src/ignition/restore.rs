@@ -227,7 +227,7 @@ impl Copy<'_> {
             backup.id.clone(),
             file,
             key,
-            true,
+            Some(backup.compression),
             self.job.bytes_done.clone(),
         );
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);

@@ -39,17 +39,17 @@ impl Copy<'_> {
             .list()?
             .into_iter()
             .find(|b| b.kind == BackupKind::Ignition);
-        let (pending, file) = app
-            .storage
-            .create(BackupKind::Ignition, "ignition", point, tag)?;
+        let codec = app.config.codec();
+        let (pending, file) = app.storage.create(
+            BackupKind::Ignition,
+            codec.compression,
+            "ignition",
+            point,
+            tag,
+        )?;
         job.set_stage(format!("Creating backup: {}", pending.id));
         job.reset_bytes(0);
-        let writer = BackupWriter::start(
-            file,
-            key,
-            app.config.backup.compression_level,
-            job.bytes_done.clone(),
-        );
+        let writer = BackupWriter::start(file, key, codec, job.bytes_done.clone());
         let (to_writer, mut relayed) = mpsc::channel::<Bytes>(4);
         let feeder = tokio::spawn(async move {
             let mut writer_ok = true;

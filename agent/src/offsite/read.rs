@@ -61,7 +61,7 @@ pub async fn list(app: &App, name: &str) -> Result<Vec<BackupInfo>, Error> {
         .values()
         .filter_map(|entry| {
             let (_, id) = entry.key.split_once('/')?;
-            let kind = kind_of_id(id).ok()?;
+            let (kind, _) = kind_of_id(id).ok()?;
             (data_key(kind, id) == entry.key).then(|| (id.to_owned(), kind, entry.size))
         })
         .collect();
@@ -109,7 +109,7 @@ pub async fn list(app: &App, name: &str) -> Result<Vec<BackupInfo>, Error> {
 /// database backup the target holds.
 pub async fn pick_test_restore(app: &App, name: &str, given: &str) -> Result<String, Error> {
     if !given.is_empty() {
-        if kind_of_id(given)? != BackupKind::Database {
+        if kind_of_id(given)?.0 != BackupKind::Database {
             return Err(Error::InvalidArgument(format!(
                 "{given} is not a database backup; test restores check database backups"
             )));
@@ -156,7 +156,7 @@ where
     F: FnOnce(Arc<App>, Arc<Job>, BackupRef) -> Fut,
     Fut: Future<Output = Result<String, Error>>,
 {
-    let kind = kind_of_id(&id)?;
+    let (kind, compression) = kind_of_id(&id)?;
     let target = open(&app, &name)?;
     job.set_stage(format!(
         "reading the metadata of {id} on off-site target '{name}'"
@@ -226,7 +226,12 @@ where
         .map_err(|err| crate::storage::write_error(&meta_path, err))?;
     drop(meta_file);
     tracing::info!(job = job.id, target_name = %name, file = %id, bytes = digest.size, "fetched an off-site copy; its SHA-256 matches");
-    let backup = BackupRef { id, kind, path };
+    let backup = BackupRef {
+        id,
+        kind,
+        compression,
+        path,
+    };
     let result = then(app, job, backup).await;
     drop(spool);
     result.map(|message| format!("{message} (read from off-site target '{name}')"))

@@ -5,7 +5,7 @@
 //! when it started and finished, the server's versions.
 
 use bytes::Bytes;
-use mesbak_interface::Error;
+use mesbak_interface::{Compression, Error};
 use time::OffsetDateTime;
 
 use super::chain::BaseInfo;
@@ -44,10 +44,11 @@ pub async fn take(
     let (pending, file) = store.create(&store.base_dir(), &id)?;
     job.set_stage(format!("taking the base backup {id}"));
     job.reset_bytes(0);
+    // PITR's files are gzip whatever `backup.compression` says.
     let writer = BackupWriter::start(
         file,
         key,
-        app.config.backup.compression_level,
+        app.config.codec_for(Compression::Gzip),
         job.bytes_done.clone(),
     );
     let mut spawned = server

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mesbak_interface::{BackupInfo, Error};
+use mesbak_interface::{BackupInfo, Compression, Error};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -73,9 +73,15 @@ pub async fn authenticate(
     ));
     for (id, path) in paths {
         let file = open_backup(&path)?;
-        BackupReader::start(id, file, key.clone(), true, job.bytes_done.clone())
-            .drain()
-            .await?;
+        BackupReader::start(
+            id,
+            file,
+            key.clone(),
+            Some(Compression::Gzip),
+            job.bytes_done.clone(),
+        )
+        .drain()
+        .await?;
     }
     Ok(())
 }
@@ -284,7 +290,7 @@ async fn upload_base(
         plan.base.id.clone(),
         file,
         app.key()?,
-        true,
+        Some(Compression::Gzip),
         job.bytes_done.clone(),
     );
     let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
@@ -345,7 +351,7 @@ async fn upload_wal(
                     name.clone(),
                     open_backup(&path)?,
                     key.clone(),
-                    true,
+                    Some(Compression::Gzip),
                     Arc::new(Default::default()),
                 );
                 let mut sent = 0u64;

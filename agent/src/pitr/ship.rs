@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use mesbak_interface::Error;
+use mesbak_interface::{Compression, Error};
 use time::OffsetDateTime;
 
 use super::chain::{is_wal_name, wal_file_name};
 use super::server::Archiving;
 use super::store::PitrStore;
 use crate::app::App;
-use crate::pipeline::BackupWriter;
+use crate::pipeline::{BackupWriter, Codec};
 use crate::postgres::Server;
 use crate::process::{self, Runner};
 
@@ -105,7 +105,15 @@ pub async fn ship(
                 &store.wal_dir(),
                 &wal_file_name(&file.name, file.archived_at),
             )?;
-            let writer = BackupWriter::start(handle, key.clone(), 1, Arc::new(AtomicU64::new(0)));
+            let writer = BackupWriter::start(
+                handle,
+                key.clone(),
+                Codec {
+                    compression: Compression::Gzip,
+                    level: 1,
+                },
+                Arc::new(AtomicU64::new(0)),
+            );
             let argv = ["cat".to_owned(), path.clone()];
             let mut spawned = docker.exec(container, &argv, &[], false).await?;
             while let Some(block) = spawned.stdout.recv().await {

@@ -86,7 +86,7 @@ pub async fn load(
         backup.id.clone(),
         file,
         plan.key.clone(),
-        true,
+        Some(backup.compression),
         job.bytes_done.clone(),
     );
     let mut dump = DumpReader::default();

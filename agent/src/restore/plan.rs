@@ -52,7 +52,7 @@ pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Pl
         backup.id.clone(),
         file,
         key.clone(),
-        metadata.is_none(),
+        metadata.is_none().then_some(backup.compression),
         job.bytes_done.clone(),
     );
     let mut dump = DumpReader::default();
