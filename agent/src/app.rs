@@ -33,6 +33,11 @@ impl App {
     pub fn new(config: Config) -> Result<App, Error> {
         let state = StateStore::open(&config.state_dir)?;
         let journal = Journal::open(&config.state_dir)?;
+        let mut problems = state.problems().to_vec();
+        problems.extend(journal.problems().iter().cloned());
+        for problem in &problems {
+            tracing::error!(problem = %problem, "agent problem");
+        }
         Ok(App {
             storage: Storage::new(&config.backup_dir),
             config,
@@ -41,7 +46,7 @@ impl App {
             jobs: Jobs::default(),
             pitr: crate::pitr::Pitr::default(),
             docker: tokio::sync::Mutex::new(None),
-            problems: Mutex::new(Vec::new()),
+            problems: Mutex::new(problems),
         })
     }
 

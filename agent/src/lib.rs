@@ -14,6 +14,7 @@ pub mod http;
 pub mod ignition;
 pub mod jobs;
 pub mod logging;
+pub mod persist;
 pub mod pipeline;
 pub mod pitr;
 pub mod postgres;

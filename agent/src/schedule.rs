@@ -4,10 +4,10 @@
 //! as they are.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use crate::config::Config;
+use crate::persist::write_atomic;
 
 const BACKUP_TIMER: &str = "mesbak-backup.timer";
 const TEST_RESTORE_TIMER: &str = "mesbak-test-restore.timer";
@@ -107,12 +107,8 @@ fn write_dropin(dir: &Path, timer: &str, on_calendar: &str) -> std::io::Result<b
         return Ok(false);
     }
     fs::create_dir_all(&folder)?;
-    let tmp = folder.join(format!(".{DROPIN}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(content.as_bytes())?;
-    file.sync_all()?;
-    fs::rename(&tmp, &path)?;
+    // systemd units and drop-ins are world-readable by convention.
+    write_atomic(&path, content.as_bytes(), 0o644)?;
     Ok(true)
 }
 

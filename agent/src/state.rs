@@ -3,15 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use mesbak_interface::Error;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{create_private_file, sync_dir};
+use crate::persist::Record;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRestoreRecord {
@@ -54,11 +53,17 @@ pub struct AgentState {
 }
 
 pub struct StateStore {
-    path: PathBuf,
+    record: Record<AgentState>,
     state: Mutex<AgentState>,
+    /// Set when the state file was unreadable at start (or one set aside
+    /// earlier is still there).
+    problems: Vec<String>,
 }
 
 impl StateStore {
+    /// Opens `state_dir/state.json`. An unreadable file is never silently
+    /// replaced: it is kept aside, the agent starts afresh, and
+    /// [`StateStore::problems`] says so until a person removed the copy.
     pub fn open(state_dir: &Path) -> Result<StateStore, Error> {
         fs::create_dir_all(state_dir).map_err(|err| {
             Error::Config(format!(
@@ -67,18 +72,31 @@ impl StateStore {
             ))
         })?;
         let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
-        let path = state_dir.join("state.json");
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(file = %path.display(), error = %err, "the state file is unreadable; starting afresh");
-                AgentState::default()
-            }),
-            Err(_) => AgentState::default(),
-        };
+        let record = Record::new(state_dir, "state.json", "the agent state");
+        let (state, unreadable) = record.read_or_set_aside()?;
+        let mut problems = Vec::new();
+        if let Some(problem) = unreadable {
+            problems.push(format!(
+                "{problem}; the agent started with an empty state (it holds the last test restore, failure counts and the database a restore kept for `mesbakctl restore --rollback`): look at the copy, then delete it"
+            ));
+        } else {
+            for aside in record.set_aside_files() {
+                problems.push(format!(
+                    "an unreadable agent state was kept as {}; look at it (the database a restore kept may be named there), then delete it",
+                    aside.display()
+                ));
+            }
+        }
         Ok(StateStore {
-            path,
-            state: Mutex::new(state),
+            record,
+            state: Mutex::new(state.unwrap_or_default()),
+            problems,
         })
+    }
+
+    /// Problems found when the state was opened.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     pub fn get(&self) -> AgentState {
@@ -89,16 +107,65 @@ impl StateStore {
     pub fn update(&self, change: impl FnOnce(&mut AgentState)) -> Result<(), Error> {
         let mut state = self.state.lock().expect("state lock");
         change(&mut state);
-        let write = || -> std::io::Result<()> {
-            let dir = self.path.parent().expect("state file in a folder");
-            let tmp = dir.join(".state.json.tmp");
-            let _ = fs::remove_file(&tmp);
-            let mut file = create_private_file(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&*state).expect("serialises"))?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            sync_dir(dir)
-        };
-        write().map_err(|err| Error::Failed(format!("cannot save {}: {err}", self.path.display())))
+        self.record.write(&state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_state_is_kept_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.problems().is_empty());
+        store
+            .update(|state| {
+                state.previous_database = Some(PreviousDatabase {
+                    name: "mes_before".into(),
+                    live_name: "mes".into(),
+                    replaced_at: "2026-11-24T00:00:00Z".into(),
+                    restored_backup: "x".into(),
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            StateStore::open(dir.path())
+                .unwrap()
+                .get()
+                .previous_database
+                .unwrap()
+                .name,
+            "mes_before"
+        );
+
+        let path = dir.path().join("state.json");
+        let damaged = b"{\"format\": 1, \"data\": {\"previous_database\": {\"name\": \"mes_be";
+        fs::write(&path, damaged).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(), AgentState::default());
+        assert_eq!(store.problems().len(), 1, "{:?}", store.problems());
+        assert!(
+            store.problems()[0].contains("kept as"),
+            "{:?}",
+            store.problems()
+        );
+        let kept = store.record.set_aside_files();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::read(&kept[0]).unwrap(), damaged);
+        // Writing the fresh state does not touch the copy...
+        store
+            .update(|state| {
+                state.failures_total.insert("database".into(), 1);
+            })
+            .unwrap();
+        assert_eq!(fs::read(&kept[0]).unwrap(), damaged);
+        // ...and the next start still reports it until it is removed.
+        let again = StateStore::open(dir.path()).unwrap();
+        assert_eq!(again.get().failures_total["database"], 1);
+        assert_eq!(again.problems().len(), 1);
+        fs::remove_file(&kept[0]).unwrap();
+        assert!(StateStore::open(dir.path()).unwrap().problems().is_empty());
     }
 }

@@ -4,11 +4,14 @@
 //! foreign owners refused.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mesbak_interface::{BackupInfo, BackupKind, Error};
+// Re-exported for callers not yet moved to `persist`.
+use crate::persist::write_atomic;
+pub use crate::persist::{create_private_file, sync_dir, write_error};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -30,6 +33,8 @@ fn subdir(kind: BackupKind) -> &'static str {
 
 const METADATA_SUFFIX: &str = ".json";
 const PARTIAL_SUFFIX: &str = ".partial";
+/// What [`write_atomic`] leaves behind when cut short.
+const TMP_SUFFIX: &str = ".tmp";
 
 /// Checks a backup id: a plain file name with a known suffix.
 pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
@@ -116,16 +121,8 @@ impl PendingFile {
     /// (link + unlink, unlike rename); the folder is synced.
     pub fn commit(mut self, metadata: Option<&[u8]>) -> Result<PathBuf, Error> {
         if let Some(json) = metadata {
-            let meta_name = format!("{}{METADATA_SUFFIX}", self.name);
-            let meta_partial = self.dir.join(format!(".{meta_name}{PARTIAL_SUFFIX}"));
-            let write_meta = || -> io::Result<()> {
-                let _ = fs::remove_file(&meta_partial);
-                let mut file = create_private_file(&meta_partial)?;
-                file.write_all(json)?;
-                file.sync_all()?;
-                fs::rename(&meta_partial, self.dir.join(&meta_name))
-            };
-            write_meta().map_err(|err| write_error(&meta_partial, err))?;
+            let meta_path = self.dir.join(format!("{}{METADATA_SUFFIX}", self.name));
+            write_atomic(&meta_path, json, 0o600).map_err(|err| write_error(&meta_path, err))?;
         }
         let path = self.path();
         fs::hard_link(&self.partial, &path).map_err(|err| write_error(&path, err))?;
@@ -153,7 +150,7 @@ pub fn remove_partials_in(dir: &Path) -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.')
-            && name.ends_with(PARTIAL_SUFFIX)
+            && (name.ends_with(PARTIAL_SUFFIX) || name.ends_with(TMP_SUFFIX))
             && fs::remove_file(entry.path()).is_ok()
         {
             removed.push(entry.path());
@@ -414,16 +411,6 @@ fn read_metadata(path: &Path) -> Option<BackupInfo> {
     serde_json::from_reader(io::BufReader::new(file)).ok()
 }
 
-/// Creates `path` 0600, never through a symlink, never over an existing file.
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// Opens a backup for reading, refusing symlinks.
 pub fn open_backup(path: &Path) -> Result<File, Error> {
     OpenOptions::new()
@@ -431,22 +418,6 @@ pub fn open_backup(path: &Path) -> Result<File, Error> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| Error::Failed(format!("cannot open {}: {err}", path.display())))
-}
-
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Turns a write failure into the error a technician can act on.
-pub fn write_error(path: &Path, err: io::Error) -> Error {
-    if err.raw_os_error() == Some(libc::ENOSPC) || err.raw_os_error() == Some(libc::EDQUOT) {
-        Error::NoSpace(format!(
-            "the disk holding {} is full; free space or move backup_dir, then retry",
-            path.display()
-        ))
-    } else {
-        Error::Failed(format!("cannot write {}: {err}", path.display()))
-    }
 }
 
 fn ensure_private_dir(path: &Path, repairs: &mut Vec<String>) -> Result<(), Error> {
@@ -514,6 +485,8 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]

@@ -311,7 +311,12 @@ impl Copy<'_> {
 /// nanosecond): a one-entry archive `volume/` extracted at `/` of a helper,
 /// which Docker applies to the mount point, i.e. the volume itself.
 pub(super) async fn set_root(docker: &Docker, helper: &str, root: &RootAttrs) -> Result<(), Error> {
-    let tar = Bytes::from(root_archive(MOUNT.trim_start_matches('/'), root));
+    let tar = root_archive(MOUNT.trim_start_matches('/'), root).map_err(|err| {
+        Error::Failed(format!(
+            "cannot describe the volume's top folder as a tar entry: {err}"
+        ))
+    })?;
+    let tar = Bytes::from(tar);
     docker
         .upload(helper, "/", futures_util::stream::iter([Ok(tar)]))
         .await

@@ -267,94 +267,54 @@ fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(records)
 }
 
-/// A tar archive holding one folder entry `name/` with `root`'s attributes.
-pub(super) fn root_archive(name: &str, root: &RootAttrs) -> Vec<u8> {
-    let mut records = String::new();
+/// A tar archive holding one folder entry `name/` with `root`'s
+/// attributes; PAX records carry nanoseconds and ids too large for ustar.
+pub(super) fn root_archive(name: &str, root: &RootAttrs) -> std::io::Result<Vec<u8>> {
+    let mut records: Vec<(&str, String)> = Vec::new();
     if root.nanos != 0 {
-        records.push_str(&pax_record(
-            "mtime",
-            &format!("{}.{:09}", root.mtime, root.nanos),
-        ));
+        records.push(("mtime", format!("{}.{:09}", root.mtime, root.nanos)));
     }
     for (key, id) in [("uid", root.uid), ("gid", root.gid)] {
-        if id > 0o7777777 {
-            records.push_str(&pax_record(key, &id.to_string()));
+        if id > USTAR_MAX_ID {
+            records.push((key, id.to_string()));
         }
     }
-    let mut tar = Vec::new();
-    if !records.is_empty() {
-        tar.extend(tar_header(
-            "PaxHeader",
-            b'x',
-            0o644,
-            0,
-            0,
-            records.len() as u64,
-            0,
-        ));
-        tar.extend_from_slice(records.as_bytes());
-        tar.resize(tar.len().div_ceil(512) * 512, 0);
-    }
-    tar.extend(tar_header(
-        &format!("{name}/"),
-        b'5',
-        root.mode,
-        root.uid.min(0o7777777),
-        root.gid.min(0o7777777),
-        0,
-        root.mtime.max(0) as u64,
-    ));
-    tar.extend([0u8; 1024]);
-    tar
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_pax_extensions(records.iter().map(|(key, value)| (*key, value.as_bytes())))?;
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_path(format!("{name}/"))?;
+    header.set_mode(root.mode & 0o7777);
+    header.set_uid(root.uid.min(USTAR_MAX_ID));
+    header.set_gid(root.gid.min(USTAR_MAX_ID));
+    header.set_mtime(root.mtime.max(0) as u64);
+    header.set_size(0);
+    header.set_cksum();
+    builder.append(&header, std::io::empty())?;
+    builder.into_inner()
 }
 
-/// One PAX record, `<length> <key>=<value>\n`, its length counting itself.
-fn pax_record(key: &str, value: &str) -> String {
-    let body = format!(" {key}={value}\n");
-    let mut length = body.len() + 1;
-    while format!("{length}{body}").len() != length {
-        length += 1;
-    }
-    format!("{length}{body}")
-}
-
-/// A ustar header block (the name must fit its 100 bytes).
-fn tar_header(
-    name: &str,
-    typeflag: u8,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    size: u64,
-    mtime: u64,
-) -> [u8; 512] {
-    let mut block = [0u8; 512];
-    let name = &name.as_bytes()[..name.len().min(100)];
-    block[..name.len()].copy_from_slice(name);
-    let mut put = |at: usize, width: usize, value: u64| {
-        let text = format!("{value:0w$o}\0", w = width - 1);
-        block[at..at + width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
-    };
-    put(100, 8, u64::from(mode & 0o7777));
-    put(108, 8, uid);
-    put(116, 8, gid);
-    put(124, 12, size);
-    put(136, 12, mtime);
-    block[156] = typeflag;
-    block[257..263].copy_from_slice(b"ustar\0");
-    block[263..265].copy_from_slice(b"00");
-    block[148..156].copy_from_slice(b"        ");
-    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
-    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    block
-}
+/// The largest id a ustar header's 8-byte octal field holds.
+const USTAR_MAX_ID: u64 = 0o7777777;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A ustar header block built by the `tar` crate.
     fn header(name: &str, typeflag: u8, mode: u32, size: u64, uid: u64, mtime: u64) -> Vec<u8> {
-        tar_header(name, typeflag, mode, uid, uid, size, mtime).to_vec()
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::new(typeflag));
+        // set_path refuses names like `././@LongLink`; write the raw field.
+        let bytes = name.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_mode(mode);
+        header.set_uid(uid);
+        header.set_gid(uid);
+        header.set_size(size);
+        header.set_mtime(mtime);
+        header.set_cksum();
+        header.as_bytes().to_vec()
     }
 
     fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
@@ -463,7 +423,7 @@ mod tests {
             mtime: 1_700_000_000,
             nanos: 123_456_789,
         };
-        let tar = root_archive("volume", &root);
+        let tar = root_archive("volume", &root).unwrap();
         let walker = walk(&tar, 512).unwrap();
         assert!(walker.complete());
         assert_eq!(walker.entries, 1);
