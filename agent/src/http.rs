@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use crate::app::App;
 use crate::health::parse_time;
 use crate::state::AgentState;
+use crate::trust::newest_dated;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -250,14 +251,6 @@ fn unix_seconds(time: OffsetDateTime) -> f64 {
     time.unix_timestamp_nanos() as f64 / 1e9
 }
 
-fn newest(backups: &[BackupInfo], kind: BackupKind) -> Option<(&BackupInfo, OffsetDateTime)> {
-    backups
-        .iter()
-        .filter(|b| b.kind == kind)
-        .filter_map(|b| parse_time(&b.created).map(|t| (b, t)))
-        .max_by_key(|(_, t)| *t)
-}
-
 /// The `/metrics` page: a pure function of the report, the backups on disk,
 /// the remembered results and the time, so tests inject all four.
 ///
@@ -274,7 +267,7 @@ pub fn render_metrics(
     let mut out = String::new();
     let newest: Vec<(BackupKind, Option<(&BackupInfo, OffsetDateTime)>)> = BackupKind::ALL
         .iter()
-        .map(|&kind| (kind, newest(backups, kind)))
+        .map(|&kind| (kind, newest_dated(backups, kind, now)))
         .collect();
 
     Family::new(

@@ -25,4 +25,5 @@ pub mod retention;
 pub mod schedule;
 pub mod state;
 pub mod storage;
+pub mod trust;
 pub mod verify;

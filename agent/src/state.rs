@@ -50,6 +50,13 @@ pub struct AgentState {
     pub pitr: Option<crate::pitr::Archiving>,
     /// A scratch cluster of a point-in-time restore, until it is removed.
     pub pitr_scratch: Option<crate::pitr::Scratch>,
+    /// Backups a verification found damaged, by id (cleared when one
+    /// verifies again).
+    pub damaged: BTreeMap<String, FailureRecord>,
+    /// Per kind: the automatic retention run that was held back because it
+    /// would have deleted most backups at once (cleared by the next run
+    /// that is not held back, or by an explicit prune).
+    pub retention_held: BTreeMap<String, FailureRecord>,
 }
 
 pub struct StateStore {

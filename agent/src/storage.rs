@@ -12,6 +12,7 @@ use mesbak_interface::{BackupInfo, BackupKind, Error};
 // Re-exported for callers not yet moved to `persist`.
 use crate::persist::write_atomic;
 pub use crate::persist::{create_private_file, sync_dir, write_error};
+use crate::trust::parse_time;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -60,6 +61,14 @@ pub fn kind_of_id(id: &str) -> Result<BackupKind, Error> {
                 "'{id}' is not a backup id: backup files end in .sql.gz.enc or .tar.gz.enc"
             ))
         })
+}
+
+/// A backup as listed, with what is wrong between its file and its
+/// metadata (`None`: they agree).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub info: BackupInfo,
+    pub metadata_problem: Option<String>,
 }
 
 /// A backup file the agent may read.
@@ -283,6 +292,12 @@ impl Storage {
     /// Every backup, newest first. Files without metadata are listed with
     /// what the file system tells.
     pub fn list(&self) -> Result<Vec<BackupInfo>, Error> {
+        Ok(self.list_checked()?.into_iter().map(|l| l.info).collect())
+    }
+
+    /// Every backup, newest first (by time, not by text), each with what
+    /// is wrong between the file and its metadata.
+    pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {
         let mut backups = Vec::new();
         for kind in BackupKind::ALL {
             let dir = self.dir(*kind);
@@ -312,41 +327,65 @@ impl Storage {
                     let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600));
                     tracing::warn!(file = %entry.path().display(), "repaired the mode of a backup file to 0600");
                 }
-                backups.push(self.info_of(*kind, &name, &meta));
+                backups.push(self.listed(*kind, &name, &meta));
             }
         }
-        backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        backups.sort_by(|a, b| {
+            let time = |l: &Listed| parse_time(&l.info.created);
+            time(b)
+                .cmp(&time(a))
+                .then_with(|| b.info.id.cmp(&a.info.id))
+        });
         Ok(backups)
     }
 
-    fn info_of(&self, kind: BackupKind, id: &str, meta: &fs::Metadata) -> BackupInfo {
+    fn listed(&self, kind: BackupKind, id: &str, meta: &fs::Metadata) -> Listed {
         let path = self.dir(kind).join(id);
-        let mut info = read_metadata(&self.dir(kind).join(format!("{id}{METADATA_SUFFIX}")))
-            .unwrap_or_else(|| BackupInfo {
-                id: id.to_owned(),
-                kind,
-                path: String::new(),
-                created: OffsetDateTime::from_unix_timestamp(meta.mtime())
-                    .ok()
-                    .and_then(|time| time.format(&Rfc3339).ok())
-                    .unwrap_or_default(),
-                size_bytes: 0,
-                sha256: String::new(),
-                duration_ms: 0,
-                restore_point: String::new(),
-                source: String::new(),
-                server_version: String::new(),
-                timescaledb_version: String::new(),
-                schemas: Vec::new(),
-                table_rows: Default::default(),
-                downtime_ms: 0,
-                warnings: vec!["no metadata was found for this backup".into()],
-            });
+        let metadata = read_metadata(&self.dir(kind).join(format!("{id}{METADATA_SUFFIX}")));
+        let metadata_problem = match &metadata {
+            None => Some("it has no metadata".to_owned()),
+            Some(info) if info.id != id => {
+                Some(format!("its metadata describes another file ({})", info.id))
+            }
+            Some(info) if info.kind != kind => {
+                Some(format!("its metadata describes a {} backup", info.kind))
+            }
+            Some(info) if info.size_bytes != meta.len() => Some(format!(
+                "the file has {} bytes but its metadata says {}: it was cut short or replaced",
+                meta.len(),
+                info.size_bytes
+            )),
+            Some(info) if info.sha256.is_empty() => Some("its metadata has no checksum".to_owned()),
+            Some(_) => None,
+        };
+        let mut info = metadata.unwrap_or_else(|| BackupInfo {
+            id: id.to_owned(),
+            kind,
+            path: String::new(),
+            created: OffsetDateTime::from_unix_timestamp(meta.mtime())
+                .ok()
+                .and_then(|time| time.format(&Rfc3339).ok())
+                .unwrap_or_default(),
+            size_bytes: 0,
+            sha256: String::new(),
+            duration_ms: 0,
+            restore_point: String::new(),
+            source: String::new(),
+            server_version: String::new(),
+            timescaledb_version: String::new(),
+            schemas: Vec::new(),
+            table_rows: Default::default(),
+            downtime_ms: 0,
+            warnings: vec!["no metadata was found for this backup".into()],
+        });
         info.id = id.to_owned();
         info.kind = kind;
         info.path = path.display().to_string();
         info.size_bytes = meta.len();
-        info
+        Listed {
+            info,
+            metadata_problem,
+        }
     }
 
     /// The metadata of one backup, if it has any.

@@ -10,8 +10,8 @@ use anyhow::{Result, anyhow, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesbak_interface::{
-    AgentProxy, BackupInfo, BackupKind, BackupTarget, Error, Health, JobProxy, RestoreOptions,
-    StatusReport, time_from_wire,
+    AgentProxy, BackupInfo, BackupKind, BackupTarget, Error, Health, JobProxy, PruneDecision,
+    RestoreOptions, StatusReport, time_from_wire,
 };
 use serde::Serialize;
 use zbus::Connection;
@@ -326,19 +326,77 @@ pub async fn test_restore(backup: Option<&str>, json: bool) -> Result<()> {
 pub async fn prune(dry_run: bool, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
     if dry_run {
-        let expired = agent.plan_prune().await.map_err(explain)?;
+        let plan = agent.plan_prune().await.map_err(explain)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&expired)?);
-        } else if expired.is_empty() {
-            println!("Nothing to prune.");
+            let rows: Vec<PlannedJson> = plan.iter().map(PlannedJson::from).collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
-            println!("Would delete {} backup(s):", expired.len());
-            print_backups(&expired);
+            print_plan(&plan);
         }
         return Ok(());
     }
     let path = agent.prune().await.map_err(explain)?;
     follow(&conn, path, json).await
+}
+
+/// One row of `prune --dry-run --json`.
+#[derive(Debug, Serialize)]
+struct PlannedJson<'a> {
+    id: &'a str,
+    kind: &'a str,
+    created: &'a str,
+    size_bytes: u64,
+    /// `keep` or `delete`.
+    action: &'static str,
+    reasons: &'a [String],
+}
+
+impl<'a> From<&'a PruneDecision> for PlannedJson<'a> {
+    fn from(decision: &'a PruneDecision) -> Self {
+        PlannedJson {
+            id: &decision.id,
+            kind: decision.kind.as_str(),
+            created: &decision.created,
+            size_bytes: decision.size_bytes,
+            action: if decision.keep { "keep" } else { "delete" },
+            reasons: &decision.reasons,
+        }
+    }
+}
+
+/// Each backup with what `prune` would do to it and why.
+fn print_plan(plan: &[PruneDecision]) {
+    if plan.is_empty() {
+        println!("No backups yet.");
+        return;
+    }
+    let width = plan.iter().map(|d| d.id.len()).max().unwrap_or(2).max(2);
+    println!(
+        "{:<6}  {:<width$}  {:<20}  {:>10}",
+        "ACTION", "ID", "CREATED", "SIZE"
+    );
+    for decision in plan {
+        println!(
+            "{:<6}  {:<width$}  {:<20}  {:>10}",
+            if decision.keep { "keep" } else { "DELETE" },
+            decision.id,
+            decision.created,
+            indicatif::BinaryBytes(decision.size_bytes).to_string()
+        );
+        for reason in &decision.reasons {
+            println!("{:<6}  {:<width$}  - {reason}", "", "");
+        }
+    }
+    let deleted: Vec<&PruneDecision> = plan.iter().filter(|d| !d.keep).collect();
+    let freed: u64 = deleted.iter().map(|d| d.size_bytes).sum();
+    match deleted.len() {
+        0 => println!("Nothing to prune: every backup is kept."),
+        n => println!(
+            "`mesbakctl prune` would delete {n} of {} backup(s), freeing {}.",
+            plan.len(),
+            indicatif::BinaryBytes(freed)
+        ),
+    }
 }
 
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {

@@ -10,7 +10,7 @@ pub use error::Error;
 pub use proxy::{AgentProxy, JobProxy};
 pub use types::{
     BackupInfo, BackupKind, BackupTarget, Health, JobOperation, JobState, ParseNameError, PitrBase,
-    PitrStatus, RestoreOptions, StatusReport, time_from_wire, wire_time,
+    PitrStatus, PruneDecision, RestoreOptions, StatusReport, time_from_wire, wire_time,
 };
 
 /// Well-known bus name the agent owns on the system bus.

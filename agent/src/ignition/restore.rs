@@ -41,7 +41,7 @@ impl Copy<'_> {
             let point = Storage::restore_point(OffsetDateTime::now_utc());
             job.set_stage(format!("taking a safety backup of volume '{volume}'"));
             let info = self
-                .snapshot(key, &point, Some("pre-restore"), None, Vec::new())
+                .snapshot(key, &point, Some(crate::trust::SAFETY_TAG), None, Vec::new())
                 .await
                 .map_err(|err| {
                     Error::from_kind(
