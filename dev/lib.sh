@@ -19,6 +19,7 @@ MESBAK_PACKAGES=(
     docker.io busybox-static dbus postgresql-15 postgresql-client-15
     python3 python3-cryptography libssl-dev pkg-config gcc
     debootstrap lintian rpm ca-certificates curl util-linux procps
+    systemd faketime
 )
 
 ensure_packages() {

@@ -317,6 +317,25 @@ impl AgentConfig {
         self
     }
 
+    /// Runs the agent with its wall clock moved by `offset`, libfaketime's
+    /// syntax (`"+400d"`, `"-3h"`), through Debian's libfaketime
+    /// (`LD_PRELOAD`); the monotonic clock stays real so timeouts and
+    /// timers behave. Panics when libfaketime is not installed (dev/test
+    /// installs the `faketime` package).
+    pub fn fake_clock(&mut self, offset: &str) -> &mut AgentConfig {
+        let library = libfaketime();
+        self.env("LD_PRELOAD", library.to_str().expect("UTF-8 path"))
+            .env("FAKETIME", offset)
+            .env("DONT_FAKE_MONOTONIC", "1")
+    }
+
+    /// Undoes [`AgentConfig::fake_clock`] for the next start.
+    pub fn real_clock(&mut self) -> &mut AgentConfig {
+        self.env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME")
+            .env_remove("DONT_FAKE_MONOTONIC")
+    }
+
     /// Removes an environment variable from the agent's environment.
     pub fn env_remove(&mut self, name: &str) -> &mut AgentConfig {
         self.env.push((name.to_owned(), None));
@@ -404,6 +423,21 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig::new()
     }
+}
+
+/// The multi-threaded libfaketime of Debian's `faketime` package.
+pub fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "libfaketimeMT.so.1 is not installed under /usr/lib/*/faketime/: install Debian's `faketime` package (dev/test does)"
+        )
+    })
 }
 
 fn path_str(path: &Path) -> String {

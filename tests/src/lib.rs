@@ -34,7 +34,8 @@ mod volume;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
-    mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome, write_private,
+    libfaketime, mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome,
+    write_private,
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
