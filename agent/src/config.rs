@@ -294,7 +294,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text, path)?;
+        Config::from_toml(&text, path, env)
+    }
+
+    /// [`Config::load`] for text already read from `path`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(text, path)?;
         config.apply_env(env)?;
         config.validate()?;
         Ok(config)

@@ -31,7 +31,9 @@ const EXAMPLES: &str = "write a cron line such as '30 2 * * *' (02:30 every day)
 /// restricted), anything else is passed on as written.
 pub fn on_calendar(spec: &str) -> Result<Vec<String>, String> {
     let spec = spec.trim();
-    if spec.is_empty() || spec.contains(['\n', '\r']) {
+    // Tabs separate cron fields; any other control character (a newline
+    // above all) must never reach the drop-in.
+    if spec.is_empty() || spec.chars().any(|c| c.is_control() && c != '\t') {
         return Err(format!(
             "'{}' is not a schedule; {EXAMPLES}",
             spec.escape_debug()
@@ -536,6 +538,8 @@ mod tests {
         }
         assert!(on_calendar("").is_err());
         assert!(on_calendar("daily\nExecStart=/bin/sh").is_err());
+        assert!(on_calendar("daily\0").is_err());
+        assert_eq!(one("30\t2 * *\t*"), "*-*-* 02:30:00");
     }
 
     /// Every conversion above is an expression systemd accepts and that
