@@ -36,22 +36,34 @@ fn walk(pieces: &[&[u8]]) -> Walked {
 }
 
 /// What the `tar` crate reads: entries and the first entry's mode if it
-/// is the root folder; `None` when it fails.
-fn oracle(archive: &[u8]) -> Option<(u64, Option<u32>)> {
+/// is the root folder; `Err` when it fails. `Ok(None)` when its reading
+/// cannot be trusted: it splits PAX records at newlines rather than by
+/// their lengths, so a PAX value holding a newline (a valid file name) is
+/// lost to it.
+fn oracle(archive: &[u8]) -> Result<Option<(u64, Option<u32>)>, String> {
     let mut reader = tar::Archive::new(archive);
     let mut entries = 0u64;
     let mut root_mode = None;
-    for entry in reader.entries().ok()? {
-        let entry = entry.ok()?;
+    for entry in reader.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        match entry.pax_extensions() {
+            Ok(None) => {}
+            Ok(Some(records)) => {
+                if records.into_iter().any(|r| r.is_err()) {
+                    return Ok(None);
+                }
+            }
+            Err(_) => return Ok(None),
+        }
         if entries == 0 && entry.header().entry_type() == tar::EntryType::Directory {
-            let path = entry.path().ok()?;
-            if path.as_os_str().is_empty() || path == std::path::Path::new(".") {
-                root_mode = Some(entry.header().mode().ok()? & 0o7777);
+            let path = entry.path_bytes();
+            if path.as_ref() == b"." || path.as_ref() == b"./" {
+                root_mode = Some(entry.header().mode().map_err(|e| e.to_string())? & 0o7777);
             }
         }
         entries += 1;
     }
-    Some((entries, root_mode))
+    Ok(Some((entries, root_mode)))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -81,11 +93,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, cut, "the answer depends on how the stream is cut");
 
     if whole.result.is_ok() && whole.complete {
-        let read = oracle(archive);
-        assert_eq!(
-            read,
-            Some((whole.entries, whole.root_mode)),
-            "the walker accepted an archive the tar crate reads differently"
-        );
+        match oracle(archive) {
+            Ok(Some(read)) => assert_eq!(
+                read,
+                (whole.entries, whole.root_mode),
+                "the walker accepted an archive the tar crate reads differently"
+            ),
+            Ok(None) => {}
+            Err(err) => panic!("the walker accepted an archive the tar crate refuses: {err}"),
+        }
     }
 });
