@@ -235,3 +235,39 @@ impl Touched {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_survives_restarts_and_an_unreadable_one_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let change = ContainerChange {
+            container: "mes-ignition".into(),
+            was_running: true,
+        };
+        journal.record(change.clone()).unwrap();
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.pending(), vec![change]);
+        assert!(reopened.problems().is_empty());
+
+        let path = dir.path().join("containers.json");
+        std::fs::write(&path, b"[{\"container\": \"mes-igni").unwrap();
+        let damaged = Journal::open(dir.path()).unwrap();
+        assert!(damaged.pending().is_empty());
+        let problem = &damaged.problems()[0];
+        assert!(
+            problem.contains("container journal") && problem.contains("docker ps -a"),
+            "{problem}"
+        );
+        assert!(!path.exists());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("containers.json.unreadable-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+    }
+}

@@ -499,7 +499,7 @@ mod tests {
         plan.deletions().map(|d| d.id.as_str()).collect()
     }
 
-    fn reasons<'p>(plan: &'p Plan, id: &str) -> String {
+    fn reasons(plan: &Plan, id: &str) -> String {
         plan.decisions
             .iter()
             .find(|d| d.id == id)

@@ -16,7 +16,7 @@ use std::io::Read;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mesbak_format::{EncryptOptions, Encryptor, Decryptor, HEADER_LEN, Header, Key};
+use mesbak_format::{Decryptor, EncryptOptions, Encryptor, HEADER_LEN, Header, Key};
 
 fn key() -> &'static Key {
     static KEY: OnceLock<Key> = OnceLock::new();

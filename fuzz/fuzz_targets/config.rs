@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
             let message = err.to_string();
             assert!(!message.contains('\n'), "a multi-line error: {message}");
             assert!(
-                message.contains("/etc/mesbak/mesbak.toml") || message.contains("environment variable"),
+                message.contains("/etc/mesbak/mesbak.toml")
+                    || message.contains("environment variable"),
                 "the error names neither the file nor the variable: {message}"
             );
         }
