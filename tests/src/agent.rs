@@ -367,6 +367,28 @@ impl AgentConfig {
         self.path_value("state_dir")
     }
 
+    /// The container changes the agent's journal (`state_dir/containers.json`,
+    /// a versioned record `{"format": 1, "data": [...]}`) still holds; empty
+    /// when there is no journal. Panics when it cannot be read.
+    pub fn pending_container_changes(&self) -> Vec<serde_json::Value> {
+        let path = self.state_dir().join("containers.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(err) => panic!("cannot read {}: {err}", path.display()),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("{} is not JSON ({err}): {text}", path.display()));
+        let entries = match value.get("data") {
+            Some(data) => data.clone(),
+            None => value,
+        };
+        entries
+            .as_array()
+            .unwrap_or_else(|| panic!("{} holds no list: {text}", path.display()))
+            .clone()
+    }
+
     /// `encryption.key_file` as configured.
     pub fn key_file(&self) -> PathBuf {
         self.path_value("encryption.key_file")
