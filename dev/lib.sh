@@ -20,7 +20,7 @@ MESBAK_PACKAGES=(
     python3 python3-cryptography libssl-dev pkg-config gcc zstd
     debootstrap lintian rpm ca-certificates curl util-linux procps
     python3-aiosmtpd openssl prometheus man-db
-    rclone
+    rclone systemd faketime
 )
 
 ensure_packages() {

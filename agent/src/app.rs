@@ -55,6 +55,12 @@ impl App {
         let state = StateStore::open(&config.state_dir)?;
         let journal = Journal::open(&config.state_dir)?;
         let offsite = Offsite::new(&config.state_dir);
+        let mut problems = state.problems().to_vec();
+        problems.extend(journal.problems().iter().cloned());
+        problems.extend(offsite.queue.problems().iter().cloned());
+        for problem in &problems {
+            tracing::error!(problem = %problem, "agent problem");
+        }
         Ok(App {
             storage: Storage::new(&config.backup_dir),
             config,
@@ -65,7 +71,7 @@ impl App {
             notifier: Notifier::default(),
             offsite,
             docker: tokio::sync::Mutex::new(None),
-            problems: Mutex::new(Vec::new()),
+            problems: Mutex::new(problems),
         })
     }
 

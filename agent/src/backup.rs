@@ -116,34 +116,21 @@ fn undo_cancelled(app: &App, job: &Job, made: &[BackupInfo]) -> Error {
     job.cancelled_error(CANCELLED_BACKUP)
 }
 
-/// Deletes what retention allows, for the kinds just backed up.
+/// Deletes what retention allows, for the kinds just backed up; problems
+/// become the job's warnings (the backups themselves succeeded).
 fn apply_retention(app: &App, job: &Job, made: &[BackupInfo]) {
-    let backups = match app.storage.list() {
-        Ok(backups) => backups,
-        Err(err) => {
-            job.warn(format!("retention skipped: {}", err.message()));
-            return;
-        }
-    };
-    let expired = retention::plan(
-        &backups,
-        app.config.retention.days,
-        OffsetDateTime::now_utc(),
-    );
-    for backup in expired
-        .iter()
-        .filter(|b| made.iter().any(|m| m.kind == b.kind))
-    {
-        match app.storage.delete(backup) {
-            Ok(()) => {
-                tracing::info!(job = job.id, file = %backup.id, "retention deleted an old backup")
+    let mut kinds: Vec<BackupKind> = made.iter().map(|info| info.kind).collect();
+    kinds.dedup();
+    match retention::apply(app, job, &kinds, retention::Run::Automatic) {
+        Ok(applied) => {
+            for warning in applied.failed {
+                job.warn(format!("retention: {warning}"));
             }
-            Err(err) => job.warn(format!(
-                "retention could not delete {}: {}",
-                backup.id,
-                err.message()
-            )),
+            for (_, why) in applied.held_back {
+                job.warn(why);
+            }
         }
+        Err(err) => job.warn(format!("retention skipped: {}", err.message())),
     }
 }
 

@@ -281,21 +281,13 @@ async fn check_schedule(config: &Config, found: &mut Findings) {
             }
         };
         // systemd is the judge of its own calendar syntax.
-        let analyzed = tokio::process::Command::new("systemd-analyze")
-            .args(["calendar", &calendar])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await;
-        match analyzed {
-            Ok(out) if out.status.success() => {
-                found.ok(format!("{key}: '{spec}' runs at OnCalendar={calendar}"))
-            }
-            Ok(_) => found.error(format!(
-                "{key}: '{spec}' is neither a cron line (like '0 2 * * *') nor a systemd calendar expression (like '*-*-* 02:00:00', see `man systemd.time`)"
+        match crate::schedule::validate(spec, &calendar).await {
+            Ok(()) => found.ok(format!(
+                "{key}: '{spec}' runs at OnCalendar={}",
+                calendar.join(" and OnCalendar=")
             )),
-            Err(_) => found.warn(format!(
-                "{key}: '{spec}' could not be checked (systemd-analyze is not installed)"
-            )),
+            Err(err) if err.contains("could not be checked") => found.warn(format!("{key}: {err}")),
+            Err(err) => found.error(format!("{key}: {err}")),
         }
     }
 }

@@ -117,7 +117,16 @@ pub struct Encryption {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
+    /// Keep every backup made within this many days.
     pub days: u32,
+    /// Always keep the newest N good backups of each kind, whatever the
+    /// clock says (the newest good one is kept even with 0).
+    pub keep_last: u32,
+    /// Also keep the newest good backup of each of the last N days, ISO
+    /// weeks and months that have one (restic's rules).
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,7 +254,13 @@ impl Default for Encryption {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { days: 30 }
+        Retention {
+            days: 30,
+            keep_last: 7,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+        }
     }
 }
 
@@ -320,7 +335,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text, path)?;
+        Config::from_toml(&text, path, env)
+    }
+
+    /// [`Config::load`] for text already read from `path`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(text, path)?;
         config.apply_env(env)?;
         config.validate()?;
         Ok(config)
@@ -611,6 +635,8 @@ mod tests {
         assert_eq!(config.database.name, "mes");
         assert_eq!(config.ignition.volume, "ignition-data");
         assert_eq!(config.retention.days, 30);
+        assert_eq!(config.retention.keep_last, 7);
+        assert_eq!(config.retention.keep_daily, 0);
         assert_eq!(config.backup.min_free_bytes, 10 << 30);
         assert_eq!(
             config.health_listen(),

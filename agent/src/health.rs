@@ -1,17 +1,19 @@
 //! Health judges freshness, not only the last exit: a pure function of the
 //! configuration, the backups on disk, the remembered results and the time,
 //! so tests inject times instead of sleeping.
+//!
+//! Times are compared as times. A backup dated beyond the clock never
+//! counts as fresh (a clock that was ahead cannot keep health green) and is
+//! reported as a clock problem; the newest backup dated before now decides
+//! freshness, so one made after the clock was set back counts at once.
 
 use mesbak_interface::{BackupInfo, BackupKind, Health, StatusReport};
-use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use crate::config::Config;
 use crate::state::AgentState;
-
-pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &Rfc3339).ok()
-}
+pub use crate::trust::parse_time;
+use crate::trust::{future_problem, is_future, newest_dated};
 
 /// Whether a backup counts toward freshness: its metadata exists and
 /// matches the file (storage clears the checksum otherwise), and it is a
@@ -20,11 +22,30 @@ pub fn counts(backup: &BackupInfo) -> bool {
     !backup.sha256.is_empty() && !backup.id.contains("_pre-restore")
 }
 
-fn newest(backups: &[BackupInfo], kind: BackupKind) -> Option<&BackupInfo> {
-    backups
+/// The newest backup of `kind` that counts (see `counts`), dated and not in
+/// the future.
+pub fn newest_counted(
+    backups: &[BackupInfo],
+    kind: BackupKind,
+    now: OffsetDateTime,
+) -> Option<(&BackupInfo, OffsetDateTime)> {
+    newest_dated(backups.iter().filter(|b| counts(b)), kind, now)
+}
+
+/// One clock problem per kind with backups dated beyond `now`.
+fn future_backups(backups: &[BackupInfo], kind: BackupKind, now: OffsetDateTime) -> Option<String> {
+    let future: Vec<(&BackupInfo, OffsetDateTime)> = backups
         .iter()
-        .filter(|b| b.kind == kind && counts(b))
-        .max_by(|a, b| a.created.cmp(&b.created))
+        .filter(|b| b.kind == kind)
+        .filter_map(|b| parse_time(&b.created).map(|t| (b, t)))
+        .filter(|(_, t)| is_future(*t, now))
+        .collect();
+    let (latest, time) = future.iter().max_by_key(|(_, t)| *t)?;
+    let what = match future.len() {
+        1 => format!("{kind} backup {}", latest.id),
+        n => format!("{n} {kind} backups, the latest {},", latest.id),
+    };
+    Some(future_problem(&what, *time, now))
 }
 
 /// Whether the configuration asks for backups of `kind`.
@@ -46,10 +67,14 @@ pub fn assess(
     let mut degraded: Vec<String> = extra_problems.to_vec();
     let max_age = Duration::hours(config.health.max_backup_age_hours.into());
 
-    let mut last = |kind: BackupKind| -> Option<String> {
-        let newest = newest(backups, kind);
+    let mut last = |kind: BackupKind| -> Option<(String, OffsetDateTime)> {
+        let newest = newest_counted(backups, kind, now);
+        let future = future_backups(backups, kind, now);
         if kind_configured(config, kind) {
-            match newest.and_then(|b| parse_time(&b.created).map(|t| (b, t))) {
+            match newest {
+                None if future.is_some() => {
+                    unhealthy.push(format!("there is no {kind} backup dated before now"))
+                }
                 None => unhealthy.push(format!("there is no {kind} backup yet")),
                 Some((backup, created)) if now - created > max_age => unhealthy.push(format!(
                     "the newest {kind} backup ({}) is older than {} hours",
@@ -58,12 +83,13 @@ pub fn assess(
                 Some(_) => {}
             }
         }
-        newest.map(|b| b.created.clone())
+        degraded.extend(future);
+        newest.map(|(b, t)| (b.created.clone(), t))
     };
     let last_database = last(BackupKind::Database);
     let last_ignition = last(BackupKind::Ignition);
 
-    if let Some(backup) = newest(backups, BackupKind::Database) {
+    if let Some((backup, _)) = newest_counted(backups, BackupKind::Database, now) {
         let missing: Vec<&str> = config
             .database
             .schemas
@@ -90,12 +116,21 @@ pub fn assess(
             failure.time, failure.message
         ));
     }
+    for held in state.retention_held.values() {
+        degraded.push(format!("at {}, {}", held.time, held.message));
+    }
     let max_test_age = Duration::hours(config.health.max_test_restore_age_hours.into());
     match &state.last_test_restore {
         Some(record) if !record.ok => degraded.push(format!(
             "the last test restore ({}, of {}) failed: {}",
             record.time, record.backup, record.message
         )),
+        Some(record) if parse_time(&record.time).is_some_and(|t| is_future(t, now)) => degraded
+            .push(future_problem(
+                "the last test restore",
+                parse_time(&record.time).expect("parsed above"),
+                now,
+            )),
         Some(record) if parse_time(&record.time).is_none_or(|t| now - t > max_test_age) => degraded
             .push(format!(
                 "the last test restore ({}) is older than {} hours",
@@ -118,14 +153,14 @@ pub fn assess(
     let last_backup = [&last_database, &last_ignition]
         .into_iter()
         .flatten()
-        .max()
-        .cloned();
+        .max_by_key(|(_, time)| *time)
+        .map(|(text, _)| text.clone());
     unhealthy.extend(degraded);
     StatusReport {
         status,
         last_backup,
-        last_database_backup: last_database,
-        last_ignition_backup: last_ignition,
+        last_database_backup: last_database.map(|(text, _)| text),
+        last_ignition_backup: last_ignition.map(|(text, _)| text),
         last_test_restore: state.last_test_restore.as_ref().map(|r| r.time.clone()),
         last_test_restore_ok: state.last_test_restore.as_ref().map(|r| r.ok),
         problems: unhealthy,
@@ -316,5 +351,142 @@ mod tests {
         let report = assess(&config, &backups, &state, &[], now);
         assert_eq!(report.status, Health::Degraded);
         assert!(report.problems[0].contains("volume missing"));
+    }
+
+    #[test]
+    fn a_backup_dated_in_the_future_is_a_clock_problem_not_freshness() {
+        let config = Config::default();
+        let state = AgentState {
+            last_test_restore: Some(TestRestoreRecord {
+                time: "2026-11-24T01:00:00Z".into(),
+                backup: "x".into(),
+                ok: true,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        let now = at("2026-11-24T12:00:00Z");
+        // The clock was 400 days ahead for one backup, then set right: the
+        // "future" backup must not keep health green.
+        let backups = vec![
+            backup(BackupKind::Database, "2027-12-29T00:00:00Z", ALL),
+            backup(BackupKind::Database, "2026-11-20T00:00:00Z", ALL),
+            backup(BackupKind::Ignition, "2026-11-24T00:00:00Z", &[]),
+        ];
+        let report = assess(&config, &backups, &state, &[], now);
+        assert_eq!(report.status, Health::Unhealthy, "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("newest database backup")
+                && report.problems[0].contains("older than 26 hours"),
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report.problems.iter().any(|p| p.contains("2027-12-29")
+                && p.contains("399 days ahead")
+                && p.contains("timedatectl")),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(
+            report.last_database_backup.as_deref(),
+            Some("2026-11-20T00:00:00Z")
+        );
+        assert_eq!(report.last_backup.as_deref(), Some("2026-11-24T00:00:00Z"));
+
+        // A backup made after the clock was set back counts as fresh at
+        // once; the future one stays flagged (degraded), not stale.
+        let mut fresh = backups.clone();
+        fresh.push(backup(BackupKind::Database, "2026-11-24T11:00:00Z", ALL));
+        let report = assess(&config, &fresh, &state, &[], now);
+        assert_eq!(report.status, Health::Degraded, "{:?}", report.problems);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert_eq!(
+            report.last_database_backup.as_deref(),
+            Some("2026-11-24T11:00:00Z")
+        );
+
+        // Only future backups: nothing dated before now.
+        let only = vec![
+            backup(BackupKind::Database, "2027-12-29T00:00:00Z", ALL),
+            backup(BackupKind::Database, "2027-12-30T00:00:00Z", ALL),
+            backup(BackupKind::Ignition, "2026-11-24T00:00:00Z", &[]),
+        ];
+        let report = assess(&config, &only, &state, &[], now);
+        assert_eq!(report.status, Health::Unhealthy);
+        assert!(
+            report.problems[0].contains("dated before now"),
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("2 database backups, the latest")),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.last_database_backup, None);
+    }
+
+    #[test]
+    fn times_are_compared_as_times_not_text() {
+        let config = Config::default();
+        let now = at("2026-11-24T12:00:00Z");
+        // As text "2026-11-24T09:00:00+05:00" sorts after the newer UTC one.
+        let backups = vec![
+            backup(BackupKind::Database, "2026-11-24T09:00:00+05:00", ALL),
+            backup(BackupKind::Database, "2026-11-24T05:00:00Z", ALL),
+            backup(BackupKind::Ignition, "2026-11-24T05:00:00Z", &[]),
+        ];
+        let report = assess(&config, &backups, &AgentState::default(), &[], now);
+        assert_eq!(
+            report.last_database_backup.as_deref(),
+            Some("2026-11-24T05:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_held_back_retention_run_and_a_future_test_restore_degrade() {
+        let config = Config::default();
+        let now = at("2026-11-24T12:00:00Z");
+        let backups = vec![
+            backup(BackupKind::Database, "2026-11-24T00:00:00Z", ALL),
+            backup(BackupKind::Ignition, "2026-11-24T00:00:00Z", &[]),
+        ];
+        let mut state = AgentState {
+            last_test_restore: Some(TestRestoreRecord {
+                time: "2027-01-01T00:00:00Z".into(),
+                backup: "x".into(),
+                ok: true,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        let report = assess(&config, &backups, &state, &[], now);
+        assert_eq!(report.status, Health::Degraded);
+        assert!(
+            report.problems[0].starts_with("the last test restore is dated 2027-01-01"),
+            "{:?}",
+            report.problems
+        );
+        state.last_test_restore.as_mut().unwrap().time = "2026-11-24T01:00:00Z".into();
+        state.retention_held.insert(
+            "database".into(),
+            FailureRecord {
+                time: "2026-11-24T00:01:00Z".into(),
+                message:
+                    "automatic retention held back: it would delete 5 of the 8 database backups"
+                        .into(),
+            },
+        );
+        let report = assess(&config, &backups, &state, &[], now);
+        assert_eq!(report.status, Health::Degraded);
+        assert!(
+            report.problems[0].contains("held back"),
+            "{:?}",
+            report.problems
+        );
     }
 }

@@ -267,14 +267,6 @@ fn unix_seconds(time: OffsetDateTime) -> f64 {
     time.unix_timestamp_nanos() as f64 / 1e9
 }
 
-fn newest(backups: &[BackupInfo], kind: BackupKind) -> Option<(&BackupInfo, OffsetDateTime)> {
-    backups
-        .iter()
-        .filter(|b| b.kind == kind && crate::health::counts(b))
-        .filter_map(|b| parse_time(&b.created).map(|t| (b, t)))
-        .max_by_key(|(_, t)| *t)
-}
-
 /// The `/metrics` page: a pure function of the report, the backups on disk,
 /// the remembered results, the free space and the time, so tests inject
 /// them all. Only verified backups (see `health::counts`) feed the "last
@@ -294,7 +286,7 @@ pub fn render_metrics(
     let mut out = String::new();
     let newest: Vec<(BackupKind, Option<(&BackupInfo, OffsetDateTime)>)> = BackupKind::ALL
         .iter()
-        .map(|&kind| (kind, newest(backups, kind)))
+        .map(|&kind| (kind, crate::health::newest_counted(backups, kind, now)))
         .collect();
 
     Family::new(

@@ -171,28 +171,36 @@ fn drop_previous(app: &App, name: &str) -> Result<Vec<String>, Error> {
 }
 
 fn prune(app: &App) -> Result<Vec<String>, Error> {
-    let expired = retention::plan(
-        &app.storage.list()?,
-        app.config.retention.days,
+    let listed = app.storage.list_checked()?;
+    let plan = retention::local_plan(
+        &listed,
+        &app.config,
+        &app.state.get(),
+        BackupKind::ALL,
         OffsetDateTime::now_utc(),
+        retention::Run::Explicit,
     );
-    if expired.is_empty() {
-        return Ok(vec![format!(
-            "Nothing to delete: no backup is older than {} days.",
-            app.config.retention.days
-        )]);
+    let deletions: Vec<_> = retention::wire_decisions(&plan, &listed)
+        .into_iter()
+        .filter(|decision| !decision.keep)
+        .collect();
+    if deletions.is_empty() {
+        return Ok(vec![
+            "Nothing to delete: every backup is kept by a retention rule (`mesbakctl prune --dry-run` says which)."
+                .into(),
+        ]);
     }
     let mut lines = vec![format!(
-        "Deleted for good: {} backup file(s) older than {} days (retention.days):",
-        expired.len(),
-        app.config.retention.days
+        "Deleted for good: {} backup file(s) no [retention] rule keeps:",
+        deletions.len()
     )];
-    lines.extend(expired.iter().map(|backup| {
+    lines.extend(deletions.iter().map(|decision| {
         format!(
-            "  {} ({}, {})",
-            backup.id,
-            backup.created,
-            human_bytes(backup.size_bytes)
+            "  {} ({}, {}): {}",
+            decision.id,
+            decision.created,
+            human_bytes(decision.size_bytes),
+            decision.reasons.join("; ")
         )
     }));
     Ok(lines)

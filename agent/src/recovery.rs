@@ -3,16 +3,14 @@
 //! back afterwards, on success, on failure, and on the next start after a
 //! crash.
 
-use std::fs;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mesbak_interface::Error;
 use serde::{Deserialize, Serialize};
 
 use crate::docker::Docker;
-use crate::storage::{create_private_file, sync_dir};
+use crate::persist::Record;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerChange {
@@ -24,30 +22,36 @@ pub struct ContainerChange {
 /// The journal file, shared by all jobs.
 #[derive(Clone)]
 pub struct Journal {
-    path: PathBuf,
+    record: Record<Vec<ContainerChange>>,
     entries: Arc<Mutex<Vec<ContainerChange>>>,
+    /// Set when the journal was unreadable at start.
+    problems: Vec<String>,
 }
 
 impl Journal {
-    pub fn open(state_dir: &std::path::Path) -> Result<Journal, Error> {
-        let path = state_dir.join("containers.json");
-        let entries = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(file = %path.display(), error = %err, "the container journal is unreadable; starting a new one");
-                Vec::new()
-            }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => {
-                return Err(Error::Failed(format!(
-                    "cannot read {}: {err}",
-                    path.display()
-                )));
-            }
-        };
+    /// Opens `state_dir/containers.json`. An unreadable journal is kept
+    /// aside and reported: the containers it named must be checked by hand.
+    pub fn open(state_dir: &Path) -> Result<Journal, Error> {
+        let record = Record::new(state_dir, "containers.json", "the container journal");
+        let (entries, unreadable) = record.read_or_set_aside()?;
+        let problems = unreadable
+            .map(|problem| {
+                format!(
+                    "{problem}; containers an interrupted job stopped or started may not be as they were found: check them (`docker ps -a`) and start the gateway and database if they are stopped, then delete the copy"
+                )
+            })
+            .into_iter()
+            .collect();
         Ok(Journal {
-            path,
-            entries: Arc::new(Mutex::new(entries)),
+            record,
+            entries: Arc::new(Mutex::new(entries.unwrap_or_default())),
+            problems,
         })
+    }
+
+    /// Problems found when the journal was opened.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     pub fn pending(&self) -> Vec<ContainerChange> {
@@ -69,21 +73,11 @@ impl Journal {
     }
 
     fn save(&self, entries: &[ContainerChange]) -> Result<(), Error> {
-        let write = || -> std::io::Result<()> {
-            let dir = self.path.parent().expect("journal in a folder");
-            let tmp = dir.join(".containers.json.tmp");
-            let _ = fs::remove_file(&tmp);
-            let mut file = create_private_file(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(entries).expect("serialises"))?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            sync_dir(dir)
-        };
-        write().map_err(|err| {
-            Error::Failed(format!(
-                "cannot record container changes in {}: {err}; nothing was changed",
-                self.path.display()
-            ))
+        self.record.write(&entries.to_vec()).map_err(|err| {
+            Error::from_kind(
+                err.kind(),
+                format!("{}; no container was changed", err.message()),
+            )
         })
     }
 
@@ -239,5 +233,41 @@ impl Touched {
                 failures.join("; ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_survives_restarts_and_an_unreadable_one_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let change = ContainerChange {
+            container: "mes-ignition".into(),
+            was_running: true,
+        };
+        journal.record(change.clone()).unwrap();
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.pending(), vec![change]);
+        assert!(reopened.problems().is_empty());
+
+        let path = dir.path().join("containers.json");
+        std::fs::write(&path, b"[{\"container\": \"mes-igni").unwrap();
+        let damaged = Journal::open(dir.path()).unwrap();
+        assert!(damaged.pending().is_empty());
+        let problem = &damaged.problems()[0];
+        assert!(
+            problem.contains("container journal") && problem.contains("docker ps -a"),
+            "{problem}"
+        );
+        assert!(!path.exists());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("containers.json.unreadable-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
     }
 }

@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use mesbak_interface::Error;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{create_private_file, sync_dir};
+use crate::persist::Record;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRestoreRecord {
@@ -90,6 +89,13 @@ pub struct AgentState {
     /// When a backup of each kind was last started (RFC 3339), whatever
     /// its outcome.
     pub last_attempt: BTreeMap<String, String>,
+    /// Backups a verification found damaged, by id (cleared when one
+    /// verifies again).
+    pub damaged: BTreeMap<String, FailureRecord>,
+    /// Per kind: the automatic retention run that was held back because it
+    /// would have deleted most backups at once (cleared by the next run
+    /// that is not held back, or by an explicit prune).
+    pub retention_held: BTreeMap<String, FailureRecord>,
 }
 
 impl AgentState {
@@ -109,11 +115,17 @@ impl AgentState {
 }
 
 pub struct StateStore {
-    path: PathBuf,
+    record: Record<AgentState>,
     state: Mutex<AgentState>,
+    /// Set when the state file was unreadable at start (or one set aside
+    /// earlier is still there).
+    problems: Vec<String>,
 }
 
 impl StateStore {
+    /// Opens `state_dir/state.json`. An unreadable file is never silently
+    /// replaced: it is kept aside, the agent starts afresh, and
+    /// [`StateStore::problems`] says so until a person removed the copy.
     pub fn open(state_dir: &Path) -> Result<StateStore, Error> {
         fs::create_dir_all(state_dir).map_err(|err| {
             Error::Config(format!(
@@ -122,20 +134,33 @@ impl StateStore {
             ))
         })?;
         let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
-        let path = state_dir.join("state.json");
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(file = %path.display(), error = %err, "the state file is unreadable; starting afresh");
-                AgentState::default()
-            }),
-            Err(_) => AgentState::default(),
-        };
-        let mut state = state;
+        let record = Record::new(state_dir, "state.json", "the agent state");
+        let (state, unreadable) = record.read_or_set_aside()?;
+        let mut problems = Vec::new();
+        if let Some(problem) = unreadable {
+            problems.push(format!(
+                "{problem}; the agent started with an empty state (it holds the last test restore, failure counts and the database a restore kept for `mesbakctl restore --rollback`): look at the copy, then delete it"
+            ));
+        } else {
+            for aside in record.set_aside_files() {
+                problems.push(format!(
+                    "an unreadable agent state was kept as {}; look at it (the database a restore kept may be named there), then delete it",
+                    aside.display()
+                ));
+            }
+        }
+        let mut state: AgentState = state.unwrap_or_default();
         state.migrate();
         Ok(StateStore {
-            path,
+            record,
             state: Mutex::new(state),
+            problems,
         })
+    }
+
+    /// Problems found when the state was opened.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     pub fn get(&self) -> AgentState {
@@ -147,26 +172,60 @@ impl StateStore {
         let mut state = self.state.lock().expect("state lock");
         change(&mut state);
         state.migrate();
-        write_json(&self.path, &*state)
+        self.record.write(&state)
     }
 }
 
-/// Writes `value` as JSON to `path` (0600) atomically: a hidden temporary
-/// file, synced, renamed over the old one.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
-    let write = || -> std::io::Result<()> {
-        let dir = path.parent().expect("state file in a folder");
-        let name = path
-            .file_name()
-            .expect("state file has a name")
-            .to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        let mut file = create_private_file(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(value).expect("serialises"))?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    };
-    write().map_err(|err| Error::Failed(format!("cannot save {}: {err}", path.display())))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_state_is_kept_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.problems().is_empty());
+        store
+            .update(|state| {
+                state.previous_database = Some(PreviousDatabase {
+                    name: "mes_before".into(),
+                    live_name: "mes".into(),
+                    replaced_at: "2026-11-24T00:00:00Z".into(),
+                    restored_backup: "x".into(),
+                })
+            })
+            .unwrap();
+        // Read back, the single kept database of older agents is in the list.
+        let reopened = StateStore::open(dir.path()).unwrap().get();
+        assert_eq!(reopened.kept_databases[0].name, "mes_before");
+        assert_eq!(reopened.rollback_target.as_deref(), Some("mes_before"));
+
+        let path = dir.path().join("state.json");
+        let damaged = b"{\"format\": 1, \"data\": {\"previous_database\": {\"name\": \"mes_be";
+        fs::write(&path, damaged).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(), AgentState::default());
+        assert_eq!(store.problems().len(), 1, "{:?}", store.problems());
+        assert!(
+            store.problems()[0].contains("kept as"),
+            "{:?}",
+            store.problems()
+        );
+        let kept = store.record.set_aside_files();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::read(&kept[0]).unwrap(), damaged);
+        // Writing the fresh state does not touch the copy...
+        store
+            .update(|state| {
+                state.failures_total.insert("database".into(), 1);
+            })
+            .unwrap();
+        assert_eq!(fs::read(&kept[0]).unwrap(), damaged);
+        // ...and the next start still reports it until it is removed.
+        let again = StateStore::open(dir.path()).unwrap();
+        assert_eq!(again.get().failures_total["database"], 1);
+        assert_eq!(again.problems().len(), 1);
+        fs::remove_file(&kept[0]).unwrap();
+        assert!(StateStore::open(dir.path()).unwrap().problems().is_empty());
+    }
 }

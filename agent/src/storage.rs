@@ -4,13 +4,17 @@
 //! foreign owners refused.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mesbak_interface::{
     BackupInfo, BackupKind, Compression, Error, backup_name_kind, backup_suffix,
 };
+// Re-exported for callers not yet moved to `persist`.
+use crate::persist::write_atomic;
+pub use crate::persist::{create_private_file, sync_dir, write_error};
+use crate::trust::parse_time;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -25,6 +29,8 @@ pub fn subdir(kind: BackupKind) -> &'static str {
 
 const METADATA_SUFFIX: &str = ".json";
 const PARTIAL_SUFFIX: &str = ".partial";
+/// What [`write_atomic`] leaves behind when cut short.
+const TMP_SUFFIX: &str = ".tmp";
 
 /// Checks a backup id: a plain file name with a known suffix, which says
 /// what it holds and how it is compressed.
@@ -47,6 +53,14 @@ pub fn kind_of_id(id: &str) -> Result<(BackupKind, Compression), Error> {
             "'{id}' is not a backup id: backup files end in .sql.gz.enc, .sql.zst.enc, .tar.gz.enc or .tar.zst.enc"
         ))
     })
+}
+
+/// A backup as listed, with what is wrong between its file and its
+/// metadata (`None`: they agree).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub info: BackupInfo,
+    pub metadata_problem: Option<String>,
 }
 
 /// A backup file the agent may read.
@@ -111,16 +125,8 @@ impl PendingFile {
     /// (link + unlink, unlike rename); the folder is synced.
     pub fn commit(mut self, metadata: Option<&[u8]>) -> Result<PathBuf, Error> {
         if let Some(json) = metadata {
-            let meta_name = format!("{}{METADATA_SUFFIX}", self.name);
-            let meta_partial = self.dir.join(format!(".{meta_name}{PARTIAL_SUFFIX}"));
-            let write_meta = || -> io::Result<()> {
-                let _ = fs::remove_file(&meta_partial);
-                let mut file = create_private_file(&meta_partial)?;
-                file.write_all(json)?;
-                file.sync_all()?;
-                fs::rename(&meta_partial, self.dir.join(&meta_name))
-            };
-            write_meta().map_err(|err| write_error(&meta_partial, err))?;
+            let meta_path = self.dir.join(format!("{}{METADATA_SUFFIX}", self.name));
+            write_atomic(&meta_path, json, 0o600).map_err(|err| write_error(&meta_path, err))?;
         }
         let path = self.path();
         fs::hard_link(&self.partial, &path).map_err(|err| write_error(&path, err))?;
@@ -148,7 +154,7 @@ pub fn remove_partials_in(dir: &Path) -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.')
-            && name.ends_with(PARTIAL_SUFFIX)
+            && (name.ends_with(PARTIAL_SUFFIX) || name.ends_with(TMP_SUFFIX))
             && fs::remove_file(entry.path()).is_ok()
         {
             removed.push(entry.path());
@@ -295,6 +301,12 @@ impl Storage {
     /// Every backup, newest first. Files without metadata are listed with
     /// what the file system tells.
     pub fn list(&self) -> Result<Vec<BackupInfo>, Error> {
+        Ok(self.list_checked()?.into_iter().map(|l| l.info).collect())
+    }
+
+    /// Every backup, newest first (by time, not by text), each with what
+    /// is wrong between the file and its metadata.
+    pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {
         let mut backups = Vec::new();
         for kind in BackupKind::ALL {
             let dir = self.dir(*kind);
@@ -324,51 +336,75 @@ impl Storage {
                     let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600));
                     tracing::warn!(file = %entry.path().display(), "repaired the mode of a backup file to 0600");
                 }
-                backups.push(self.info_of(*kind, &name, &meta));
+                backups.push(self.listed(*kind, &name, &meta));
             }
         }
-        backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        backups.sort_by(|a, b| {
+            let time = |l: &Listed| parse_time(&l.info.created);
+            time(b)
+                .cmp(&time(a))
+                .then_with(|| b.info.id.cmp(&a.info.id))
+        });
         Ok(backups)
     }
 
-    fn info_of(&self, kind: BackupKind, id: &str, meta: &fs::Metadata) -> BackupInfo {
+    fn listed(&self, kind: BackupKind, id: &str, meta: &fs::Metadata) -> Listed {
         let path = self.dir(kind).join(id);
-        let mut info = read_metadata(&self.dir(kind).join(format!("{id}{METADATA_SUFFIX}")))
-            .unwrap_or_else(|| BackupInfo {
-                id: id.to_owned(),
-                kind,
-                path: String::new(),
-                created: OffsetDateTime::from_unix_timestamp(meta.mtime())
-                    .ok()
-                    .and_then(|time| time.format(&Rfc3339).ok())
-                    .unwrap_or_default(),
-                size_bytes: 0,
-                sha256: String::new(),
-                duration_ms: 0,
-                restore_point: String::new(),
-                source: String::new(),
-                server_version: String::new(),
-                timescaledb_version: String::new(),
-                schemas: Vec::new(),
-                table_rows: Default::default(),
-                downtime_ms: 0,
-                warnings: vec!["no metadata was found for this backup".into()],
-            });
-        if !info.sha256.is_empty() && info.size_bytes != meta.len() {
-            // Not the file the metadata describes: damaged, truncated or
-            // replaced. It does not count as a good backup.
-            info.warnings.push(format!(
-                "the file is {} bytes but its metadata says {}: it is damaged or not the backup that was made",
+        let metadata = read_metadata(&self.dir(kind).join(format!("{id}{METADATA_SUFFIX}")));
+        let metadata_problem = match &metadata {
+            None => Some("it has no metadata".to_owned()),
+            Some(info) if info.id != id => {
+                Some(format!("its metadata describes another file ({})", info.id))
+            }
+            Some(info) if info.kind != kind => {
+                Some(format!("its metadata describes a {} backup", info.kind))
+            }
+            Some(info) if info.size_bytes != meta.len() => Some(format!(
+                "the file has {} bytes but its metadata says {}: it was cut short or replaced",
                 meta.len(),
                 info.size_bytes
-            ));
-            info.sha256.clear();
-        }
+            )),
+            Some(info) if info.sha256.is_empty() => Some("its metadata has no checksum".to_owned()),
+            Some(_) => None,
+        };
+        let mut info = metadata.unwrap_or_else(|| BackupInfo {
+            id: id.to_owned(),
+            kind,
+            path: String::new(),
+            created: OffsetDateTime::from_unix_timestamp(meta.mtime())
+                .ok()
+                .and_then(|time| time.format(&Rfc3339).ok())
+                .unwrap_or_default(),
+            size_bytes: 0,
+            sha256: String::new(),
+            duration_ms: 0,
+            restore_point: String::new(),
+            source: String::new(),
+            server_version: String::new(),
+            timescaledb_version: String::new(),
+            schemas: Vec::new(),
+            table_rows: Default::default(),
+            downtime_ms: 0,
+            warnings: vec!["no metadata was found for this backup".into()],
+        });
         info.id = id.to_owned();
         info.kind = kind;
         info.path = path.display().to_string();
         info.size_bytes = meta.len();
-        info
+        if let Some(problem) = &metadata_problem {
+            if !info.sha256.is_empty() {
+                // Not the file the metadata describes: it does not count
+                // as a good backup anywhere (health, off-site, retention).
+                info.warnings.push(format!(
+                    "{problem}; it is damaged or not the backup that was made"
+                ));
+                info.sha256.clear();
+            }
+        }
+        Listed {
+            info,
+            metadata_problem,
+        }
     }
 
     /// The metadata of one backup, if it has any.
@@ -434,16 +470,6 @@ fn read_metadata(path: &Path) -> Option<BackupInfo> {
     serde_json::from_reader(io::BufReader::new(file)).ok()
 }
 
-/// Creates `path` 0600, never through a symlink, never over an existing file.
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// Opens a backup for reading, refusing symlinks.
 pub fn open_backup(path: &Path) -> Result<File, Error> {
     OpenOptions::new()
@@ -451,22 +477,6 @@ pub fn open_backup(path: &Path) -> Result<File, Error> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| Error::Failed(format!("cannot open {}: {err}", path.display())))
-}
-
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Turns a write failure into the error a technician can act on.
-pub fn write_error(path: &Path, err: io::Error) -> Error {
-    if err.raw_os_error() == Some(libc::ENOSPC) || err.raw_os_error() == Some(libc::EDQUOT) {
-        Error::NoSpace(format!(
-            "the disk holding {} is full; free space or move backup_dir, then retry",
-            path.display()
-        ))
-    } else {
-        Error::Failed(format!("cannot write {}: {err}", path.display()))
-    }
 }
 
 /// Creates `path` 0700 or checks and repairs it; refuses symlinks and
@@ -536,6 +546,8 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]

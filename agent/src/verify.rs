@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use mesbak_interface::Error;
 
 use crate::app::App;
-use crate::jobs::Job;
+use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupReader;
+use crate::state::FailureRecord;
 use crate::storage::{BackupRef, human_bytes, open_backup};
 
 /// Reads the whole file; Ok only when every chunk authenticated and the
@@ -41,10 +42,39 @@ pub async fn check(app: &App, job: &Job, backup: &BackupRef) -> Result<u64, Erro
 }
 
 pub async fn run(app: Arc<App>, job: Arc<Job>, backup: BackupRef) -> Result<String, Error> {
-    let plain = check(&app, &job, &backup).await?;
+    let result = check(&app, &job, &backup).await;
+    remember_damage(&app, &backup, &result)?;
+    let plain = result?;
     Ok(format!(
         "backup {} is intact: every chunk authenticated, {} of payload",
         backup.id,
         human_bytes(plain)
     ))
+}
+
+/// Remembers a backup of the backup folder that failed authentication, so
+/// retention no longer counts it as good, and forgets it once it verifies.
+fn remember_damage(
+    app: &App,
+    backup: &BackupRef,
+    result: &Result<u64, Error>,
+) -> Result<(), Error> {
+    if backup.path != app.storage.dir(backup.kind).join(&backup.id) {
+        return Ok(());
+    }
+    match result {
+        Err(Error::Integrity(message)) => app.state.update(|state| {
+            state.damaged.insert(
+                backup.id.clone(),
+                FailureRecord {
+                    time: now_rfc3339(),
+                    message: message.clone(),
+                },
+            );
+        }),
+        Ok(_) if app.state.get().damaged.contains_key(&backup.id) => app.state.update(|state| {
+            state.damaged.remove(&backup.id);
+        }),
+        _ => Ok(()),
+    }
 }

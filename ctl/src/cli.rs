@@ -96,10 +96,14 @@ pub enum Command {
     /// Point-in-time recovery: continuous WAL archiving on the database server.
     #[command(subcommand)]
     Pitr(PitrCommand),
-    /// Delete backups older than the retention period (root only; asks
-    /// for confirmation on a terminal unless --yes).
+    /// Delete what the retention rules let go (root only).
+    ///
+    /// A backup stays if any `[retention]` rule keeps it: made within `days`,
+    /// among the newest `keep_last` good backups of its kind, or the newest
+    /// good one of a day, week or month that `keep_daily`, `keep_weekly` or
+    /// `keep_monthly` keep. `--dry-run` lists every backup with the reasons.
     Prune {
-        /// Only show what would be deleted.
+        /// Only show, for each backup, whether it would be kept or deleted and why.
         #[arg(long)]
         dry_run: bool,
         /// Do not ask for confirmation (required without a terminal).

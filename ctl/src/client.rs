@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesbak_interface::{
     AgentProxy, BackupInfo, BackupTarget, Error, Health, JobProxy, KeptDatabase, OffsiteReport,
-    RestoreOptions, RunningJob, StatusReport, job_number, job_path, time_from_wire,
+    PruneDecision, RestoreOptions, RunningJob, StatusReport, job_number, job_path, time_from_wire,
 };
 use serde::Serialize;
 use zbus::Connection;
@@ -579,24 +579,90 @@ pub async fn test_restore(backup: Option<&str>, from: Option<&str>, json: bool) 
 pub async fn prune(dry_run: bool, yes: bool, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
     if dry_run {
-        let expired = agent.plan_prune().await.map_err(explain)?;
+        let plan = agent.plan_prune().await.map_err(explain)?;
         if json {
-            outln!("{}", serde_json::to_string_pretty(&expired)?)?;
-        } else if expired.is_empty() {
-            outln!("Nothing to prune.")?;
+            let rows: Vec<PlannedJson> = plan.iter().map(PlannedJson::from).collect();
+            outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         } else {
-            outln!("Would delete {} backup(s):", expired.len())?;
-            print_backups(&expired)?;
+            print_plan(&plan)?;
         }
         return Ok(());
     }
     let preview = agent.preview("prune", "").await.map_err(explain)?;
-    if agent.plan_prune().await.map_err(explain)?.is_empty() {
+    if agent
+        .plan_prune()
+        .await
+        .map_err(explain)?
+        .iter()
+        .all(|decision| decision.keep)
+    {
         return outln!("{}", preview.join("\n"));
     }
     confirm(&preview, "Delete these backups now?", yes, "prune")?;
     let path = agent.prune().await.map_err(explain)?;
     follow(&conn, path, json).await
+}
+
+/// One row of `prune --dry-run --json`.
+#[derive(Debug, Serialize)]
+struct PlannedJson<'a> {
+    id: &'a str,
+    kind: &'a str,
+    created: &'a str,
+    size_bytes: u64,
+    /// `keep` or `delete`.
+    action: &'static str,
+    reasons: &'a [String],
+}
+
+impl<'a> From<&'a PruneDecision> for PlannedJson<'a> {
+    fn from(decision: &'a PruneDecision) -> Self {
+        PlannedJson {
+            id: &decision.id,
+            kind: decision.kind.as_str(),
+            created: &decision.created,
+            size_bytes: decision.size_bytes,
+            action: if decision.keep { "keep" } else { "delete" },
+            reasons: &decision.reasons,
+        }
+    }
+}
+
+/// Each backup with what `prune` would do to it and why.
+fn print_plan(plan: &[PruneDecision]) -> Result<()> {
+    if plan.is_empty() {
+        return outln!("No backups yet.");
+    }
+    let width = plan.iter().map(|d| d.id.len()).max().unwrap_or(2).max(2);
+    outln!(
+        "{:<6}  {:<width$}  {:<20}  {:>10}",
+        "ACTION",
+        "ID",
+        "CREATED",
+        "SIZE"
+    )?;
+    for decision in plan {
+        outln!(
+            "{:<6}  {:<width$}  {:<20}  {:>10}",
+            if decision.keep { "keep" } else { "DELETE" },
+            decision.id,
+            decision.created,
+            indicatif::BinaryBytes(decision.size_bytes).to_string()
+        )?;
+        for reason in &decision.reasons {
+            outln!("{:<6}  {:<width$}  - {reason}", "", "")?;
+        }
+    }
+    let deleted: Vec<&PruneDecision> = plan.iter().filter(|d| !d.keep).collect();
+    let freed: u64 = deleted.iter().map(|d| d.size_bytes).sum();
+    match deleted.len() {
+        0 => outln!("Nothing to prune: every backup is kept."),
+        n => outln!(
+            "`mesbakctl prune` would delete {n} of {} backup(s), freeing {}.",
+            plan.len(),
+            indicatif::BinaryBytes(freed)
+        ),
+    }
 }
 
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {

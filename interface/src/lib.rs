@@ -11,8 +11,8 @@ pub use proxy::{AgentProxy, JobProxy};
 pub use types::{
     BackupInfo, BackupKind, BackupTarget, Compression, Health, JobOperation, JobState,
     KeptDatabase, OffsiteReport, OffsiteStatus, ParseNameError, PitrBase, PitrStatus,
-    RestoreOptions, RunningJob, StatusReport, backup_name_kind, backup_suffix, time_from_wire,
-    wire_time,
+    PruneDecision, RestoreOptions, RunningJob, StatusReport, backup_name_kind, backup_suffix,
+    time_from_wire, wire_time,
 };
 
 /// Well-known bus name the agent owns on the system bus.

@@ -4,7 +4,9 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BackupInfo, Error, KeptDatabase, OffsiteStatus, PitrStatus, RestoreOptions};
+use crate::{
+    BackupInfo, Error, KeptDatabase, OffsiteStatus, PitrStatus, PruneDecision, RestoreOptions,
+};
 
 /// The manager object, `/org/mesbak/Agent1`.
 #[proxy(
@@ -44,8 +46,8 @@ pub trait Agent {
     /// an empty id means the newest database backup.
     fn test_restore(&self, backup: &str) -> Result<OwnedObjectPath, Error>;
 
-    /// The backups `Prune` would delete now.
-    fn plan_prune(&self) -> Result<Vec<BackupInfo>, Error>;
+    /// What `Prune` would do now: every backup, kept or deleted, and why.
+    fn plan_prune(&self) -> Result<Vec<PruneDecision>, Error>;
 
     /// Deletes what retention allows (root only).
     fn prune(&self) -> Result<OwnedObjectPath, Error>;

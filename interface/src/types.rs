@@ -279,6 +279,21 @@ impl BackupInfo {
     }
 }
 
+/// What `Prune` would do to one backup, and every reason for it, as
+/// `PlanPrune` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct PruneDecision {
+    pub id: String,
+    pub kind: BackupKind,
+    /// RFC 3339, as the backup's metadata says.
+    pub created: String,
+    pub size_bytes: u64,
+    /// false: `Prune` deletes it.
+    pub keep: bool,
+    /// Why it is kept or deleted, one phrase per rule.
+    pub reasons: Vec<String>,
+}
+
 /// Options of `Restore`, as `a{sv}`; absent keys take their defaults.
 #[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
 #[zvariant(signature = "a{sv}", rename_all = "kebab-case")]
@@ -475,5 +490,6 @@ mod tests {
         );
         assert_eq!(KeptDatabase::SIGNATURE.to_string(), "(sssstb)");
         assert_eq!(OffsiteStatus::SIGNATURE.to_string(), "(ssssstsss)");
+        assert_eq!(PruneDecision::SIGNATURE.to_string(), "(ssstbas)");
     }
 }

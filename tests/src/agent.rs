@@ -323,6 +323,25 @@ impl AgentConfig {
         self
     }
 
+    /// Runs the agent with its wall clock moved by `offset`, libfaketime's
+    /// syntax (`"+400d"`, `"-3h"`), through Debian's libfaketime
+    /// (`LD_PRELOAD`); the monotonic clock stays real so timeouts and
+    /// timers behave. Panics when libfaketime is not installed (dev/test
+    /// installs the `faketime` package).
+    pub fn fake_clock(&mut self, offset: &str) -> &mut AgentConfig {
+        let library = libfaketime();
+        self.env("LD_PRELOAD", library.to_str().expect("UTF-8 path"))
+            .env("FAKETIME", offset)
+            .env("DONT_FAKE_MONOTONIC", "1")
+    }
+
+    /// Undoes [`AgentConfig::fake_clock`] for the next start.
+    pub fn real_clock(&mut self) -> &mut AgentConfig {
+        self.env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME")
+            .env_remove("DONT_FAKE_MONOTONIC")
+    }
+
     /// Removes an environment variable from the agent's environment.
     pub fn env_remove(&mut self, name: &str) -> &mut AgentConfig {
         self.env.push((name.to_owned(), None));
@@ -352,6 +371,28 @@ impl AgentConfig {
     /// `state_dir` as configured.
     pub fn state_dir(&self) -> PathBuf {
         self.path_value("state_dir")
+    }
+
+    /// The container changes the agent's journal (`state_dir/containers.json`,
+    /// a versioned record `{"format": 1, "data": [...]}`) still holds; empty
+    /// when there is no journal. Panics when it cannot be read.
+    pub fn pending_container_changes(&self) -> Vec<serde_json::Value> {
+        let path = self.state_dir().join("containers.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(err) => panic!("cannot read {}: {err}", path.display()),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("{} is not JSON ({err}): {text}", path.display()));
+        let entries = match value.get("data") {
+            Some(data) => data.clone(),
+            None => value,
+        };
+        entries
+            .as_array()
+            .unwrap_or_else(|| panic!("{} holds no list: {text}", path.display()))
+            .clone()
     }
 
     /// `encryption.key_file` as configured.
@@ -410,6 +451,21 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig::new()
     }
+}
+
+/// The multi-threaded libfaketime of Debian's `faketime` package.
+pub fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "libfaketimeMT.so.1 is not installed under /usr/lib/*/faketime/: install Debian's `faketime` package (dev/test does)"
+        )
+    })
 }
 
 fn path_str(path: &Path) -> String {

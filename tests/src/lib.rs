@@ -36,7 +36,7 @@ mod volume;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
-    job_proxy, mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome,
+    job_proxy, libfaketime, mesbakctl, mesbakctl_as, wait_for_progress, wait_job, wait_job_outcome,
     write_private,
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};

@@ -357,8 +357,10 @@ async fn a_stopped_database_container_is_started_and_stopped_again(flavor: Flavo
         assert_eq!(rows.get(&table), Some(&count), "{table}");
     }
     // The state journal holds no pending change.
-    let journal = std::fs::read_to_string(config.state_dir().join("containers.json")).unwrap();
-    assert_eq!(journal.trim(), "[]");
+    assert_eq!(
+        config.pending_container_changes(),
+        Vec::<serde_json::Value>::new()
+    );
 }
 
 async fn an_agent_killed_mid_backup_leaves_no_complete_looking_file(flavor: Flavor) {
@@ -503,10 +505,26 @@ async fn a_dump_missing_a_configured_schema_makes_health_unhealthy(flavor: Flavo
     assert!(status["last_test_restore"].is_null());
 }
 
-async fn retention_runs_after_success_and_keeps_the_newest(flavor: Flavor) {
+/// Sets the `created` time in a backup's metadata.
+fn set_created(config: &AgentConfig, id: &str, created: &str) {
+    let sidecar = config
+        .backup_dir()
+        .join("database")
+        .join(format!("{id}.json"));
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    meta["created"] = created.into();
+    std::fs::write(&sidecar, serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+async fn retention_keeps_the_newest_explains_each_file_and_holds_back_a_mass_deletion(
+    flavor: Flavor,
+) {
     let bus = Bus::start();
     let pg = Postgres::with_fixture_on(flavor);
-    let config = AgentConfig::for_postgres(&pg).with("retention.days", 7);
+    let config = AgentConfig::for_postgres(&pg)
+        .with("retention.days", 7)
+        .with("retention.keep_last", 1);
     let agent = Agent::spawn(&bus, &config).await;
     let proxy = agent.proxy().await;
     for _ in 0..2 {
@@ -515,30 +533,65 @@ async fn retention_runs_after_success_and_keeps_the_newest(flavor: Flavor) {
         assert!(ok, "{message}");
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    // Age both backups to 10 days by their metadata.
-    let dir = config.backup_dir().join("database");
-    let mut ids = Vec::new();
-    for info in list(&bus) {
-        let sidecar = dir.join(format!("{}.json", info.id));
-        let mut meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
-        meta["created"] = "2020-01-01T00:00:00Z".into();
-        std::fs::write(&sidecar, serde_json::to_vec(&meta).unwrap()).unwrap();
-        ids.push(info.id);
-    }
+    // Age both by their metadata, a day apart.
+    let mut ids: Vec<String> = list(&bus).into_iter().map(|b| b.id).collect();
+    ids.sort();
+    let (older, newer) = (ids[0].clone(), ids[1].clone());
+    set_created(&config, &older, "2020-01-01T00:00:00Z");
+    set_created(&config, &newer, "2020-01-02T00:00:00Z");
+
     let plan = proxy.plan_prune().await.unwrap();
-    assert_eq!(
-        plan.len(),
-        1,
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    let decision = |id: &str| plan.iter().find(|d| d.id == id).unwrap().clone();
+    let kept = decision(&newer);
+    assert!(
+        kept.keep,
         "the newest good backup is never pruned: {plan:?}"
     );
+    assert_eq!(kept.reasons, vec!["the newest good backup"], "{plan:?}");
+    let gone = decision(&older);
+    assert!(!gone.keep, "{plan:?}");
+    assert!(
+        gone.reasons[0].contains("older than 7 days"),
+        "{:?}",
+        gone.reasons
+    );
+    // `mesbakctl prune --dry-run` says the same, as text and as JSON.
+    let out = mesbakctl(&bus)
+        .args(["prune", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let action = |id: &str| {
+        rows.iter()
+            .find(|row| row["id"] == id)
+            .map(|row| row["action"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(action(&newer).as_deref(), Some("keep"), "{rows:?}");
+    assert_eq!(action(&older).as_deref(), Some("delete"), "{rows:?}");
+    let out = mesbakctl(&bus)
+        .args(["prune", "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("DELETE") && line.contains(&older)),
+        "{text}"
+    );
+    assert!(text.contains("- the newest good backup"), "{text}");
+    assert!(text.contains("would delete 1 of 2 backup(s)"), "{text}");
 
     // A failing backup deletes nothing.
     pg.stop();
     drop(agent);
-    let broken = AgentConfig::for_postgres(&pg)
-        .with("retention.days", 7)
-        .with("backup_dir", config.backup_dir().to_str().unwrap())
+    let broken = config
+        .clone()
         .with("database.container", "mesbak-test-no-such-container");
     let agent = Agent::spawn(&bus, &broken).await;
     let job = agent.proxy().await.backup("database").await.unwrap();
@@ -553,16 +606,49 @@ async fn retention_runs_after_success_and_keeps_the_newest(flavor: Flavor) {
     assert_eq!(list(&bus).len(), 2, "a failed backup must not prune");
     drop(agent);
 
-    // A good one prunes the expired one of the two old ones... and both old
-    // ones, since the new backup is now the newest good one.
+    // A good backup now would delete both old ones at once: two of the
+    // three backups, which is what a clock that jumped ahead looks like.
+    // The automatic run holds back and says why.
     pg.start_again();
-    let agent = Agent::spawn(&bus, &config.clone().with("retention.days", 7)).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
+    let agent = Agent::spawn(&bus, &config).await;
+    let proxy = agent.proxy().await;
+    let job = proxy.backup("database").await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    assert!(
+        outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains("held back") && w.contains("2 of the 3 database backups")),
+        "{:?}",
+        outcome.warnings
+    );
+    let newest = outcome.files[0].clone();
+    let mut left: Vec<String> = list(&bus).into_iter().map(|b| b.id).collect();
+    left.sort();
+    assert_eq!(left, vec![older.clone(), newer.clone(), newest.clone()]);
+    let problems = proxy.problems().await.unwrap();
+    assert!(
+        problems.iter().any(|p| p.contains("held back")),
+        "{problems:?}"
+    );
+
+    // An explicit prune, the operator's decision, deletes both and keeps
+    // the new one; the problem goes.
+    let job = proxy.prune().await.unwrap();
     let (ok, message) = wait_job(agent.connection(), &job).await;
     assert!(ok, "{message}");
+    assert!(
+        message.contains(&older) && message.contains(&newer),
+        "{message}"
+    );
     let left: Vec<String> = list(&bus).into_iter().map(|b| b.id).collect();
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(!ids.contains(&left[0]));
+    assert_eq!(left, vec![newest]);
+    let problems = proxy.problems().await.unwrap();
+    assert!(
+        !problems.iter().any(|p| p.contains("held back")),
+        "{problems:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -589,5 +675,5 @@ on_both_servers!(
     an_agent_killed_mid_backup_leaves_no_complete_looking_file,
     full_disks_are_refused_before_and_handled_during_a_backup,
     a_dump_missing_a_configured_schema_makes_health_unhealthy,
-    retention_runs_after_success_and_keeps_the_newest,
+    retention_keeps_the_newest_explains_each_file_and_holds_back_a_mass_deletion,
 );

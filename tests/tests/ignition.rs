@@ -198,9 +198,7 @@ fn helpers_of(config: &AgentConfig) -> Vec<String> {
 }
 
 fn journal_is_empty(config: &AgentConfig) -> bool {
-    std::fs::read_to_string(config.state_dir().join("containers.json"))
-        .map(|text| text.trim() == "[]")
-        .unwrap_or(true)
+    config.pending_container_changes().is_empty()
 }
 
 fn ignition_file(config: &AgentConfig, id: &str) -> PathBuf {

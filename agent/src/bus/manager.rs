@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use mesbak_interface::{
-    BackupInfo, BackupTarget, Error, JobOperation, KeptDatabase, MANAGER_PATH, OffsiteStatus,
-    PitrStatus, RestoreOptions, job_path, wire_time,
+    BackupInfo, BackupKind, BackupTarget, Error, JobOperation, KeptDatabase, MANAGER_PATH,
+    OffsiteStatus, PitrStatus, PruneDecision, RestoreOptions, job_path, wire_time,
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
@@ -246,13 +246,18 @@ impl Manager {
         .await
     }
 
-    /// The backups `Prune` would delete now.
-    async fn plan_prune(&self) -> Result<Vec<BackupInfo>, Error> {
-        Ok(retention::plan(
-            &self.app.storage.list()?,
-            self.app.config.retention.days,
+    /// What `Prune` would do now: every backup, kept or deleted, and why.
+    async fn plan_prune(&self) -> Result<Vec<PruneDecision>, Error> {
+        let listed = self.app.storage.list_checked()?;
+        let plan = retention::local_plan(
+            &listed,
+            &self.app.config,
+            &self.app.state.get(),
+            BackupKind::ALL,
             OffsetDateTime::now_utc(),
-        ))
+            retention::Run::Explicit,
+        );
+        Ok(retention::wire_decisions(&plan, &listed))
     }
 
     /// Deletes what retention allows (root only).
@@ -555,37 +560,21 @@ fn not_answering(target: &str) -> Error {
 }
 
 fn prune(app: &App, job: &crate::jobs::Job) -> Result<String, Error> {
-    job.set_stage("deleting expired backups");
-    let expired = retention::plan(
-        &app.storage.list()?,
-        app.config.retention.days,
-        OffsetDateTime::now_utc(),
-    );
-    for (done, backup) in expired.iter().enumerate() {
-        job.check_cancel(&match done {
-            0 => "nothing was deleted".to_owned(),
-            n => format!(
-                "{n} of {} expired backups were deleted before that",
-                expired.len()
-            ),
-        })?;
-        app.storage.delete(backup)?;
-        tracing::info!(job = job.id, file = %backup.id, "pruned a backup");
+    job.set_stage("deleting what retention lets go");
+    let applied = retention::apply(app, job, BackupKind::ALL, retention::Run::Explicit)?;
+    if !applied.failed.is_empty() {
+        return Err(Error::Failed(format!(
+            "{}{}; check the backup folder's permissions and retry",
+            applied.failed.join("; "),
+            match applied.deleted.len() {
+                0 => String::new(),
+                n => format!(" (deleted {n} other backup(s))"),
+            }
+        )));
     }
-    Ok(match expired.len() {
-        0 => format!(
-            "nothing to prune: no backup is older than {} days",
-            app.config.retention.days
-        ),
-        n => format!(
-            "deleted {n} backup(s) older than {} days: {}",
-            app.config.retention.days,
-            expired
-                .iter()
-                .map(|b| b.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    Ok(match applied.deleted.len() {
+        0 => "nothing to prune: every backup is kept (`mesbakctl prune --dry-run` says why)".into(),
+        n => format!("deleted {n} backup(s): {}", applied.deleted.join(", ")),
     })
 }
 

@@ -48,7 +48,7 @@ mod recovery;
 mod restore;
 mod snapshot;
 mod spool;
-mod tar;
+pub mod tar;
 
 use std::sync::Arc;
 

@@ -2,8 +2,6 @@
 //! after a job cut short: leftover helpers, a staging folder, a swap that
 //! must be finished or undone.
 
-use std::io;
-
 use mesbak_interface::Error;
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +48,20 @@ pub(super) async fn recover_with(app: &App, docker: &Docker) -> Vec<String> {
             err.message()
         )),
     }
-    let Some(record) = read_record(app) else {
-        return problems;
+    let record = match record_file(app).read_or_set_aside() {
+        Ok((Some(record), _)) => record,
+        Ok((None, None)) => return problems,
+        Ok((None, Some(unreadable))) => {
+            problems.push(format!(
+                "{unreadable}; an interrupted restore of volume '{}' may have left a .mesbak-restore-* or .mesbak-old-* folder in it: check the volume's top folder, then delete the copy",
+                app.config.ignition.volume
+            ));
+            return problems;
+        }
+        Err(err) => {
+            problems.push(err.message());
+            return problems;
+        }
     };
     match clean_staging(app, docker, &record).await {
         Ok(restored) => {
@@ -133,48 +143,21 @@ pub(super) struct Record {
     pub(super) restored_root: Option<RootAttrs>,
 }
 
-fn read_record(app: &App) -> Option<Record> {
-    let path = app.config.state_dir.join(RECORD);
-    let bytes = std::fs::read(&path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(record) => Some(record),
-        Err(err) => {
-            tracing::warn!(file = %path.display(), error = %err, "ignoring an unreadable Ignition restore record");
-            let _ = std::fs::remove_file(&path);
-            None
-        }
-    }
+fn record_file(app: &App) -> crate::persist::Record<Record> {
+    crate::persist::Record::new(
+        &app.config.state_dir,
+        RECORD,
+        "the record of the Ignition restore in progress",
+    )
 }
 
+/// Records the restore in progress (`None`: it ended).
 pub(super) fn save_record(app: &App, record: Option<&Record>) -> Result<(), Error> {
-    let dir = &app.config.state_dir;
-    let path = dir.join(RECORD);
-    let result = match record {
-        None => match std::fs::remove_file(&path) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
-        Some(record) => {
-            let tmp = dir.join(format!(".{RECORD}.tmp"));
-            let _ = std::fs::remove_file(&tmp);
-            crate::storage::create_private_file(&tmp)
-                .and_then(|mut file| {
-                    io::Write::write_all(
-                        &mut file,
-                        &serde_json::to_vec_pretty(record).unwrap_or_default(),
-                    )?;
-                    file.sync_all()
-                })
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .and_then(|()| crate::storage::sync_dir(dir))
-        }
-    };
-    result.map_err(|err| {
-        Error::Failed(format!(
-            "cannot record the Ignition restore in {}: {err}; check the state folder",
-            path.display()
-        ))
-    })
+    let file = record_file(app);
+    match record {
+        Some(record) => file.write(record),
+        None => file.remove(),
+    }
 }
 
 /// Removes what a restore left in the volume. A swap cut short is settled

@@ -41,7 +41,7 @@ impl Copy<'_> {
             let point = Storage::restore_point(OffsetDateTime::now_utc());
             job.set_stage(format!("taking a safety backup of volume '{volume}'"));
             let info = self
-                .snapshot(key, &point, Some("pre-restore"), None, Vec::new())
+                .snapshot(key, &point, Some(crate::trust::SAFETY_TAG), None, Vec::new())
                 .await
                 .map_err(|err| {
                     Error::from_kind(
@@ -327,7 +327,12 @@ impl Copy<'_> {
 /// nanosecond): a one-entry archive `volume/` extracted at `/` of a helper,
 /// which Docker applies to the mount point, i.e. the volume itself.
 pub(super) async fn set_root(docker: &Docker, helper: &str, root: &RootAttrs) -> Result<(), Error> {
-    let tar = Bytes::from(root_archive(MOUNT.trim_start_matches('/'), root));
+    let tar = root_archive(MOUNT.trim_start_matches('/'), root).map_err(|err| {
+        Error::Failed(format!(
+            "cannot describe the volume's top folder as a tar entry: {err}"
+        ))
+    })?;
+    let tar = Bytes::from(tar);
     docker
         .upload(helper, "/", futures_util::stream::iter([Ok(tar)]))
         .await

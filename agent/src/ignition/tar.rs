@@ -21,6 +21,12 @@ pub struct RootAttrs {
 /// Follows a tar stream without keeping it: checks every header's checksum,
 /// honours PAX and GNU extended headers, counts entries, reads the root
 /// entry's attributes and notices the end-of-archive marker.
+///
+/// It reads headers as the `tar` crate and GNU tar do (a fuzz target holds
+/// it to the `tar` crate) and refuses what they would read differently or
+/// not at all: numeric fields that are not octal (or base-256), a checksum
+/// that is not the unsigned sum, an extended header in a pre-POSIX header
+/// or one that is repeated or not followed by its entry.
 #[derive(Debug, Default)]
 pub struct TarWalker {
     /// A header block being assembled.
@@ -33,6 +39,11 @@ pub struct TarWalker {
     pax: Vec<(String, String)>,
     /// A GNU long name for the next entry.
     long_name: Option<String>,
+    /// Extended header types (`x`, `L`, `K`) read for the next entry.
+    pending: Vec<u8>,
+    /// An extended header (PAX, GNU long name or link) was read: an entry
+    /// must follow it.
+    awaiting_entry: bool,
     zero_blocks: u8,
     ended: bool,
     /// Entries (files, folders, links...) seen.
@@ -80,6 +91,12 @@ impl TarWalker {
             return Ok(());
         }
         if block.iter().all(|&b| b == 0) {
+            if self.awaiting_entry {
+                return Err(format!(
+                    "an extended header after {} entries is followed by the end of the archive instead of the entry it describes",
+                    self.entries
+                ));
+            }
             self.zero_blocks += 1;
             self.ended = self.zero_blocks == 2;
             return Ok(());
@@ -96,23 +113,39 @@ impl TarWalker {
     fn header(&mut self, block: &[u8]) -> Result<(), String> {
         let stored = octal(&block[148..156])
             .ok_or_else(|| format!("unreadable header checksum after {} entries", self.entries))?;
-        // Summed with the checksum field as spaces; old writers summed signed bytes.
-        let (unsigned, signed) =
-            block
-                .iter()
-                .enumerate()
-                .fold((0u64, 0i64), |(unsigned, signed), (i, &b)| {
-                    let b = if (148..156).contains(&i) { b' ' } else { b };
-                    (unsigned + u64::from(b), signed + i64::from(b as i8))
-                });
-        if stored != unsigned && stored as i64 != signed {
+        // The unsigned sum with the checksum field as spaces (POSIX).
+        let sum: u64 = block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(b)
+                }
+            })
+            .sum();
+        if stored != sum {
             return Err(format!(
                 "header checksum mismatch after {} entries",
                 self.entries
             ));
         }
         let typeflag = block[156];
-        let pax_size = self.pax_value("size").and_then(|v| v.parse::<u64>().ok());
+        let magic = Magic::of(block);
+        let extended = matches!(typeflag, b'x' | b'g' | b'L' | b'K');
+        if extended && magic == Magic::Old {
+            return Err(format!(
+                "an extended header (type '{}') in a pre-POSIX header after {} entries",
+                typeflag.escape_ascii(),
+                self.entries
+            ));
+        }
+        // PAX records describe the next entry, not another extended header.
+        let pax_size = self
+            .pax_value("size")
+            .filter(|_| !extended)
+            .and_then(|v| v.parse::<u64>().ok());
         let size = match pax_size {
             Some(size) => size,
             None => numeric(&block[124..136])
@@ -120,6 +153,18 @@ impl TarWalker {
         };
         match typeflag {
             b'x' | b'g' | b'L' | b'K' => {
+                if typeflag != b'g' {
+                    if self.pending.contains(&typeflag) {
+                        return Err(format!(
+                            "two extended headers of type '{}' for one entry after {} entries",
+                            typeflag.escape_ascii(),
+                            self.entries
+                        ));
+                    }
+                    self.pending.push(typeflag);
+                    // A global PAX header describes no one entry.
+                    self.awaiting_entry = true;
+                }
                 if size > MAX_EXTENDED_HEADER {
                     return Err(format!("an extended header of {size} bytes"));
                 }
@@ -137,7 +182,8 @@ impl TarWalker {
             (None, Some(long)) => long.clone(),
             (None, None) => {
                 let name = field_str(&block[0..100]);
-                let prefix = if &block[257..262] == b"ustar" {
+                // GNU headers keep times where ustar has the prefix.
+                let prefix = if magic == Magic::Ustar {
                     field_str(&block[345..500])
                 } else {
                     String::new()
@@ -150,17 +196,21 @@ impl TarWalker {
             }
         };
         if self.entries == 0 && typeflag == b'5' && is_root(&name) {
-            let number = |key: &str, range: std::ops::Range<usize>| -> Option<u64> {
+            let number = |key: &str, range: std::ops::Range<usize>| -> Result<u64, String> {
                 match self.pax_value(key) {
-                    Some(value) => value.split('.').next()?.parse().ok(),
+                    Some(value) => value.split('.').next().and_then(|n| n.parse().ok()),
                     None => numeric(&block[range]),
                 }
+                .ok_or_else(|| format!("the top folder's {key} is unreadable"))
             };
+            let mode = octal(&block[100..108])
+                .ok_or_else(|| "the top folder's mode is unreadable".to_owned())?;
             self.root = Some(RootAttrs {
-                mode: (octal(&block[100..108]).unwrap_or(0o755) & 0o7777) as u32,
-                uid: number("uid", 108..116).unwrap_or(0),
-                gid: number("gid", 116..124).unwrap_or(0),
-                mtime: number("mtime", 136..148).unwrap_or(0) as i64,
+                mode: (mode & 0o7777) as u32,
+                uid: number("uid", 108..116)?,
+                gid: number("gid", 116..124)?,
+                mtime: i64::try_from(number("mtime", 136..148)?)
+                    .map_err(|_| "the top folder's mtime is out of range".to_owned())?,
                 nanos: self
                     .pax_value("mtime")
                     .and_then(|value| value.split_once('.'))
@@ -174,9 +224,20 @@ impl TarWalker {
         self.entries += 1;
         self.pax.clear();
         self.long_name = None;
-        // Links, devices, folders and FIFOs carry no data.
-        let has_data = !matches!(typeflag, b'1'..=b'6');
-        if has_data {
+        self.pending.clear();
+        self.awaiting_entry = false;
+        // Links, devices, folders and FIFOs carry no data. Readers disagree
+        // on whether a size there means data follows (POSIX and the `tar`
+        // crate: for folders and devices; Go's, i.e. Docker's: never), so
+        // one is damage.
+        if matches!(typeflag, b'1'..=b'6') {
+            if size != 0 {
+                return Err(format!(
+                    "a link, folder or device entry with a data size ({size} bytes) after {} entries",
+                    self.entries
+                ));
+            }
+        } else {
             self.skip = size.div_ceil(512) * 512;
         }
         Ok(())
@@ -207,8 +268,30 @@ impl TarWalker {
     }
 }
 
+/// The archive's top folder, as `docker cp`/the archive API writes it.
 fn is_root(name: &str) -> bool {
-    matches!(name.trim_end_matches('/'), "." | "")
+    matches!(name, "." | "./")
+}
+
+/// What kind of header a block is, by its magic and version fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Magic {
+    /// POSIX ustar (and pax): `ustar\0` `00`.
+    Ustar,
+    /// GNU: `ustar ` ` \0`.
+    Gnu,
+    /// Anything else: a pre-POSIX (V7) header.
+    Old,
+}
+
+impl Magic {
+    fn of(block: &[u8]) -> Magic {
+        match &block[257..265] {
+            b"ustar\x0000" => Magic::Ustar,
+            b"ustar  \x00" => Magic::Gnu,
+            _ => Magic::Old,
+        }
+    }
 }
 
 fn field_str(field: &[u8]) -> String {
@@ -216,12 +299,11 @@ fn field_str(field: &[u8]) -> String {
     String::from_utf8_lossy(&field[..end]).into_owned()
 }
 
+/// An octal field: digits up to the first NUL, blanks around them allowed
+/// (as GNU tar and the `tar` crate read it); empty is not a number.
 fn octal(field: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(field).ok()?;
-    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
-    if text.is_empty() {
-        return Some(0);
-    }
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let text = std::str::from_utf8(&field[..end]).ok()?.trim();
     u64::from_str_radix(text, 8).ok()
 }
 
@@ -267,94 +349,54 @@ fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(records)
 }
 
-/// A tar archive holding one folder entry `name/` with `root`'s attributes.
-pub(super) fn root_archive(name: &str, root: &RootAttrs) -> Vec<u8> {
-    let mut records = String::new();
+/// A tar archive holding one folder entry `name/` with `root`'s
+/// attributes; PAX records carry nanoseconds and ids too large for ustar.
+pub(super) fn root_archive(name: &str, root: &RootAttrs) -> std::io::Result<Vec<u8>> {
+    let mut records: Vec<(&str, String)> = Vec::new();
     if root.nanos != 0 {
-        records.push_str(&pax_record(
-            "mtime",
-            &format!("{}.{:09}", root.mtime, root.nanos),
-        ));
+        records.push(("mtime", format!("{}.{:09}", root.mtime, root.nanos)));
     }
     for (key, id) in [("uid", root.uid), ("gid", root.gid)] {
-        if id > 0o7777777 {
-            records.push_str(&pax_record(key, &id.to_string()));
+        if id > USTAR_MAX_ID {
+            records.push((key, id.to_string()));
         }
     }
-    let mut tar = Vec::new();
-    if !records.is_empty() {
-        tar.extend(tar_header(
-            "PaxHeader",
-            b'x',
-            0o644,
-            0,
-            0,
-            records.len() as u64,
-            0,
-        ));
-        tar.extend_from_slice(records.as_bytes());
-        tar.resize(tar.len().div_ceil(512) * 512, 0);
-    }
-    tar.extend(tar_header(
-        &format!("{name}/"),
-        b'5',
-        root.mode,
-        root.uid.min(0o7777777),
-        root.gid.min(0o7777777),
-        0,
-        root.mtime.max(0) as u64,
-    ));
-    tar.extend([0u8; 1024]);
-    tar
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_pax_extensions(records.iter().map(|(key, value)| (*key, value.as_bytes())))?;
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_path(format!("{name}/"))?;
+    header.set_mode(root.mode & 0o7777);
+    header.set_uid(root.uid.min(USTAR_MAX_ID));
+    header.set_gid(root.gid.min(USTAR_MAX_ID));
+    header.set_mtime(root.mtime.max(0) as u64);
+    header.set_size(0);
+    header.set_cksum();
+    builder.append(&header, std::io::empty())?;
+    builder.into_inner()
 }
 
-/// One PAX record, `<length> <key>=<value>\n`, its length counting itself.
-fn pax_record(key: &str, value: &str) -> String {
-    let body = format!(" {key}={value}\n");
-    let mut length = body.len() + 1;
-    while format!("{length}{body}").len() != length {
-        length += 1;
-    }
-    format!("{length}{body}")
-}
-
-/// A ustar header block (the name must fit its 100 bytes).
-fn tar_header(
-    name: &str,
-    typeflag: u8,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    size: u64,
-    mtime: u64,
-) -> [u8; 512] {
-    let mut block = [0u8; 512];
-    let name = &name.as_bytes()[..name.len().min(100)];
-    block[..name.len()].copy_from_slice(name);
-    let mut put = |at: usize, width: usize, value: u64| {
-        let text = format!("{value:0w$o}\0", w = width - 1);
-        block[at..at + width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
-    };
-    put(100, 8, u64::from(mode & 0o7777));
-    put(108, 8, uid);
-    put(116, 8, gid);
-    put(124, 12, size);
-    put(136, 12, mtime);
-    block[156] = typeflag;
-    block[257..263].copy_from_slice(b"ustar\0");
-    block[263..265].copy_from_slice(b"00");
-    block[148..156].copy_from_slice(b"        ");
-    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
-    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    block
-}
+/// The largest id a ustar header's 8-byte octal field holds.
+const USTAR_MAX_ID: u64 = 0o7777777;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A ustar header block built by the `tar` crate.
     fn header(name: &str, typeflag: u8, mode: u32, size: u64, uid: u64, mtime: u64) -> Vec<u8> {
-        tar_header(name, typeflag, mode, uid, uid, size, mtime).to_vec()
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::new(typeflag));
+        // set_path refuses names like `././@LongLink`; write the raw field.
+        let bytes = name.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_mode(mode);
+        header.set_uid(uid);
+        header.set_gid(uid);
+        header.set_size(size);
+        header.set_mtime(mtime);
+        header.set_cksum();
+        header.as_bytes().to_vec()
     }
 
     fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
@@ -463,7 +505,7 @@ mod tests {
             mtime: 1_700_000_000,
             nanos: 123_456_789,
         };
-        let tar = root_archive("volume", &root);
+        let tar = root_archive("volume", &root).unwrap();
         let walker = walk(&tar, 512).unwrap();
         assert!(walker.complete());
         assert_eq!(walker.entries, 1);
@@ -527,5 +569,130 @@ mod tests {
             assert_eq!(walker.entries, 5, "{format}");
             assert!(walker.root.is_some(), "{format}");
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/tar_walker.rs, against the tar
+    /// crate): a PAX header followed by the end-of-archive marker was
+    /// accepted as a complete, empty archive; such a stream was cut short.
+    #[test]
+    fn an_extended_header_without_its_entry_is_damage() {
+        for extended in [
+            pax(&[("mtime", "1700000000.25")]),
+            entry("././@LongLink", b'L', b"./very/long/name\0"),
+        ] {
+            let mut tar = header("./", b'5', 0o755, 0, 0, 0);
+            tar.extend(extended);
+            tar.extend(vec![0u8; 1024]);
+            let err = walk(&tar, 512).unwrap_err();
+            assert!(err.contains("extended header after 1 entries"), "{err}");
+        }
+        // A global header describes no entry: fine before the end.
+        let mut tar = header("./", b'5', 0o755, 0, 0, 0);
+        tar.extend(entry("pax_global_header", b'g', b"9 a=bcd\n"));
+        tar.extend(vec![0u8; 1024]);
+        assert!(walk(&tar, 512).unwrap().complete());
+    }
+
+    /// Found by fuzzing against the tar crate: headers it (and GNU tar)
+    /// read differently or not at all are damage here too, so what the
+    /// walker passes is what Docker unpacks.
+    #[test]
+    fn headers_other_readers_would_read_differently_are_refused() {
+        let end = vec![0u8; 1024];
+        let with = |mut block: Vec<u8>, change: &dyn Fn(&mut [u8])| {
+            change(&mut block[..512]);
+            // Keep the checksum right so only the change counts.
+            let mut header = tar::Header::new_old();
+            header.as_mut_bytes().copy_from_slice(&block[..512]);
+            header.set_cksum();
+            block[..512].copy_from_slice(header.as_bytes());
+            block
+        };
+        // An extended header whose magic is damaged (a pre-POSIX header).
+        let mut tar = with(pax(&[("path", "./x")]), &|b| {
+            b[257..265].copy_from_slice(b"ust\0\0ra\0")
+        });
+        tar.extend(entry("./y", b'0', b"1"));
+        tar.extend(&end);
+        assert!(walk(&tar, 512).unwrap_err().contains("pre-POSIX"));
+        // Two PAX headers for one entry.
+        let mut tar = pax(&[("path", "./a")]);
+        tar.extend(pax(&[("path", "./b")]));
+        tar.extend(entry("./y", b'0', b"1"));
+        tar.extend(&end);
+        assert!(
+            walk(&tar, 512)
+                .unwrap_err()
+                .contains("two extended headers")
+        );
+        // An empty numeric field is not 0.
+        let mut tar = with(entry("./y", b'0', b""), &|b| b[124..136].fill(0));
+        tar.extend(&end);
+        assert!(walk(&tar, 512).unwrap_err().contains("size"));
+        // Digits after a NUL do not count: "1\0" then garbage is 1.
+        let mut tar = with(entry("./y", b'0', b"a"), &|b| {
+            b[124..136].copy_from_slice(b"1\x00garbage\x00\x00\x00")
+        });
+        tar.extend(&end);
+        assert_eq!(walk(&tar, 512).unwrap().entries, 1);
+        // A signed checksum (pre-1988 writers) is not the POSIX sum.
+        let mut tar = entry("./ü", b'0', b"");
+        let signed: i64 = tar[..512]
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    i64::from(b as i8)
+                }
+            })
+            .sum();
+        tar[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        tar.extend(&end);
+        assert!(walk(&tar, 512).unwrap_err().contains("checksum"));
+        // PAX records describe the next entry, not a GNU long name header.
+        let mut tar = pax(&[("size", "3")]);
+        tar.extend(entry("././@LongLink", b'L', b"./a/long/name\0"));
+        tar.extend(entry("./a/long/na", b'0', b"abc"));
+        tar.extend(&end);
+        assert_eq!(walk(&tar, 512).unwrap().entries, 1);
+        // The top folder is `.` or `./`, not `/` or `//`; an unreadable
+        // mode of it is damage, not 0755.
+        for name in ["/", "//", ""] {
+            let mut tar = header(name, b'5', 0o700, 0, 0, 0);
+            tar.extend(&end);
+            assert_eq!(walk(&tar, 512).unwrap().root, None, "{name:?}");
+        }
+        let mut tar = with(header("./", b'5', 0o700, 0, 0, 0), &|b| {
+            b[100..108].fill(b' ')
+        });
+        tar.extend(&end);
+        assert!(walk(&tar, 512).unwrap_err().contains("mode"));
+        // A folder with a data size: Go (Docker) skips no data, POSIX and
+        // the tar crate skip it.
+        let mut tar = header("./d/", b'5', 0o700, 3, 0, 0);
+        tar.extend(entry("./d/f", b'0', b"1"));
+        tar.extend(&end);
+        assert!(walk(&tar, 512).unwrap_err().contains("data size"));
+    }
+
+    #[test]
+    fn gnu_headers_have_no_prefix_field() {
+        // GNU tar keeps access and change times where ustar has the prefix:
+        // they are not part of the name.
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_path("./").unwrap();
+        header.set_mode(0o750);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1);
+        header.set_size(0);
+        header.as_gnu_mut().unwrap().set_atime(1_700_000_000);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend(vec![0u8; 1024]);
+        assert_eq!(walk(&tar, 512).unwrap().root.map(|r| r.mode), Some(0o750));
     }
 }

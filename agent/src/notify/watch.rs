@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Event, EventKind};
 use crate::app::App;
+use crate::persist::Record;
 use crate::storage::human_bytes;
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,28 +44,24 @@ pub fn spawn_watch(app: Arc<App>) {
     });
 }
 
-fn path(app: &App) -> std::path::PathBuf {
-    app.config.state_dir.join("alerts.json")
+fn record(app: &App) -> Record<Alerted> {
+    Record::new(&app.config.state_dir, "alerts.json", "the alerts sent")
 }
 
+/// What was alerted; an unreadable file is set aside (alerts may repeat).
 fn load(app: &App) -> Alerted {
-    std::fs::read(path(app))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+    match record(app).read_or_set_aside() {
+        Ok((alerted, _)) => alerted.unwrap_or_default(),
+        Err(err) => {
+            tracing::warn!(error = %err.message(), "cannot read the alerts sent; they may repeat");
+            Alerted::default()
+        }
+    }
 }
 
 fn save(app: &App, alerted: &Alerted) {
-    let tmp = app.config.state_dir.join(".alerts.json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut file = crate::storage::create_private_file(&tmp)?;
-        std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(alerted)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path(app))
-    };
-    if let Err(err) = write() {
-        tracing::warn!(error = %err, "cannot remember the alerts sent; they may repeat after a restart");
+    if let Err(err) = record(app).write(alerted) {
+        tracing::warn!(error = %err.message(), "cannot remember the alerts sent; they may repeat after a restart");
     }
 }
 

@@ -5,7 +5,7 @@
 //! hold yet; those that failed carry their attempts and last error.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use mesbak_interface::{BackupInfo, BackupKind, Error};
@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::health::parse_time;
 use crate::jobs::now_rfc3339;
-use crate::state::write_json;
+use crate::persist::Record;
 
 /// The first retry waits this long; each further one twice as long...
 const FIRST_RETRY: Duration = Duration::minutes(1);
@@ -155,24 +155,37 @@ fn format_time(time: OffsetDateTime) -> String {
 
 /// `state_dir/offsite.json`, one entry per target name.
 pub struct QueueStore {
-    path: PathBuf,
+    record: Record<BTreeMap<String, TargetState>>,
     state: Mutex<BTreeMap<String, TargetState>>,
+    problems: Vec<String>,
 }
 
 impl QueueStore {
+    /// Opens the off-site state. An unreadable file is kept aside and
+    /// reported; the next sync finds out again what each target holds
+    /// (what is there and verified is never copied twice).
     pub fn open(state_dir: &Path) -> QueueStore {
-        let path = state_dir.join("offsite.json");
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(file = %path.display(), error = %err, "the off-site state is unreadable; the next sync finds out again what each target holds");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
+        let record = Record::new(state_dir, "offsite.json", "the off-site state");
+        let (state, problems) = match record.read_or_set_aside() {
+            Ok((state, None)) => (state.unwrap_or_default(), Vec::new()),
+            Ok((_, Some(problem))) => (
+                BTreeMap::new(),
+                vec![format!(
+                    "{problem}; the agent started with an empty off-site state (the next sync looks again at what each target holds): look at the copy, then delete it"
+                )],
+            ),
+            Err(err) => (BTreeMap::new(), vec![err.message().to_owned()]),
         };
         QueueStore {
-            path,
+            record,
             state: Mutex::new(state),
+            problems,
         }
+    }
+
+    /// What was wrong with the file at start.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     pub fn get(&self, target: &str) -> TargetState {
@@ -192,7 +205,7 @@ impl QueueStore {
     ) -> Result<T, Error> {
         let mut state = self.state.lock().expect("offsite state lock");
         let result = change(state.entry(target.to_owned()).or_default());
-        write_json(&self.path, &*state)?;
+        self.record.write(&state)?;
         Ok(result)
     }
 }

@@ -13,6 +13,8 @@ pub struct DumpReader {
     /// The start of a line that continues in the next block.
     line: Vec<u8>,
     line_truncated: bool,
+    /// The last bytes of that line.
+    tail: Vec<u8>,
     /// The table whose COPY data is passing, and its rows so far.
     copying: Option<(String, u64)>,
     pub table_rows: BTreeMap<String, u64>,
@@ -26,21 +28,31 @@ pub struct DumpReader {
 }
 
 impl DumpReader {
+    /// How much of a line is looked at: statements are recognised by their
+    /// start (identifiers are at most 63 bytes)...
     const LINE_PREFIX: usize = 4096;
+    /// ...and a COPY by its end, which may be far beyond (a wide table's
+    /// column list).
+    const LINE_TAIL: usize = 16;
 
     /// Reads the next block of the dump. Complete lines are looked at in
-    /// place; only a line split across blocks is copied (its first 4 KiB).
+    /// place; only a line split across blocks is copied (its first 4 KiB
+    /// and its last bytes), and either way a line is judged by the same
+    /// bytes, so the result does not depend on where blocks end.
     pub fn feed(&mut self, data: &[u8]) {
         let mut rest = data;
         while let Some(at) = memchr::memchr(b'\n', rest) {
             let (part, after) = (&rest[..at], &rest[at + 1..]);
             if self.line.is_empty() && !self.line_truncated {
-                self.end_line(part, false);
+                let tail = &part[part.len().saturating_sub(Self::LINE_TAIL)..];
+                let prefix = &part[..part.len().min(Self::LINE_PREFIX)];
+                self.end_line(prefix, part.len() > Self::LINE_PREFIX, tail);
             } else {
                 self.push_partial(part);
                 let line = std::mem::take(&mut self.line);
+                let tail = std::mem::take(&mut self.tail);
                 let truncated = std::mem::replace(&mut self.line_truncated, false);
-                self.end_line(&line, truncated);
+                self.end_line(&line, truncated, &tail);
             }
             rest = after;
         }
@@ -53,11 +65,17 @@ impl DumpReader {
             self.line_truncated = true;
         }
         self.line.extend_from_slice(&part[..part.len().min(room)]);
+        self.tail
+            .extend_from_slice(&part[part.len().saturating_sub(Self::LINE_TAIL)..]);
+        let excess = self.tail.len().saturating_sub(Self::LINE_TAIL);
+        self.tail.drain(..excess);
     }
 
-    fn end_line(&mut self, line: &[u8], truncated: bool) {
+    /// One line: its first bytes (`prefix`, all of it unless `truncated`)
+    /// and its last bytes (`tail`).
+    fn end_line(&mut self, prefix: &[u8], truncated: bool, tail: &[u8]) {
         if let Some((table, rows)) = &mut self.copying {
-            if line == b"\\." {
+            if prefix == b"\\." && !truncated {
                 let (table, rows) = (std::mem::take(table), *rows);
                 self.table_rows.insert(table, rows);
                 self.copying = None;
@@ -66,14 +84,16 @@ impl DumpReader {
             }
             return;
         }
-        if truncated {
-            return;
-        }
-        let Ok(text) = std::str::from_utf8(line) else {
-            return;
+        let text = match std::str::from_utf8(prefix) {
+            Ok(text) => text,
+            // The cut may split a character.
+            Err(err) if truncated && err.error_len().is_none() => {
+                std::str::from_utf8(&prefix[..err.valid_up_to()]).unwrap_or_default()
+            }
+            Err(_) => return,
         };
         if let Some(rest) = text.strip_prefix("COPY ") {
-            if text.ends_with(" FROM stdin;") {
+            if tail.ends_with(b" FROM stdin;") {
                 if let Some(name) = qualified_name(rest) {
                     self.copy_order.push(name.clone());
                     self.copying = Some((name, 0));
@@ -128,6 +148,46 @@ mod tests {
                 reader.copy_order,
                 vec!["mes_core.asset", "Odd \"Name\".Line Name", "public.t"]
             );
+        }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/dump_reader.rs): a COPY line
+    /// longer than 4 KiB (a wide table's column list) was recognised when
+    /// it arrived in one block but not when split across two, so its rows
+    /// were not counted.
+    #[test]
+    fn long_lines_read_the_same_however_the_blocks_fall() {
+        let columns: Vec<String> = (0..600).map(|i| format!("column_{i}")).collect();
+        let mut dump = format!(
+            "COPY mes_core.wide ({}) FROM stdin;\n1\n2\n\\.\n",
+            columns.join(", ")
+        )
+        .into_bytes();
+        // A long line that is cut in the middle of a character, then a
+        // schema.
+        dump.extend_from_slice(b"-- ");
+        dump.extend(std::iter::repeat_n("é".as_bytes(), 3000).flatten());
+        dump.extend_from_slice(b"\nCREATE SCHEMA mes_audit;\n");
+        let whole = {
+            let mut reader = DumpReader::default();
+            reader.feed(&dump);
+            reader
+        };
+        assert_eq!(whole.table_rows["mes_core.wide"], 2);
+        assert_eq!(whole.schemas, vec!["mes_audit"]);
+        for split in [1, 100, 4095, 4096, 4097, 4200, 6000, 6500, dump.len() - 1] {
+            let mut reader = DumpReader::default();
+            reader.feed(&dump[..split]);
+            reader.feed(&dump[split..]);
+            assert_eq!(reader.table_rows, whole.table_rows, "split at {split}");
+            assert_eq!(reader.schemas, whole.schemas, "split at {split}");
+        }
+        for block in [1, 7, 4096] {
+            let mut reader = DumpReader::default();
+            for piece in dump.chunks(block) {
+                reader.feed(piece);
+            }
+            assert_eq!(reader.table_rows, whole.table_rows, "blocks of {block}");
         }
     }
 }

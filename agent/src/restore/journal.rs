@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::jobs::now_rfc3339;
 use crate::kept;
+use crate::persist::Record;
 use crate::postgres::{MAINTENANCE_DB, Server, catalog, quote_ident};
 use crate::state::KeptRecord;
 
@@ -26,44 +27,27 @@ pub struct InProgress {
     pub backup: String,
 }
 
+fn record(app: &App) -> Record<InProgress> {
+    Record::new(&app.config.state_dir, FILE, "the restore journal")
+}
+
 /// Records `record` (before its database is created) or clears the record.
-pub fn save(app: &App, record: Option<&InProgress>) -> Result<(), Error> {
-    let path = app.config.state_dir.join(FILE);
-    match record {
-        None => match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(Error::Failed(format!(
-                "cannot remove {}: {err}",
-                path.display()
-            ))),
-        },
-        Some(record) => {
-            let tmp = app.config.state_dir.join(format!(".{FILE}.tmp"));
-            let _ = std::fs::remove_file(&tmp);
-            let write = || -> std::io::Result<()> {
-                let mut file = crate::storage::create_private_file(&tmp)?;
-                std::io::Write::write_all(
-                    &mut file,
-                    &serde_json::to_vec_pretty(record).expect("serialises"),
-                )?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                crate::storage::sync_dir(&app.config.state_dir)
-            };
-            write().map_err(|err| {
-                Error::Failed(format!(
-                    "cannot record the restore in {}: {err}; nothing was changed",
-                    path.display()
-                ))
-            })
-        }
+pub fn save(app: &App, in_progress: Option<&InProgress>) -> Result<(), Error> {
+    let journal = record(app);
+    match in_progress {
+        None => journal.remove(),
+        Some(in_progress) => journal.write(in_progress).map_err(|err| {
+            Error::from_kind(
+                err.kind(),
+                format!("{}; nothing was changed", err.message()),
+            )
+        }),
     }
 }
 
 /// Whether a restore or test restore was cut short and left work behind.
 pub fn interrupted(app: &App) -> bool {
-    app.config.state_dir.join(FILE).exists()
+    record(app).path().exists()
 }
 
 /// Drops a database the agent made and clears the record. On failure the
@@ -85,13 +69,16 @@ pub async fn drop_database(app: &App, server: &Server, name: &str) -> Result<(),
 /// Cleans up after a restore or test restore that was cut short: drops
 /// its database, or, when the swap had happened, records the kept one.
 pub async fn recover(app: &App, server: &Server) -> Result<(), Error> {
-    let path = app.config.state_dir.join(FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(());
-    };
-    let Ok(record) = serde_json::from_slice::<InProgress>(&bytes) else {
-        tracing::warn!(file = %path.display(), "ignoring an unreadable restore record");
-        return save(app, None);
+    let record = match record(app).read_or_set_aside()? {
+        (Some(record), None) => record,
+        (_, Some(problem)) => {
+            // It may name a database the agent made; a person decides.
+            app.add_problem(format!(
+                "{problem}; a restore or test restore was cut short and the database it was creating (named in the copy) may still be on the server: drop it if it is there, then delete the copy"
+            ));
+            return Ok(());
+        }
+        (None, None) => return Ok(()),
     };
     let cleanup = async {
         if catalog::database_exists(server, &record.database).await? {

@@ -67,7 +67,8 @@ pub async fn run(
         if live_exists && options.skip_safety_backup != Some(true) {
             job.set_stage("taking a safety backup of the current database");
             let point = Storage::restore_point(OffsetDateTime::now_utc());
-            let safety = backup::dump(&app, &job, &server, &point, Some("pre-restore")).await?;
+            let safety =
+                backup::dump(&app, &job, &server, &point, Some(crate::trust::SAFETY_TAG)).await?;
             job.warn(format!(
                 "safety backup of the current database: {}",
                 safety.id
