@@ -167,6 +167,7 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
                     |name| app.offsite.queue.get(name),
                     now,
                 );
+                crate::pitr::metrics::render(&mut text, &crate::pitr::status(&app), now);
                 response(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes())
             }
         }

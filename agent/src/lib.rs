@@ -5,6 +5,7 @@
 pub mod app;
 pub mod backup;
 pub mod bus;
+pub mod catalog;
 pub mod checkup;
 pub mod commit;
 pub mod config;

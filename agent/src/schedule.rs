@@ -21,6 +21,7 @@ use crate::persist::write_atomic;
 
 const BACKUP_TIMER: &str = "mesbak-backup.timer";
 const TEST_RESTORE_TIMER: &str = "mesbak-test-restore.timer";
+const PITR_BASE_TIMER: &str = "mesbak-pitr-base-backup.timer";
 const DROPIN: &str = "schedule.conf";
 
 /// What to write instead, appended to every schedule error.
@@ -389,6 +390,11 @@ pub async fn apply(config: &Config) -> Vec<String> {
             TEST_RESTORE_TIMER,
             "schedule.test_restore",
             &config.schedule.test_restore,
+        ),
+        (
+            PITR_BASE_TIMER,
+            "pitr.base_backup",
+            &config.pitr.base_backup,
         ),
     ] {
         let checked = match on_calendar(spec) {

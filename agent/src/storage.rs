@@ -7,11 +7,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mesbak_interface::{
     BackupInfo, BackupKind, Compression, Error, backup_name_kind, backup_suffix,
 };
 // Re-exported for callers not yet moved to `persist`.
+use crate::catalog::Listing;
 use crate::persist::write_atomic;
 pub use crate::persist::{create_private_file, sync_dir, write_error};
 use crate::trust::parse_time;
@@ -74,9 +76,17 @@ pub struct BackupRef {
 }
 
 /// The backup folder.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Storage {
     root: PathBuf,
+    /// The last listing, shared by clones (see [`crate::catalog`]).
+    listing: Arc<Listing<Listed>>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("root", &self.root).finish()
+    }
 }
 
 /// Where a new backup is being written; invisible until `commit`.
@@ -165,7 +175,10 @@ pub fn remove_partials_in(dir: &Path) -> Vec<PathBuf> {
 
 impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> Storage {
-        Storage { root: root.into() }
+        Storage {
+            root: root.into(),
+            listing: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -307,6 +320,13 @@ impl Storage {
     /// Every backup, newest first (by time, not by text), each with what
     /// is wrong between the file and its metadata.
     pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {
+        let dirs: Vec<PathBuf> = BackupKind::ALL.iter().map(|kind| self.dir(*kind)).collect();
+        let listed = self.listing.get("", &dirs, || self.read_listing())?;
+        Ok(listed.as_ref().clone())
+    }
+
+    /// [`Storage::list_checked`] from the folders themselves.
+    fn read_listing(&self) -> Result<Vec<Listed>, Error> {
         let mut backups = Vec::new();
         for kind in BackupKind::ALL {
             let dir = self.dir(*kind);

@@ -161,8 +161,13 @@ pub enum PitrCommand {
     Status,
     /// Switch the server to a new WAL segment and ship everything up to now.
     Sync,
-    /// Take a physical base backup now (the PITR timer runs this).
-    BaseBackup,
+    /// Take a physical base backup now (mesbak-pitr-base-backup.timer runs this).
+    BaseBackup {
+        /// Succeed without doing anything when point-in-time recovery is
+        /// off (what the timer uses, so a plant without PITR sees no failure).
+        #[arg(long)]
+        if_enabled: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -947,7 +947,18 @@ pub async fn pitr(command: PitrCommand, json: bool) -> Result<()> {
             agent.pitr_disable().await.map_err(explain)?
         }
         PitrCommand::Sync => agent.pitr_sync().await.map_err(explain)?,
-        PitrCommand::BaseBackup => agent.pitr_base_backup().await.map_err(explain)?,
+        PitrCommand::BaseBackup { if_enabled } => {
+            if if_enabled && !agent.pitr_status().await.map_err(explain)?.enabled {
+                return match json {
+                    true => outln!(
+                        "{}",
+                        serde_json::json!({"skipped": "point-in-time recovery is off"})
+                    ),
+                    false => outln!("Point-in-time recovery is off: no base backup taken."),
+                };
+            }
+            agent.pitr_base_backup().await.map_err(explain)?
+        }
     };
     follow(&conn, path, json).await
 }

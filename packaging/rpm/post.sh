@@ -11,18 +11,19 @@ for dir in /var/backups/mes /var/backups/mes/database /var/backups/mes/ignition 
 	install -d -m 0700 -o root -g root "$dir" || :
 done
 install -d -m 0755 /etc/systemd/system/mesbak-backup.timer.d \
-	/etc/systemd/system/mesbak-test-restore.timer.d || :
+	/etc/systemd/system/mesbak-test-restore.timer.d \
+	/etc/systemd/system/mesbak-pitr-base-backup.timer.d || :
 if command -v systemctl >/dev/null 2>&1; then
 	if [ "$1" -eq 1 ]; then
 		# First install: enable (works offline too).
 		systemctl --no-reload enable mesbak-agent.service mesbak-backup.timer \
-			mesbak-test-restore.timer >/dev/null 2>&1 || :
+			mesbak-test-restore.timer mesbak-pitr-base-backup.timer >/dev/null 2>&1 || :
 	fi
 	if [ -d /run/systemd/system ]; then
 		systemctl daemon-reload >/dev/null 2>&1 || :
 		if [ "$1" -eq 1 ]; then
 			systemctl start mesbak-agent.service mesbak-backup.timer \
-				mesbak-test-restore.timer >/dev/null 2>&1 || :
+				mesbak-test-restore.timer mesbak-pitr-base-backup.timer >/dev/null 2>&1 || :
 		fi
 	fi
 fi

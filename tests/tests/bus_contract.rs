@@ -99,7 +99,11 @@ async fn callers_are_checked_by_the_bus_and_by_the_agent() {
     }
     // The same through the bus: the named error, checked by the agent
     // (group mesbak passes the bus policy).
-    for method in ["Prune", "RollbackRestore", "DropPrevious"] {
+    for (method, args) in [
+        ("Prune", &[][..]),
+        ("RollbackRestore", &[][..]),
+        ("DropPrevious", &["string:"][..]),
+    ] {
         let out = bus
             .command_as(OPERATOR, "dbus-send")
             .args([
@@ -110,6 +114,7 @@ async fn callers_are_checked_by_the_bus_and_by_the_agent() {
                 "/org/mesbak/Agent1",
                 &format!("org.mesbak.Agent1.{method}"),
             ])
+            .args(args)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{method} was allowed");

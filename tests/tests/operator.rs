@@ -384,8 +384,10 @@ async fn ctrl_c_asks_to_cancel_or_leave_the_job_and_says_which() {
 async fn destructive_commands_name_what_changes_and_need_a_yes() {
     let bus = Bus::start();
     let pg = Postgres::start_with_fixture();
+    // keep_last = 1: the expired backup made below is not among the kept.
     let config = AgentConfig::for_postgres(&pg)
         .with("ignition.volume", "")
+        .with("retention.keep_last", 1)
         .with("restore.stop_containers", vec!["mes-writer-that-is-named"]);
     let agent = Agent::spawn(&bus, &config).await;
     let job = agent.proxy().await.backup("database").await.unwrap();

@@ -28,6 +28,14 @@ const FILES: &[(&str, u32)] = &[
     ("/usr/lib/systemd/system/mesbak-test-restore.service", 0o644),
     ("/usr/lib/systemd/system/mesbak-test-restore.timer", 0o644),
     (
+        "/usr/lib/systemd/system/mesbak-pitr-base-backup.service",
+        0o644,
+    ),
+    (
+        "/usr/lib/systemd/system/mesbak-pitr-base-backup.timer",
+        0o644,
+    ),
+    (
         "/usr/lib/systemd/system/mesbak-notify-failure@.service",
         0o644,
     ),
@@ -279,6 +287,7 @@ fn deb_installs_upgrades_removes_and_purges_in_a_clean_debian() {
         "/etc/systemd/system/multi-user.target.wants/mesbak-agent.service",
         "/etc/systemd/system/timers.target.wants/mesbak-backup.timer",
         "/etc/systemd/system/timers.target.wants/mesbak-test-restore.timer",
+        "/etc/systemd/system/timers.target.wants/mesbak-pitr-base-backup.timer",
     ] {
         assert!(container.exists(link), "{link} missing: unit not enabled");
     }

@@ -10,6 +10,7 @@ async fn schedule_becomes_timer_dropins() {
     let mut config = AgentConfig::new();
     config.env("SCHEDULE", "30 2 * * 1-5");
     config.set("schedule.test_restore", "Sun *-*-* 04:00:00");
+    config.set("pitr.base_backup", "0 3 * * 6");
     let agent = Agent::spawn(&bus, &config).await;
     let dir = config.dir().join("systemd");
     let backup = std::fs::read_to_string(dir.join("mesbak-backup.timer.d/schedule.conf")).unwrap();
@@ -20,6 +21,9 @@ async fn schedule_becomes_timer_dropins() {
     let test =
         std::fs::read_to_string(dir.join("mesbak-test-restore.timer.d/schedule.conf")).unwrap();
     assert!(test.contains("OnCalendar=Sun *-*-* 04:00:00\n"), "{test}");
+    let base =
+        std::fs::read_to_string(dir.join("mesbak-pitr-base-backup.timer.d/schedule.conf")).unwrap();
+    assert!(base.contains("OnCalendar=Sat *-*-* 03:00:00\n"), "{base}");
     drop(agent);
 
     // A schedule that makes no sense leaves the timer alone and says so.

@@ -17,6 +17,8 @@ const UNITS: &[&str] = &[
     "mesbak-backup.timer",
     "mesbak-test-restore.service",
     "mesbak-test-restore.timer",
+    "mesbak-pitr-base-backup.service",
+    "mesbak-pitr-base-backup.timer",
     "mesbak-notify-failure@.service",
 ];
 

@@ -29,6 +29,7 @@ pub async fn start_sync(
     }
     let running = app.offsite.sync_job.load(Ordering::Acquire);
     if running != 0 && app.jobs.ids().contains(&running) {
+        app.offsite.again.store(true, Ordering::Release);
         return OwnedObjectPath::try_from(job_path(running))
             .map_err(|err| Error::Failed(format!("bad job path: {err}")));
     }

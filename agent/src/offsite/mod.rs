@@ -42,6 +42,10 @@ pub struct Offsite {
     pub queue: QueueStore,
     /// The job id of the sync job that runs now, 0 when none.
     pub sync_job: std::sync::atomic::AtomicU64,
+    /// Set when a sync was asked for while one ran (say, by a backup that
+    /// finished after the running sync listed the folder): the running
+    /// sync then looks again before it ends.
+    pub again: std::sync::atomic::AtomicBool,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -50,6 +54,7 @@ impl Offsite {
         Offsite {
             queue: QueueStore::open(state_dir),
             sync_job: std::sync::atomic::AtomicU64::new(0),
+            again: std::sync::atomic::AtomicBool::new(false),
             running: tokio::sync::Mutex::new(()),
         }
     }

@@ -34,20 +34,30 @@ pub enum Due {
 /// complete; the error names each target that is not.
 pub async fn run(app: &App, job: &Job, due: Due) -> Result<String, Error> {
     let _running = app.offsite.lock_sync().await;
-    let local = app.storage.list()?;
     let mut done = Vec::new();
     let mut failed: Vec<Error> = Vec::new();
-    for config in &app.config.offsite {
-        app.offsite
-            .queue
-            .update(&config.name, |state| state.forget_missing(&local))?;
-        match sync_target(app, job, config, &local, due).await {
-            Ok(summary) => done.push(summary),
-            Err(err) => {
-                tracing::error!(job = job.id, target_name = %config.name, error = %err.message(), "off-site copy failed");
-                failed.push(err);
+    let mut due = due;
+    loop {
+        app.offsite.again.store(false, Ordering::Release);
+        let local = app.storage.list()?;
+        for config in &app.config.offsite {
+            app.offsite
+                .queue
+                .update(&config.name, |state| state.forget_missing(&local))?;
+            match sync_target(app, job, config, &local, due).await {
+                Ok(summary) => done.push(summary),
+                Err(err) => {
+                    tracing::error!(job = job.id, target_name = %config.name, error = %err.message(), "off-site copy failed");
+                    failed.push(err);
+                }
             }
         }
+        // Asked again while this ran: what was asked for may be newer than
+        // what this listed. Failed copies wait for their retry.
+        if !failed.is_empty() || !app.offsite.again.load(Ordering::Acquire) {
+            break;
+        }
+        due = Due::All;
     }
     match failed.first() {
         None => Ok(if done.is_empty() {

@@ -12,6 +12,7 @@
 
 mod base;
 pub mod chain;
+pub mod metrics;
 mod recover;
 mod server;
 mod ship;

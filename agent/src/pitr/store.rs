@@ -6,11 +6,19 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 
 use mesbak_interface::Error;
 
 use super::chain::{BaseInfo, WalFile, parse_wal_file};
+use crate::catalog::Listing;
 use crate::storage::{PendingFile, remove_partials_in, sync_dir, write_error};
+
+// The WAL folder holds tens of thousands of files: its listings are kept
+// while it does not change (see `crate::catalog`).
+static BASES: LazyLock<Listing<BaseInfo>> = LazyLock::new(Listing::default);
+static WAL: LazyLock<Listing<WalFile>> = LazyLock::new(Listing::default);
+static BYTES: LazyLock<Listing<u64>> = LazyLock::new(Listing::default);
 
 pub const BASE_SUFFIX: &str = ".tar.gz.enc";
 
@@ -71,6 +79,14 @@ impl PitrStore {
 
     /// Every base backup with its metadata.
     pub fn bases(&self) -> Vec<BaseInfo> {
+        let key = self.root.display().to_string();
+        let listed = BASES.get(&key, &[self.base_dir()], || Ok::<_, ()>(self.read_bases()));
+        listed
+            .map(|bases| bases.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    fn read_bases(&self) -> Vec<BaseInfo> {
         let mut bases = Vec::new();
         let Ok(entries) = fs::read_dir(self.base_dir()) else {
             return bases;
@@ -97,7 +113,15 @@ impl PitrStore {
     }
 
     /// Every shipped WAL file, by name.
-    pub fn wal(&self, segment_size: u64) -> Vec<WalFile> {
+    pub fn wal(&self, segment_size: u64) -> Arc<Vec<WalFile>> {
+        let key = format!("{} {segment_size}", self.root.display());
+        WAL.get(&key, &[self.wal_dir()], || {
+            Ok::<_, ()>(self.read_wal(segment_size))
+        })
+        .unwrap_or_default()
+    }
+
+    fn read_wal(&self, segment_size: u64) -> Vec<WalFile> {
         let mut files: Vec<WalFile> = fs::read_dir(self.wal_dir())
             .into_iter()
             .flatten()
@@ -115,7 +139,10 @@ impl PitrStore {
 
     /// The shipped copy of the server's WAL file `name`, if any.
     pub fn shipped(&self, name: &str, segment_size: u64) -> Option<WalFile> {
-        self.wal(segment_size).into_iter().find(|f| f.name == name)
+        self.wal(segment_size)
+            .iter()
+            .find(|f| f.name == name)
+            .cloned()
     }
 
     pub fn wal_path(&self, file: &WalFile) -> PathBuf {
@@ -144,6 +171,15 @@ impl PitrStore {
 
     /// Total bytes of the PITR files.
     pub fn total_bytes(&self) -> u64 {
+        let key = self.root.display().to_string();
+        let dirs = [self.base_dir(), self.wal_dir()];
+        BYTES
+            .get(&key, &dirs, || Ok::<_, ()>(vec![self.read_total_bytes()]))
+            .map(|total| total[0])
+            .unwrap_or_default()
+    }
+
+    fn read_total_bytes(&self) -> u64 {
         [self.base_dir(), self.wal_dir()]
             .iter()
             .flat_map(|dir| fs::read_dir(dir).into_iter().flatten().flatten())
