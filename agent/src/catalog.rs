@@ -2,46 +2,117 @@
 //! `/metrics` read the backup folders on every call; with a WAL chain of
 //! tens of thousands of files and many clients polling, re-reading them
 //! each time made every call slow. A listing is kept and handed out again
-//! while none of its folders changed:
+//! while its [`Stamp`] is unchanged:
 //!
-//! - each folder's (device, inode, mtime) must be what it was: creating,
+//! - [`Stamp::folders`]: each folder's (device, inode, mtime). Creating,
 //!   renaming or deleting an entry (every write here commits by rename)
-//!   changes the folder's mtime;
-//! - a folder modified within [`RACY`] before it was read is read again
-//!   next time: the file system's clock is coarse, and a change in the
+//!   changes it. Enough where only names matter (the WAL chain).
+//! - [`Stamp::entries`]: that and every entry's name, size and mtime, for
+//!   listings that read the files (backup metadata): a file rewritten or
+//!   damaged in place shows at once. A stat per file is far cheaper than
+//!   reading and parsing it.
+//! - a stamp with a time within [`RACY`] before the listing was read is not
+//!   trusted next time: file system clocks are coarse, and a change in the
 //!   same tick would keep the same mtime;
-//! - nothing is kept longer than [`MAX_AGE`], so a file damaged in place
-//!   (which changes no folder) shows within that time.
+//! - nothing is kept longer than [`MAX_AGE`].
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// How long after a folder changed its listing is not trusted.
+/// How long after a change a listing is not trusted.
 const RACY: Duration = Duration::from_secs(2);
 /// The longest a listing is reused.
 const MAX_AGE: Duration = Duration::from_secs(30);
 
-/// What identifies one state of a folder; `None` when it does not exist.
-type Stamp = Option<(u64, u64, i64, i64)>;
-
-fn stamp(dir: &Path) -> Stamp {
-    let meta = std::fs::metadata(dir).ok()?;
-    Some((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()))
+/// What identifies one state of some folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    hash: u64,
+    /// The newest mtime seen.
+    newest: Option<SystemTime>,
 }
 
-fn modified_at(stamp: &Stamp) -> Option<SystemTime> {
-    let (_, _, seconds, nanos) = (*stamp)?;
-    let since_epoch =
-        Duration::from_secs(u64::try_from(seconds).ok()?) + Duration::from_nanos(nanos as u64);
-    Some(SystemTime::UNIX_EPOCH + since_epoch)
+fn mtime(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    let seconds = u64::try_from(meta.mtime()).ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(seconds)
+            + Duration::from_nanos(meta.mtime_nsec() as u64),
+    )
+}
+
+impl Stamp {
+    fn new(dirs: &[PathBuf], entries: bool) -> Stamp {
+        let mut hasher = DefaultHasher::new();
+        let mut newest: Option<SystemTime> = None;
+        let mut note = |meta: &std::fs::Metadata, hasher: &mut DefaultHasher| {
+            (
+                meta.dev(),
+                meta.ino(),
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            )
+                .hash(hasher);
+            newest = newest.max(mtime(meta));
+        };
+        for dir in dirs {
+            dir.hash(&mut hasher);
+            let Ok(meta) = std::fs::metadata(dir) else {
+                "missing".hash(&mut hasher);
+                continue;
+            };
+            note(&meta, &mut hasher);
+            if !entries {
+                continue;
+            }
+            let mut names: Vec<(String, std::fs::Metadata)> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| {
+                    let meta = entry.path().symlink_metadata().ok()?;
+                    Some((entry.file_name().to_string_lossy().into_owned(), meta))
+                })
+                .collect();
+            names.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, meta) in &names {
+                name.hash(&mut hasher);
+                note(meta, &mut hasher);
+            }
+        }
+        Stamp {
+            hash: hasher.finish(),
+            newest,
+        }
+    }
+
+    /// The folders themselves (see the module's documentation).
+    pub fn folders(dirs: &[PathBuf]) -> Stamp {
+        Stamp::new(dirs, false)
+    }
+
+    /// The folders and every entry's name, size and mtime.
+    pub fn entries(dirs: &[PathBuf]) -> Stamp {
+        Stamp::new(dirs, true)
+    }
+
+    /// Whether nothing changed within [`RACY`] before `read_at`.
+    fn settled(&self, read_at: SystemTime) -> bool {
+        self.newest.is_none_or(|changed| {
+            read_at
+                .duration_since(changed)
+                .is_ok_and(|quiet| quiet >= RACY)
+        })
+    }
 }
 
 struct Kept<T> {
     key: String,
-    dirs: Vec<PathBuf>,
-    stamps: Vec<Stamp>,
+    stamp: Stamp,
     read_at: SystemTime,
     items: Arc<Vec<T>>,
 }
@@ -60,20 +131,19 @@ impl<T> Default for Listing<T> {
 }
 
 impl<T> Listing<T> {
-    /// The listing of `dirs` under `key` (what else the reading depends
-    /// on), from memory while it is still right, else from `read`.
+    /// The listing under `key` (what the reading depends on: its folders
+    /// and options) in the state `stamp` describes, from memory while it
+    /// is still right, else from `read`.
     pub fn get<E>(
         &self,
         key: &str,
-        dirs: &[PathBuf],
+        stamp: Stamp,
         read: impl FnOnce() -> Result<Vec<T>, E>,
     ) -> Result<Arc<Vec<T>>, E> {
-        let stamps: Vec<Stamp> = dirs.iter().map(|dir| stamp(dir)).collect();
         let now = SystemTime::now();
         if let Some(kept) = self.kept.lock().expect("listing lock").as_ref() {
             let fresh = kept.key == key
-                && kept.dirs == dirs
-                && kept.stamps == stamps
+                && kept.stamp == stamp
                 && now.duration_since(kept.read_at).unwrap_or(MAX_AGE) < MAX_AGE;
             if fresh {
                 return Ok(kept.items.clone());
@@ -83,39 +153,37 @@ impl<T> Listing<T> {
         // costs time but never gives a wrong answer.
         let read_at = SystemTime::now();
         let items = Arc::new(read()?);
-        let settled = stamps.iter().all(|stamp| {
-            modified_at(stamp).is_none_or(|changed| {
-                read_at
-                    .duration_since(changed)
-                    .is_ok_and(|quiet| quiet >= RACY)
-            })
-        });
         let mut kept = self.kept.lock().expect("listing lock");
-        if settled {
-            *kept = Some(Kept {
-                key: key.to_owned(),
-                dirs: dirs.to_vec(),
-                stamps,
-                read_at,
-                items: items.clone(),
-            });
-        } else {
-            *kept = None;
-        }
+        *kept = stamp.settled(read_at).then(|| Kept {
+            key: key.to_owned(),
+            stamp,
+            read_at,
+            items: items.clone(),
+        });
         Ok(items)
     }
 
-    /// Forgets the listing (after this process changed a folder in a way
-    /// that might not move its mtime, e.g. rewriting a file in place).
+    /// Forgets the listing.
     pub fn forget(&self) {
         *self.kept.lock().expect("listing lock") = None;
     }
+}
+
+/// The key of a listing of `dirs` with `options`.
+pub fn key(dirs: &[PathBuf], options: &str) -> String {
+    let mut key = options.to_owned();
+    for dir in dirs {
+        key.push('\0');
+        key.push_str(&dir.display().to_string());
+    }
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::path::Path;
 
     fn age(dir: &Path, seconds: u64) {
         let past = SystemTime::now() - Duration::from_secs(seconds);
@@ -140,26 +208,68 @@ mod tests {
             Ok(names)
         };
         age(&dir, 10);
-        assert!(listing.get("k", &dirs, read).unwrap().is_empty());
-        assert!(listing.get("k", &dirs, read).unwrap().is_empty());
+        assert!(
+            listing
+                .get("k", Stamp::folders(&dirs), read)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            listing
+                .get("k", Stamp::folders(&dirs), read)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(reads.get(), 1, "an unchanged folder is not read again");
 
         std::fs::write(dir.join("a"), b"").unwrap();
         // Just changed: read, and not trusted until it settled.
-        assert_eq!(*listing.get("k", &dirs, read).unwrap(), ["a"]);
-        assert_eq!(*listing.get("k", &dirs, read).unwrap(), ["a"]);
+        assert_eq!(
+            *listing.get("k", Stamp::folders(&dirs), read).unwrap(),
+            ["a"]
+        );
+        assert_eq!(
+            *listing.get("k", Stamp::folders(&dirs), read).unwrap(),
+            ["a"]
+        );
         assert_eq!(reads.get(), 3);
         age(&dir, 10);
-        listing.get("k", &dirs, read).unwrap();
-        listing.get("k", &dirs, read).unwrap();
+        listing.get("k", Stamp::folders(&dirs), read).unwrap();
+        listing.get("k", Stamp::folders(&dirs), read).unwrap();
         assert_eq!(reads.get(), 4);
 
         // Another key (say, another segment size) is another listing.
-        listing.get("other", &dirs, read).unwrap();
+        listing.get("other", Stamp::folders(&dirs), read).unwrap();
         assert_eq!(reads.get(), 5);
         listing.forget();
-        listing.get("other", &dirs, read).unwrap();
+        listing.get("other", Stamp::folders(&dirs), read).unwrap();
         assert_eq!(reads.get(), 6);
+    }
+
+    #[test]
+    fn entries_see_a_file_rewritten_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::write(dir.join("a.json"), b"{}").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("a.json"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        age(&dir, 10);
+        let dirs = [dir.clone()];
+        let before = Stamp::entries(&dirs);
+        assert_eq!(before, Stamp::entries(&dirs));
+        let folders = Stamp::folders(&dirs);
+        std::fs::write(dir.join("a.json"), b"{\"x\": 1}").unwrap();
+        assert_ne!(before, Stamp::entries(&dirs), "a rewrite in place is seen");
+        assert_eq!(
+            folders,
+            Stamp::folders(&dirs),
+            "the folder itself did not change"
+        );
     }
 
     #[test]
@@ -169,9 +279,14 @@ mod tests {
         let dirs = [dir.clone()];
         let listing: Listing<u8> = Listing::default();
         let empty = || -> Result<Vec<u8>, ()> { Ok(Vec::new()) };
-        assert!(listing.get("k", &dirs, empty).unwrap().is_empty());
+        assert!(
+            listing
+                .get("k", Stamp::folders(&dirs), empty)
+                .unwrap()
+                .is_empty()
+        );
         std::fs::create_dir(&dir).unwrap();
         let one = || -> Result<Vec<u8>, ()> { Ok(vec![1]) };
-        assert_eq!(*listing.get("k", &dirs, one).unwrap(), [1]);
+        assert_eq!(*listing.get("k", Stamp::folders(&dirs), one).unwrap(), [1]);
     }
 }

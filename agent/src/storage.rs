@@ -13,7 +13,7 @@ use mesbak_interface::{
     BackupInfo, BackupKind, Compression, Error, backup_name_kind, backup_suffix,
 };
 // Re-exported for callers not yet moved to `persist`.
-use crate::catalog::Listing;
+use crate::catalog::{self, Listing, Stamp};
 use crate::persist::write_atomic;
 pub use crate::persist::{create_private_file, sync_dir, write_error};
 use crate::trust::parse_time;
@@ -321,7 +321,13 @@ impl Storage {
     /// is wrong between the file and its metadata.
     pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {
         let dirs: Vec<PathBuf> = BackupKind::ALL.iter().map(|kind| self.dir(*kind)).collect();
-        let listed = self.listing.get("", &dirs, || self.read_listing())?;
+        // Every entry's size and mtime: metadata rewritten or a file cut
+        // short in place must show at once.
+        let listed = self
+            .listing
+            .get(&catalog::key(&dirs, ""), Stamp::entries(&dirs), || {
+                self.read_listing()
+            })?;
         Ok(listed.as_ref().clone())
     }
 

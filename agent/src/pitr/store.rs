@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use mesbak_interface::Error;
 
 use super::chain::{BaseInfo, WalFile, parse_wal_file};
-use crate::catalog::Listing;
+use crate::catalog::{Listing, Stamp, key};
 use crate::storage::{PendingFile, remove_partials_in, sync_dir, write_error};
 
 // The WAL folder holds tens of thousands of files: its listings are kept
@@ -79,8 +79,11 @@ impl PitrStore {
 
     /// Every base backup with its metadata.
     pub fn bases(&self) -> Vec<BaseInfo> {
-        let key = self.root.display().to_string();
-        let listed = BASES.get(&key, &[self.base_dir()], || Ok::<_, ()>(self.read_bases()));
+        let dirs = [self.base_dir()];
+        // Entries: the listing reads each base backup's metadata.
+        let listed = BASES.get(&key(&dirs, ""), Stamp::entries(&dirs), || {
+            Ok::<_, ()>(self.read_bases())
+        });
         listed
             .map(|bases| bases.as_ref().clone())
             .unwrap_or_default()
@@ -114,10 +117,13 @@ impl PitrStore {
 
     /// Every shipped WAL file, by name.
     pub fn wal(&self, segment_size: u64) -> Arc<Vec<WalFile>> {
-        let key = format!("{} {segment_size}", self.root.display());
-        WAL.get(&key, &[self.wal_dir()], || {
-            Ok::<_, ()>(self.read_wal(segment_size))
-        })
+        let dirs = [self.wal_dir()];
+        // Names are all the listing reads: the folder's own stamp will do.
+        WAL.get(
+            &key(&dirs, &segment_size.to_string()),
+            Stamp::folders(&dirs),
+            || Ok::<_, ()>(self.read_wal(segment_size)),
+        )
         .unwrap_or_default()
     }
 
@@ -171,10 +177,11 @@ impl PitrStore {
 
     /// Total bytes of the PITR files.
     pub fn total_bytes(&self) -> u64 {
-        let key = self.root.display().to_string();
         let dirs = [self.base_dir(), self.wal_dir()];
         BYTES
-            .get(&key, &dirs, || Ok::<_, ()>(vec![self.read_total_bytes()]))
+            .get(&key(&dirs, ""), Stamp::folders(&dirs), || {
+                Ok::<_, ()>(vec![self.read_total_bytes()])
+            })
             .map(|total| total[0])
             .unwrap_or_default()
     }
