@@ -39,7 +39,8 @@
 //! The pauses at named stages come from `agent/src/fault_point.rs`, which
 //! only a debug build (the harness's) reads.
 //!
-//! Runtime: RUNTIME
+//! Runtime: 5 min 7 s for the whole file with `--test-threads=4` on the
+//! loaded 2-core development machine (load average 9), first run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,6 +103,9 @@ async fn plant(flavor: Flavor, bulk_mib: u64) -> Plant {
     let pg = Postgres::with_fixture_on(flavor);
     if bulk_mib > 0 {
         pg.load_bulk("mes", bulk_mib);
+        // A restore refreshes the view (pg_dump ends with REFRESH), so the
+        // fingerprint taken before must see the bulk rows in it too.
+        pg.psql("mes", "REFRESH MATERIALIZED VIEW mes_core.mv_daily_output;");
     }
     let writer = Writer::start();
     let config =
@@ -383,6 +387,7 @@ async fn an_agent_killed_at_each_journaled_stage_of_a_restore_loses_nothing(flav
         let live = p.pg.fingerprint("mes");
         let mut config = p.config.clone();
         config.env("MESBAK_TEST_PAUSE_AT", stage);
+        p.agent.terminate().await;
         p.agent = Agent::spawn(&p.bus, &config).await;
         let job = start_restore(&p.agent, &p.backup_id).await;
         wait_paused(&config, stage, &job, &p.agent).await;
@@ -450,6 +455,7 @@ async fn a_failed_state_write_after_the_swap_still_reports_the_restore_done() {
     let live = p.pg.fingerprint("mes");
     let mut config = p.config.clone();
     config.env("MESBAK_TEST_PAUSE_AT", "restore-swapped");
+    p.agent.terminate().await;
     p.agent = Agent::spawn(&p.bus, &config).await;
     let job = start_restore(&p.agent, &p.backup_id).await;
     wait_paused(&config, "restore-swapped", &job, &p.agent).await;
@@ -502,6 +508,13 @@ async fn a_failed_state_write_after_the_swap_still_reports_the_restore_done() {
 // The database server killed
 // ---------------------------------------------------------------------
 
+/// The data without sequences: PostgreSQL logs sequences 32 values ahead,
+/// so after a crash of the server they jump forward by design.
+fn without_sequences(mut fingerprint: Fingerprint) -> Fingerprint {
+    fingerprint.sequences.clear();
+    fingerprint
+}
+
 fn docker_kill(container: &str) {
     let out = Command::new("docker")
         .args(["kill", "-s", "KILL", container])
@@ -535,8 +548,10 @@ async fn the_database_server_killed_during_a_dump_or_a_load_loses_nothing(flavor
         backup_ids(&p.config, "database")
     );
     p.pg.start_again();
-    p.pg.fingerprint("mes")
-        .assert_same(&original, "after the kill during a dump");
+    without_sequences(p.pg.fingerprint("mes")).assert_same(
+        &without_sequences(original.clone()),
+        "after the kill during a dump",
+    );
 
     change_data(&p.pg, 0);
     let live = p.pg.fingerprint("mes");
@@ -548,8 +563,8 @@ async fn the_database_server_killed_during_a_dump_or_a_load_loses_nothing(flavor
     assert_clear(&outcome.message);
     assert!(p.writer.is_running(), "the writer was left stopped");
     p.pg.start_again();
-    p.pg.fingerprint("mes")
-        .assert_same(&live, "after the kill during a load");
+    without_sequences(p.pg.fingerprint("mes"))
+        .assert_same(&without_sequences(live), "after the kill during a load");
 
     let made = backup(&p.agent, "database").await;
     assert!(made.success, "{}", made.message);
