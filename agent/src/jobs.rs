@@ -2,9 +2,9 @@
 //! a time. The D-Bus side (`bus::job`) only reads what is here.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mesbak_interface::{Error, JobOperation, JobState, RunningJob, job_path};
 use time::OffsetDateTime;
@@ -278,6 +278,8 @@ impl Job {
 #[derive(Default)]
 pub struct Jobs {
     next_id: AtomicU64,
+    /// Set when the agent stops: no new job starts.
+    closed: AtomicBool,
     jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
     mutating: Mutex<Option<Arc<Job>>>,
 }
@@ -292,6 +294,11 @@ impl Jobs {
         caller_uid: u32,
     ) -> Result<Arc<Job>, Error> {
         let mut mutating = self.mutating.lock().expect("jobs lock");
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Failed(format!(
+                "the agent is stopping, so no {operation} can start now; retry once it runs again (`systemctl status mesbak-agent`)"
+            )));
+        }
         if operation.mutates() {
             if let Some(running) = mutating.as_ref() {
                 return Err(Error::Busy(format!(
@@ -331,6 +338,39 @@ impl Jobs {
             .keys()
             .copied()
             .collect()
+    }
+
+    /// For a stop: refuses new jobs, asks every running job to stop at its
+    /// next safe point, and waits up to `grace` for all of them to end
+    /// (a job past its point of no return finishes instead). Returns the
+    /// jobs still running after `grace`.
+    pub async fn stop_all(&self, grace: Duration) -> Vec<Arc<Job>> {
+        {
+            // Under the slot's lock, so no `begin` slips in between.
+            let _slot = self.mutating.lock().expect("jobs lock");
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        for job in self.running() {
+            match job.cancel() {
+                Ok(()) => {
+                    tracing::warn!(job = job.id, operation = %job.operation, "stopping: the job is cancelled")
+                }
+                Err(err) => {
+                    tracing::warn!(job = job.id, operation = %job.operation, reason = %err.message(), "stopping: waiting for the job to finish")
+                }
+            }
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let running = self.running();
+            if running.is_empty() && !self.is_busy() {
+                return running;
+            }
+            if Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn is_busy(&self) -> bool {

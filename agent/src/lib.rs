@@ -11,6 +11,7 @@ pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod docker;
+pub mod fault_point;
 pub mod health;
 pub mod http;
 pub mod ignition;

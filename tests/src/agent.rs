@@ -46,6 +46,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "INVOCATION_ID",
     "JOURNAL_STREAM",
     "RUST_LOG",
+    // The debug build's pause points (`agent/src/fault_point.rs`).
+    "MESBAK_TEST_PAUSE_AT",
     // Off-site credentials the agent would take from its environment.
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",

@@ -60,54 +60,27 @@ impl Bus {
         let socket = dir.path().join("system_bus_socket");
         let config = dir.path().join("system.conf");
         std::fs::write(&config, system_conf(&socket, &policy))?;
-        let log = dir.path().join("dbus-daemon.log");
-        let log_file = std::fs::File::create(&log)?;
-
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--nopidfile", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .context(
-                "cannot run dbus-daemon (Debian package `dbus`; run dev/test to install it)",
-            )?;
-
-        // The daemon prints its address once it listens.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = blocking(|| rx.recv_timeout(Duration::from_secs(10)));
-        let address = match line {
-            Ok(line) if !line.trim().is_empty() => line.trim().to_owned(),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "dbus-daemon did not print its address within 10 s; its log:\n{}",
-                    tail_file(&log, 30)
-                );
-            }
-        };
-        if !socket.exists() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "dbus-daemon claims {address} but {} does not exist",
-                socket.display()
-            );
-        }
+        let (child, address) = spawn_daemon(dir.path(), &socket)?;
         Ok(Bus {
             child,
             address,
             socket,
             dir,
         })
+    }
+
+    /// Restarts the daemon on the same socket, as `systemctl restart dbus`
+    /// does: every connection drops and every name is released. The
+    /// address changes (a new guid); connections made before are dead.
+    pub fn restart(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = blocking(|| self.child.wait());
+        let _ = std::fs::remove_file(&self.socket);
+        let (child, address) = spawn_daemon(self.dir.path(), &self.socket)
+            .unwrap_or_else(|err| panic!("cannot start the private D-Bus daemon again: {err:#}"));
+        self.child = child;
+        self.address = address;
     }
 
     /// The address for `DBUS_SYSTEM_BUS_ADDRESS` (`unix:path=...,guid=...`).
@@ -195,6 +168,56 @@ pub fn as_user(user: &str, program: impl AsRef<OsStr>) -> Command {
         // HOME=/root would be unreadable for the user; nothing should need it.
         .env("HOME", "/nonexistent");
     cmd
+}
+
+/// Starts `dbus-daemon` with `dir/system.conf`, logging to
+/// `dir/dbus-daemon.log`, and waits until it listens on `socket`.
+fn spawn_daemon(dir: &Path, socket: &Path) -> Result<(Child, String)> {
+    let config = dir.join("system.conf");
+    let log = dir.join("dbus-daemon.log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+
+    let mut child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--nofork", "--nopidfile", "--print-address=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .context("cannot run dbus-daemon (Debian package `dbus`; run dev/test to install it)")?;
+
+    // The daemon prints its address once it listens.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = blocking(|| rx.recv_timeout(Duration::from_secs(10)));
+    let address = match line {
+        Ok(line) if !line.trim().is_empty() => line.trim().to_owned(),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "dbus-daemon did not print its address within 10 s; its log:\n{}",
+                tail_file(&log, 30)
+            );
+        }
+    };
+    if !socket.exists() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "dbus-daemon claims {address} but {} does not exist",
+            socket.display()
+        );
+    }
+    Ok((child, address))
 }
 
 fn check_test_users() -> Result<()> {

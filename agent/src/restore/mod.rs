@@ -129,6 +129,8 @@ async fn restore_database(
             backup: backup.id.clone(),
         }),
     )?;
+    let state_dir = &app.config.state_dir;
+    crate::fault_point::pause(state_dir, "restore-journaled").await;
     let loaded = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
         let loaded = load::load(job, server, backup, plan, timescale, &new_db).await?;
@@ -146,6 +148,7 @@ async fn restore_database(
                 differences.join("; ")
             )));
         }
+        crate::fault_point::pause(state_dir, "restore-loaded").await;
         Ok(())
     }
     .await;
@@ -172,6 +175,7 @@ async fn restore_database(
     .await?;
     // From here the restore has happened: a failure to record it is a
     // warning, and the journal (kept) lets the next start record it.
+    crate::fault_point::pause(state_dir, "restore-swapped").await;
     let recorded = if live_exists {
         let size_bytes = catalog::database_size(server, &previous).await.unwrap_or(0);
         kept::record_restore(
@@ -187,7 +191,14 @@ async fn restore_database(
     } else {
         Ok(())
     };
-    match recorded.and_then(|()| journal::save(app, None)) {
+    let recorded = match recorded {
+        Ok(()) => {
+            crate::fault_point::pause(state_dir, "restore-recorded").await;
+            journal::save(app, None)
+        }
+        Err(err) => Err(err),
+    };
+    match recorded {
         Ok(()) => {}
         Err(err) => job.warn(format!(
             "the restore is done, but recording the kept database failed ({}); the agent records it at its next start",
