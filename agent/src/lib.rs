@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod docker;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod ignition;
 pub mod jobs;
 pub mod kept;
