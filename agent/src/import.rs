@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use flate2::read::MultiGzDecoder;
-use mesbak_format::Key;
 use mesbak_interface::{
     BackupInfo, BackupKind, Compression, Error, IMPORTED_SOURCE_PREFIX, backup_suffix,
 };
@@ -123,12 +122,7 @@ pub fn parse_old_name(name: &str) -> Result<OldName, Error> {
     Ok(OldName {
         kind,
         prefix: prefix.to_owned(),
-        point: format!(
-            "{}-{}-{}_{clock}",
-            &date[..4],
-            &date[4..6],
-            &date[6..]
-        ),
+        point: format!("{}-{}-{}_{clock}", &date[..4], &date[4..6], &date[6..]),
         created: PrimitiveDateTime::new(day, clock_time).assume_utc(),
     })
 }
@@ -244,9 +238,9 @@ impl Follower {
                 reader.feed(data);
                 Ok(())
             }
-            Follower::Tar(walker) => walker.feed(data).map_err(|damage| {
-                format!("the tar archive inside is damaged: {damage}")
-            }),
+            Follower::Tar(walker) => walker
+                .feed(data)
+                .map_err(|damage| format!("the tar archive inside is damaged: {damage}")),
         }
     }
 
@@ -635,10 +629,7 @@ mod tests {
         let db = parse_old_name("mes_2024-10-11_000001.sql.gz").unwrap();
         assert_eq!(db.kind, BackupKind::Database);
         assert_eq!(db.new_id(), "mes_2024-10-11_000001.sql.gz.enc");
-        assert_eq!(
-            db.created.format(&Rfc3339).unwrap(),
-            "2024-10-11T00:00:01Z"
-        );
+        assert_eq!(db.created.format(&Rfc3339).unwrap(), "2024-10-11T00:00:01Z");
         let ign = parse_old_name("ignition-20241011-143022.tar.gz").unwrap();
         assert_eq!(ign.new_id(), "ignition_2024-10-11_143022.tar.gz.enc");
         assert_eq!(ign.point, "2024-10-11_143022");
@@ -688,10 +679,14 @@ mod tests {
         let whole = gzip(DUMP.as_bytes());
         let cut = check_bytes(&whole[..whole.len() - 12], BackupKind::Database).unwrap_err();
         assert!(cut.contains("cut short"), "{cut}");
-        let no_end = check_bytes(&gzip(&DUMP.as_bytes()[..DUMP.len() - 50]), BackupKind::Database)
-            .unwrap_err();
+        let no_end = check_bytes(
+            &gzip(&DUMP.as_bytes()[..DUMP.len() - 50]),
+            BackupKind::Database,
+        )
+        .unwrap_err();
         assert!(no_end.contains("closing line"), "{no_end}");
-        let in_copy = check_bytes(&gzip(&DUMP.as_bytes()[..110]), BackupKind::Database).unwrap_err();
+        let in_copy =
+            check_bytes(&gzip(&DUMP.as_bytes()[..110]), BackupKind::Database).unwrap_err();
         assert!(in_copy.contains("mes_core.asset"), "{in_copy}");
         let text = check_bytes(&gzip(b"hello world\n"), BackupKind::Database).unwrap_err();
         assert!(text.contains("not a database dump"), "{text}");

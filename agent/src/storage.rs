@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,7 +126,7 @@ pub fn check_handed(file: &File, name: &str) -> Result<(), Error> {
             "{name} is not a regular file; hand over a backup file"
         )));
     }
-    let flags = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)
+    let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
         .map_err(|err| Error::InvalidArgument(format!("cannot inspect {name}: {err}")))?;
     if flags & libc::O_ACCMODE == libc::O_WRONLY {
         return Err(Error::InvalidArgument(format!(

@@ -303,10 +303,11 @@ mod tests {
     #[test]
     fn import_and_config() {
         assert!(Cli::try_parse_from(["mesbakctl", "import"]).is_err());
-        let cli =
-            Cli::try_parse_from(["mesbakctl", "import", "a.sql.gz", "backups", "--dry-run"])
-                .unwrap();
-        assert!(matches!(cli.command, Command::Import { ref paths, dry_run: true } if paths.len() == 2));
+        let cli = Cli::try_parse_from(["mesbakctl", "import", "a.sql.gz", "backups", "--dry-run"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Command::Import { ref paths, dry_run: true } if paths.len() == 2)
+        );
         assert!(matches!(
             Cli::try_parse_from(["mesbakctl", "config", "import-env", ".env"])
                 .unwrap()

@@ -381,7 +381,11 @@ fn print_backups(backups: &[BackupInfo]) -> Result<()> {
             backup.kind.as_str(),
             backup.created,
             indicatif::BinaryBytes(backup.size_bytes).to_string(),
-            if backup.is_imported() { "  imported" } else { "" }
+            if backup.is_imported() {
+                "  imported"
+            } else {
+                ""
+            }
         )?;
         for warning in &backup.warnings {
             outln!("{:<width$}  ! {warning}", "")?;

@@ -17,7 +17,6 @@ use nix::libc;
 pub struct Handed {
     pub file: File,
     pub name: String,
-    pub path: PathBuf,
 }
 
 /// What a backup argument names: an id in the backup folder, or a file.
@@ -69,18 +68,15 @@ pub fn open(path: &Path) -> Result<Handed> {
     // O_NONBLOCK only kept a FIFO from blocking the open; reads of a
     // regular file ignore it, but clear it all the same.
     clear_nonblock(&file).map_err(|err| anyhow!("cannot use {shown}: {err}"))?;
-    Ok(Handed {
-        file,
-        name,
-        path: path.to_owned(),
-    })
+    Ok(Handed { file, name })
 }
 
 fn clear_nonblock(file: &File) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = fcntl(file, FcntlArg::F_GETFL)?;
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)?;
     fcntl(
-        file,
+        file.as_raw_fd(),
         FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK),
     )?;
     Ok(())
@@ -99,12 +95,10 @@ fn looks_old(name: &str) -> bool {
 pub fn old_backups(paths: &[PathBuf]) -> Result<Vec<Handed>> {
     let mut handed = Vec::new();
     for path in paths {
-        let meta = path
-            .symlink_metadata()
-            .map_err(|err| match err.kind() {
-                io::ErrorKind::NotFound => anyhow!("{} does not exist; check the path", path.display()),
-                _ => anyhow!("cannot read {}: {err}", path.display()),
-            })?;
+        let meta = path.symlink_metadata().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => anyhow!("{} does not exist; check the path", path.display()),
+            _ => anyhow!("cannot read {}: {err}", path.display()),
+        })?;
         if !meta.is_dir() {
             handed.push(open(path)?);
             continue;
@@ -195,7 +189,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["mes_2024-10-11_000001.sql.gz", "ignition-20241011-000001.tar.gz"]
+            [
+                "mes_2024-10-11_000001.sql.gz",
+                "ignition-20241011-000001.tar.gz"
+            ]
         );
         let empty = tempfile::tempdir().unwrap();
         assert!(old_backups(&[empty.path().to_owned()]).is_err());

@@ -58,7 +58,8 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>> {
 }
 
 fn unquote(value: &str, line: usize) -> Result<String> {
-    let unterminated = || anyhow::anyhow!("line {line} has a quoted value without its closing quote");
+    let unterminated =
+        || anyhow::anyhow!("line {line} has a quoted value without its closing quote");
     if let Some(rest) = value.strip_prefix('\'') {
         let end = rest.find('\'').ok_or_else(unterminated)?;
         return Ok(rest[..end].to_owned());
@@ -270,7 +271,11 @@ IGNITION_EDITION=standard
             "backup = \"0 2 * * *\"",
             "# Not used by mesbak: IGNITION_EDITION",
         ] {
-            assert!(out.toml.contains(line), "{line:?} missing in:\n{}", out.toml);
+            assert!(
+                out.toml.contains(line),
+                "{line:?} missing in:\n{}",
+                out.toml
+            );
         }
         assert!(!out.toml.contains("very-secret-key"), "{}", out.toml);
         assert!(!out.toml.contains("pa ss"), "{}", out.toml);

@@ -90,7 +90,10 @@ fn folder_entries(root: &Path) -> Vec<String> {
     for sub in ["database", "ignition"] {
         if let Ok(entries) = fs::read_dir(root.join(sub)) {
             for entry in entries {
-                names.push(format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy()));
+                names.push(format!(
+                    "{sub}/{}",
+                    entry.unwrap().file_name().to_string_lossy()
+                ));
             }
         }
     }
@@ -116,8 +119,14 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
     let out = ctl(&bus, &["import", "--dry-run", backups.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains(&format!("would be imported as {DUMP_ID}")), "{said}");
-    assert!(said.contains(&format!("would be imported as {TAR_ID}")), "{said}");
+    assert!(
+        said.contains(&format!("would be imported as {DUMP_ID}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("would be imported as {TAR_ID}")),
+        "{said}"
+    );
     assert!(folder_entries(&config.backup_dir()).is_empty());
 
     // The folder imports both, under the old files' time.
@@ -168,7 +177,10 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
 
     // Restores bring back the data: the database through a handed-over
     // file path, the volume by id.
-    pg.psql("mes", "CREATE TABLE public.made_after_the_old_backup (x int)");
+    pg.psql(
+        "mes",
+        "CREATE TABLE public.made_after_the_old_backup (x int)",
+    );
     let imported_file = config.backup_dir().join("database").join(DUMP_ID);
     let out = ctl(&bus, &["restore", imported_file.to_str().unwrap(), "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
