@@ -17,9 +17,10 @@ use crate::trust::{future_problem, is_future, newest_dated};
 
 /// Whether a backup counts toward freshness: its metadata exists and
 /// matches the file (storage clears the checksum otherwise), and it is a
-/// scheduled or requested backup, not a restore's safety copy.
+/// scheduled or requested backup, not a restore's safety copy nor one
+/// imported from the old stack (which says nothing about mesbak running).
 pub fn counts(backup: &BackupInfo) -> bool {
-    !backup.sha256.is_empty() && !backup.id.contains("_pre-restore")
+    !backup.sha256.is_empty() && !backup.id.contains("_pre-restore") && !backup.is_imported()
 }
 
 /// The newest backup of `kind` that counts (see `counts`), dated and not in

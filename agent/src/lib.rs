@@ -15,6 +15,7 @@ pub mod fault_point;
 pub mod health;
 pub mod http;
 pub mod ignition;
+pub mod import;
 pub mod jobs;
 pub mod kept;
 pub mod logging;

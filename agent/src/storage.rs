@@ -4,7 +4,8 @@
 //! foreign owners refused.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,7 +73,68 @@ pub struct BackupRef {
     pub kind: BackupKind,
     /// How its payload is compressed (from the name).
     pub compression: Compression,
+    /// Where it is; for a handed-over file, the caller's name for it (a
+    /// label only: the agent never opens that path).
     pub path: PathBuf,
+    /// A file mesbakctl opened with the caller's permissions and passed
+    /// over D-Bus (`VerifyFile`, `RestoreFile`, ...), read instead of `path`.
+    pub handed: Option<Arc<File>>,
+}
+
+impl BackupRef {
+    /// A file handed over by a client: `name` (its file name there) must be
+    /// a backup id, and the descriptor a regular file open for reading.
+    pub fn handed(file: OwnedFd, name: &str) -> Result<BackupRef, Error> {
+        let file = File::from(file);
+        let (kind, compression) = kind_of_id(name)?;
+        check_handed(&file, name)?;
+        Ok(BackupRef {
+            id: name.to_owned(),
+            kind,
+            compression,
+            path: PathBuf::from(name),
+            handed: Some(Arc::new(file)),
+        })
+    }
+
+    /// Opens the backup for reading from its start. A handed-over file is
+    /// duplicated and rewound: each pass (authenticate, then load) reads it
+    /// whole, one after the other.
+    pub fn open(&self) -> Result<File, Error> {
+        match &self.handed {
+            None => open_backup(&self.path),
+            Some(file) => {
+                let mut copy = file.try_clone().map_err(|err| {
+                    Error::Failed(format!("cannot read the file handed over: {err}"))
+                })?;
+                copy.seek(SeekFrom::Start(0)).map_err(|err| {
+                    Error::Failed(format!("cannot rewind the file handed over: {err}"))
+                })?;
+                Ok(copy)
+            }
+        }
+    }
+}
+
+/// Refuses a handed-over descriptor that is not a regular file opened for
+/// reading (a pipe, a socket, a folder, a write-only file).
+pub fn check_handed(file: &File, name: &str) -> Result<(), Error> {
+    let meta = file
+        .metadata()
+        .map_err(|err| Error::InvalidArgument(format!("cannot inspect {name}: {err}")))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is not a regular file; hand over a backup file"
+        )));
+    }
+    let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|err| Error::InvalidArgument(format!("cannot inspect {name}: {err}")))?;
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        return Err(Error::InvalidArgument(format!(
+            "{name} was not opened for reading"
+        )));
+    }
+    Ok(())
 }
 
 /// The backup folder.
@@ -300,6 +362,7 @@ impl Storage {
                 kind,
                 compression,
                 path,
+                handed: None,
             }),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Error::NotFound(format!(
                 "backup '{given}' does not exist; `mesbakctl list` shows the backups there are"
@@ -433,8 +496,12 @@ impl Storage {
         }
     }
 
-    /// The metadata of one backup, if it has any.
+    /// The metadata of one backup, if it has any. A handed-over file has
+    /// none: what lies beside it in the caller's folder is not read.
     pub fn metadata(&self, backup: &BackupRef) -> Option<BackupInfo> {
+        if backup.handed.is_some() {
+            return None;
+        }
         read_metadata(
             &backup
                 .path
@@ -483,6 +550,7 @@ impl PendingBackup {
             kind: self.kind,
             compression: self.compression,
             path,
+            handed: None,
         })
     }
 }

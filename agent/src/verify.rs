@@ -10,13 +10,13 @@ use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupReader;
 use crate::state::FailureRecord;
-use crate::storage::{BackupRef, human_bytes, open_backup};
+use crate::storage::{BackupRef, human_bytes};
 
 /// Reads the whole file; Ok only when every chunk authenticated and the
 /// payload decompressed.
 pub async fn check(app: &App, job: &Job, backup: &BackupRef) -> Result<u64, Error> {
     let key = app.key()?;
-    let file = open_backup(&backup.path)?;
+    let file = backup.open()?;
     let size = file
         .metadata()
         .map_err(|err| Error::Failed(format!("cannot read {}: {err}", backup.path.display())))?
@@ -59,7 +59,7 @@ fn remember_damage(
     backup: &BackupRef,
     result: &Result<u64, Error>,
 ) -> Result<(), Error> {
-    if backup.path != app.storage.dir(backup.kind).join(&backup.id) {
+    if backup.handed.is_some() || backup.path != app.storage.dir(backup.kind).join(&backup.id) {
         return Ok(());
     }
     match result {

@@ -63,7 +63,8 @@ pub enum Command {
     },
     /// Check that a backup decrypts and authenticates completely.
     Verify {
-        /// A backup id (file name, as `list` shows) or a path to a backup file.
+        /// A backup id (file name, as `list` shows) or a path to a backup file
+        /// (opened with your permissions and handed to the agent).
         backup: String,
         /// Read the backup from off-site target NAME.
         #[arg(long, value_name = "NAME")]
@@ -88,6 +89,29 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
     },
+    /// Bring the old stack's backups in (root only).
+    ///
+    /// Each old file (database/mes_YYYY-MM-DD_HHmmss.sql.gz,
+    /// ignition/ignition-YYYYMMDD-HHMMSS.tar.gz) is read whole and checked
+    /// (the gzip stream to its end; a pg_dump's header, data and closing
+    /// line; a tar archive to its end), then encrypted into the backup folder
+    /// under the same time (database/mes_2024-10-11_000001.sql.gz.enc,
+    /// ignition/ignition_2024-10-11_000001.tar.gz.enc) with its row counts.
+    /// The originals are only read. A damaged or unknown file is refused
+    /// with what is wrong, and then nothing is imported. Imported backups
+    /// are listed, verified, test-restored and restored like any other, but
+    /// do not count as fresh backups for health.
+    Import {
+        /// Old backup files, or the old `backups/` folder (its database/ and ignition/).
+        #[arg(required = true, value_name = "FILE|FOLDER")]
+        paths: Vec<PathBuf>,
+        /// Check every file and show what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Off-site copies (the [[offsite]] targets of the configuration).
     Offsite {
         #[command(subcommand)]
@@ -199,6 +223,16 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the mesbak.toml lines matching the seed stack's .env (secrets
+    /// are never printed: it says where they go).
+    ImportEnv {
+        /// The stack's .env file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum OffsiteCommand {
     /// Copy what is missing to every off-site target now, verified there.
     Sync,
@@ -268,6 +302,22 @@ mod tests {
             Command::Offsite {
                 command: OffsiteCommand::Sync
             }
+        ));
+    }
+
+    #[test]
+    fn import_and_config() {
+        assert!(Cli::try_parse_from(["mesbakctl", "import"]).is_err());
+        let cli = Cli::try_parse_from(["mesbakctl", "import", "a.sql.gz", "backups", "--dry-run"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Command::Import { ref paths, dry_run: true } if paths.len() == 2)
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["mesbakctl", "config", "import-env", ".env"])
+                .unwrap()
+                .command,
+            Command::Config(ConfigCommand::ImportEnv { .. })
         ));
     }
 

@@ -3,7 +3,7 @@
 //! `--json`.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -16,9 +16,10 @@ use mesbak_interface::{
 use serde::Serialize;
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{Fd, OwnedObjectPath};
 
 use crate::cli::{PitrCommand, RestoreArgs};
+use crate::handover::{self, Given, backup_argument};
 use crate::output::{Said, agent_error, named};
 use crate::{errln, outln};
 
@@ -304,17 +305,16 @@ async fn update_bar(bar: &ProgressBar, job: &JobProxy<'_>, stage: &str) {
     }
 }
 
-/// A backup argument: an id as `list` shows it, or a path to a file.
-fn backup_argument(given: &str) -> Result<String> {
-    if given.contains('/') || Path::new(given).exists() && !given.ends_with(".enc") {
-        // The agent opens the file (it may be readable by root only) and
-        // refuses symlinks, so resolve them here when we can.
-        let path = std::fs::canonicalize(given)
-            .or_else(|_| std::path::absolute(given))
-            .map_err(|err| anyhow!("cannot use the path {given}: {err}"))?;
-        return Ok(path.display().to_string());
-    }
-    Ok(given.to_owned())
+/// Brings the old stack's backup files in: opened here, handed over.
+pub async fn import(paths: &[PathBuf], dry_run: bool, json: bool) -> Result<()> {
+    let handed = handover::old_backups(paths)?;
+    let (conn, agent) = connect().await?;
+    let files: Vec<(Fd<'_>, &str)> = handed
+        .iter()
+        .map(|h| (Fd::from(&h.file), h.name.as_str()))
+        .collect();
+    let path = agent.import(&files, dry_run).await.map_err(explain)?;
+    follow(&conn, path, json).await
 }
 
 pub async fn backup(target: BackupTarget, json: bool) -> Result<()> {
@@ -376,11 +376,16 @@ fn print_backups(backups: &[BackupInfo]) -> Result<()> {
     )?;
     for backup in backups {
         outln!(
-            "{:<width$}  {:<8}  {:<20}  {:>10}",
+            "{:<width$}  {:<8}  {:<20}  {:>10}{}",
             backup.id,
             backup.kind.as_str(),
             backup.created,
-            indicatif::BinaryBytes(backup.size_bytes).to_string()
+            indicatif::BinaryBytes(backup.size_bytes).to_string(),
+            if backup.is_imported() {
+                "  imported"
+            } else {
+                ""
+            }
         )?;
         for warning in &backup.warnings {
             outln!("{:<width$}  ! {warning}", "")?;
@@ -553,7 +558,10 @@ pub async fn verify(backup: &str, from: Option<&str>, json: bool) -> Result<()> 
     let (conn, agent) = connect().await?;
     let path = match from {
         Some(target) => agent.verify_from(backup, target).await,
-        None => agent.verify(&backup_argument(backup)?).await,
+        None => match backup_argument(backup)? {
+            Given::Id(id) => agent.verify(&id).await,
+            Given::File(file) => agent.verify_file(Fd::from(&file.file), &file.name).await,
+        },
     }
     .map_err(explain)?;
     follow(&conn, path, json).await
@@ -567,10 +575,15 @@ pub async fn test_restore(backup: Option<&str>, from: Option<&str>, json: bool) 
                 .test_restore_from(backup.unwrap_or_default(), target)
                 .await
         }
-        None => {
-            let given = backup.map(backup_argument).transpose()?.unwrap_or_default();
-            agent.test_restore(&given).await
-        }
+        None => match backup.map(backup_argument).transpose()? {
+            None => agent.test_restore("").await,
+            Some(Given::Id(id)) => agent.test_restore(&id).await,
+            Some(Given::File(file)) => {
+                agent
+                    .test_restore_file(Fd::from(&file.file), &file.name)
+                    .await
+            }
+        },
     }
     .map_err(explain)?;
     follow(&conn, path, json).await
@@ -704,16 +717,17 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             .as_deref()
             .ok_or_else(|| named("Usage", "name the backup to restore (see `mesbakctl list`)"))?;
         let argument = match &args.from {
-            Some(_) => given.to_owned(),
+            Some(_) => Given::Id(given.to_owned()),
             None => backup_argument(given)?,
         };
-        let mut preview = match &args.from {
-            Some(target) => {
+        let mut preview = match (&args.from, &argument) {
+            (Some(target), _) => {
                 agent
-                    .preview("restore-from", &format!("{target}/{argument}"))
+                    .preview("restore-from", &format!("{target}/{given}"))
                     .await
             }
-            None => agent.preview("restore", &argument).await,
+            (None, Given::Id(id)) => agent.preview("restore", id).await,
+            (None, Given::File(file)) => agent.preview("restore-file", &file.name).await,
         }
         .map_err(explain)?;
         if args.skip_safety_backup {
@@ -726,9 +740,14 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
-        match &args.from {
-            Some(target) => agent.restore_from(&argument, target, options).await,
-            None => agent.restore(&argument, options).await,
+        match (&args.from, &argument) {
+            (Some(target), _) => agent.restore_from(given, target, options).await,
+            (None, Given::Id(id)) => agent.restore(id, options).await,
+            (None, Given::File(file)) => {
+                agent
+                    .restore_file(Fd::from(&file.file), &file.name, options)
+                    .await
+            }
         }
         .map_err(explain)?
     };

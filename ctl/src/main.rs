@@ -3,14 +3,16 @@
 mod cli;
 mod client;
 mod docs;
+mod handover;
 mod offline;
 mod output;
+mod seed_env;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, OffsiteCommand};
+use cli::{Cli, Command, ConfigCommand, OffsiteCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => offline::decrypt(&file, key_file.as_deref(), output.as_deref()),
         Command::Keygen { output } => offline::keygen(&output),
         Command::GenerateDocs { dir } => docs::generate(&dir),
+        Command::Config(ConfigCommand::ImportEnv { path }) => seed_env::import_env(&path, cli.json),
         agent_command => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,6 +105,7 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
             command: OffsiteCommand::Sync,
         } => client::offsite_sync(json).await,
         Command::Prune { dry_run, yes } => client::prune(dry_run, yes, json).await,
+        Command::Import { paths, dry_run } => client::import(&paths, dry_run, json).await,
         other => anyhow::bail!("`{}` does not talk to the agent", command_name(&other)),
     }
 }
@@ -123,5 +127,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Decrypt { .. } => "decrypt",
         Command::Keygen { .. } => "keygen",
         Command::GenerateDocs { .. } => "generate-docs",
+        Command::Import { .. } => "import",
+        Command::Config(_) => "config",
     }
 }

@@ -9,10 +9,10 @@ mod types;
 pub use error::Error;
 pub use proxy::{AgentProxy, JobProxy};
 pub use types::{
-    BackupInfo, BackupKind, BackupTarget, Compression, Health, JobOperation, JobState,
-    KeptDatabase, OffsiteReport, OffsiteStatus, ParseNameError, PitrBase, PitrStatus,
-    PruneDecision, RestoreOptions, RunningJob, StatusReport, backup_name_kind, backup_suffix,
-    time_from_wire, wire_time,
+    BackupInfo, BackupKind, BackupTarget, Compression, Health, IMPORTED_SOURCE_PREFIX,
+    JobOperation, JobState, KeptDatabase, OffsiteReport, OffsiteStatus, ParseNameError, PitrBase,
+    PitrStatus, PruneDecision, RestoreOptions, RunningJob, StatusReport, backup_name_kind,
+    backup_suffix, time_from_wire, wire_time,
 };
 
 /// Well-known bus name the agent owns on the system bus.

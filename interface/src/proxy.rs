@@ -2,7 +2,7 @@
 //! interfaces in `agent/src/bus/`; a test compares both to the checked-in XML.
 
 use zbus::proxy;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{Fd, OwnedObjectPath};
 
 use crate::{
     BackupInfo, Error, KeptDatabase, OffsiteStatus, PitrStatus, PruneDecision, RestoreOptions,
@@ -96,6 +96,28 @@ pub trait Agent {
         &self,
         backup: &str,
         target: &str,
+        options: RestoreOptions,
+    ) -> Result<OwnedObjectPath, Error>;
+
+    /// Brings the old stack's backup files in: each `(file, name)` is an
+    /// open file and its name (`mes_YYYY-MM-DD_HHmmss.sql.gz`,
+    /// `ignition-YYYYMMDD-HHMMSS.tar.gz`), checked whole, encrypted under
+    /// the same timestamp; all or nothing. `dry_run` checks and writes
+    /// nothing (root only).
+    fn import(&self, files: &[(Fd<'_>, &str)], dry_run: bool) -> Result<OwnedObjectPath, Error>;
+
+    /// `Verify` of a backup file the caller opened and handed over; `name`
+    /// is its file name (a backup id).
+    fn verify_file(&self, file: Fd<'_>, name: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// `TestRestore` of a backup file the caller opened and handed over.
+    fn test_restore_file(&self, file: Fd<'_>, name: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// `Restore` of a backup file the caller opened and handed over (root only).
+    fn restore_file(
+        &self,
+        file: Fd<'_>,
+        name: &str,
         options: RestoreOptions,
     ) -> Result<OwnedObjectPath, Error>;
 

@@ -167,6 +167,8 @@ wire_enum!(
         PitrBaseBackup = "pitr-base-backup",
         /// Copies what is missing to the off-site targets.
         OffsiteSync = "offsite-sync",
+        /// Brings the old stack's backup files into the backup folder.
+        Import = "import",
     }
 );
 
@@ -256,7 +258,17 @@ pub struct RunningJob {
     pub started_at: String,
 }
 
+/// How the `source` of an imported backup starts: `imported:<old file name>`.
+pub const IMPORTED_SOURCE_PREFIX: &str = "imported:";
+
 impl BackupInfo {
+    /// Whether the backup was imported from the old stack's files (`mesbakctl
+    /// import`) rather than made by mesbak: it restores like any other, but
+    /// its age says nothing about whether backups run now.
+    pub fn is_imported(&self) -> bool {
+        self.source.starts_with(IMPORTED_SOURCE_PREFIX)
+    }
+
     /// A backup known only by its id and kind; every other field empty.
     pub fn new(id: impl Into<String>, kind: BackupKind) -> BackupInfo {
         BackupInfo {

@@ -10,14 +10,15 @@ use mesbak_interface::{
 };
 use time::OffsetDateTime;
 use zbus::message::Header;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{OwnedFd, OwnedObjectPath};
 use zbus::{Connection, interface};
 
 use super::{caller_uid, launch, require_root};
 use crate::app::App;
 use crate::offsite::read::{self as offsite_read, spooled};
 use crate::offsite::sync::Due;
-use crate::{backup, kept, preview, restore, retention, verify};
+use crate::storage::BackupRef;
+use crate::{backup, import, kept, preview, restore, retention, verify};
 
 pub struct Manager {
     app: Arc<App>,
@@ -468,6 +469,103 @@ impl Manager {
             backup,
             target,
             move |app, job, found| restore::run(app, job, found, options),
+        )
+        .await
+    }
+
+    /// Brings the old stack's backup files in: each (file, name) is an open
+    /// file and its name (`mes_YYYY-MM-DD_HHmmss.sql.gz`,
+    /// `ignition-YYYYMMDD-HHMMSS.tar.gz`), checked whole, encrypted under
+    /// the same timestamp; all or nothing. `dry_run` checks and writes
+    /// nothing (root only).
+    async fn import(
+        &self,
+        files: Vec<(OwnedFd, String)>,
+        dry_run: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        require_root(uid, "import")?;
+        let old = import::handed(files)?;
+        let target = match old.as_slice() {
+            [one] => one.name.clone(),
+            many => format!("{} files", many.len()),
+        };
+        self.start(
+            conn,
+            uid,
+            JobOperation::Import,
+            target,
+            None,
+            move |app, job| import::run(app, job, old, dry_run),
+        )
+        .await
+    }
+
+    /// `Verify` of a backup file the caller opened and handed over; `name`
+    /// is its file name (a backup id).
+    async fn verify_file(
+        &self,
+        file: OwnedFd,
+        name: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        let found = BackupRef::handed(file.into(), name)?;
+        self.start(
+            conn,
+            uid,
+            JobOperation::Verify,
+            found.id.clone(),
+            None,
+            move |app, job| verify::run(app, job, found),
+        )
+        .await
+    }
+
+    /// `TestRestore` of a backup file the caller opened and handed over.
+    async fn test_restore_file(
+        &self,
+        file: OwnedFd,
+        name: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        let found = BackupRef::handed(file.into(), name)?;
+        restore::require_database_backup(&found)?;
+        self.start(
+            conn,
+            uid,
+            JobOperation::TestRestore,
+            found.id.clone(),
+            None,
+            move |app, job| restore::test_restore(app, job, found),
+        )
+        .await
+    }
+
+    /// `Restore` of a backup file the caller opened and handed over (root only).
+    async fn restore_file(
+        &self,
+        file: OwnedFd,
+        name: &str,
+        options: RestoreOptions,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = caller_uid(conn, &header).await?;
+        require_root(uid, "restore")?;
+        let found = BackupRef::handed(file.into(), name)?;
+        self.start(
+            conn,
+            uid,
+            JobOperation::Restore,
+            found.id.clone(),
+            None,
+            move |app, job| restore::run(app, job, found, options),
         )
         .await
     }

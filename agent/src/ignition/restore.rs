@@ -18,7 +18,7 @@ use crate::docker::Docker;
 use crate::pipeline::BackupReader;
 use crate::process::last_lines;
 use crate::recovery::Touched;
-use crate::storage::{BackupRef, Storage, open_backup};
+use crate::storage::{BackupRef, Storage};
 
 impl Copy<'_> {
     /// Stops the gateways, takes the safety snapshot, stages the backup in
@@ -216,7 +216,7 @@ impl Copy<'_> {
         backup: &BackupRef,
         staging: &str,
     ) -> Result<TarWalker, Error> {
-        let file = open_backup(&backup.path)?;
+        let file = backup.open()?;
         self.job
             .reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
         self.job.set_stage(format!(

@@ -231,6 +231,7 @@ where
         kind,
         compression,
         path,
+        handed: None,
     };
     let result = then(app, job, backup).await;
     drop(spool);

@@ -127,6 +127,52 @@ impl BackupWriter {
     }
 }
 
+/// Encrypts a payload that is already compressed (an imported old backup)
+/// into a backup file, synchronously, hashing what lands on disk.
+pub struct RawEncryptor {
+    encryptor: Encryptor<HashingWriter<BufWriter<File>>>,
+    payload_bytes: u64,
+}
+
+impl RawEncryptor {
+    pub fn new(file: File, key: &Key) -> Result<RawEncryptor, Error> {
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            written: 0,
+        };
+        Ok(RawEncryptor {
+            encryptor: Encryptor::new(sink, key).map_err(format_write_error)?,
+            payload_bytes: 0,
+        })
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.payload_bytes += data.len() as u64;
+        self.encryptor.write_all(data).map_err(io_write_error)
+    }
+
+    /// Seals the last chunk and syncs the file; `plain_bytes` of the
+    /// result is the payload's size as given (still compressed).
+    pub fn finish(self) -> Result<Written, Error> {
+        let sink = self.encryptor.finish().map_err(io_write_error)?;
+        let HashingWriter {
+            inner,
+            hasher,
+            written,
+        } = sink;
+        let file = inner
+            .into_inner()
+            .map_err(|err| io_write_error(err.into_error()))?;
+        file.sync_all().map_err(io_write_error)?;
+        Ok(Written {
+            size: written,
+            sha256: hex::encode(hasher.finish()),
+            plain_bytes: self.payload_bytes,
+        })
+    }
+}
+
 fn io_write_error(err: io::Error) -> Error {
     if err.raw_os_error() == Some(libc::ENOSPC) {
         Error::NoSpace(

@@ -35,6 +35,11 @@ impl DumpReader {
     /// column list).
     const LINE_TAIL: usize = 16;
 
+    /// Whether the stream ended inside a table's COPY data (cut short).
+    pub fn in_copy(&self) -> Option<&str> {
+        self.copying.as_ref().map(|(table, _)| table.as_str())
+    }
+
     /// Reads the next block of the dump. Complete lines are looked at in
     /// place; only a line split across blocks is copied (its first 4 KiB
     /// and its last bytes), and either way a line is judged by the same

@@ -14,7 +14,7 @@ use crate::jobs::Job;
 use crate::pipeline::BackupReader;
 use crate::postgres::{DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_literal, timescale};
 use crate::process;
-use crate::storage::{BackupRef, open_backup};
+use crate::storage::BackupRef;
 
 /// What a load cut short by `Cancel` leaves.
 pub const CANCELLED_LOAD: &str =
@@ -80,7 +80,7 @@ pub async fn load(
     database: &str,
 ) -> Result<Loaded, Error> {
     job.set_stage(format!("restoring {} into '{database}'", backup.id));
-    let file = open_backup(&backup.path)?;
+    let file = backup.open()?;
     job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
     let mut reader = BackupReader::start(
         backup.id.clone(),

@@ -36,7 +36,9 @@ use crate::storage::{BackupRef, Storage, human_bytes};
 pub use journal::{interrupted, recover};
 pub use load::compare_rows;
 pub use previous::{drop_previous, rollback};
-pub use test_restore::{pick_backup as pick_test_restore_backup, run as test_restore};
+pub use test_restore::{
+    pick_backup as pick_test_restore_backup, require_database_backup, run as test_restore,
+};
 
 use journal::InProgress;
 use plan::{Plan, authenticate, preflight};

@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
 use crate::postgres::{DumpReader, Server, catalog, timescale};
-use crate::storage::{BackupRef, human_bytes, open_backup};
+use crate::storage::{BackupRef, human_bytes};
 
 /// Room kept free beyond the new copy's size (and at least this much).
 const MARGIN_MIN: u64 = 64 << 20;
@@ -33,11 +33,12 @@ pub struct Plan {
 }
 
 /// Authenticates every chunk before anything is touched. With metadata the
-/// decryption alone suffices (the SQL is read during the load); without it
-/// the SQL is read now for the row counts and TimescaleDB.
+/// decryption alone suffices (the SQL is read during the load); without it,
+/// or for an imported old dump (whose metadata cannot know the TimescaleDB
+/// version), the SQL is read now for the row counts and TimescaleDB.
 pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Plan, Error> {
     let key = app.key()?;
-    let file = open_backup(&backup.path)?;
+    let file = backup.open()?;
     let file_size = file
         .metadata()
         .map_err(|err| Error::Failed(format!("cannot read {}: {err}", backup.path.display())))?
@@ -47,7 +48,7 @@ pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Pl
     let metadata = app
         .storage
         .metadata(backup)
-        .filter(|info| !info.table_rows.is_empty());
+        .filter(|info| !info.table_rows.is_empty() && !info.is_imported());
     let mut reader = BackupReader::start(
         backup.id.clone(),
         file,

@@ -21,12 +21,7 @@ use crate::storage::{BackupRef, human_bytes};
 pub fn pick_backup(app: &App, given: &str, is_root: bool) -> Result<BackupRef, Error> {
     if !given.is_empty() {
         let found = app.storage.resolve(given, is_root)?;
-        if found.kind != BackupKind::Database {
-            return Err(Error::InvalidArgument(format!(
-                "{} is not a database backup; test restores check database backups",
-                found.id
-            )));
-        }
+        require_database_backup(&found)?;
         return Ok(found);
     }
     let newest = app
@@ -41,6 +36,17 @@ pub fn pick_backup(app: &App, given: &str, is_root: bool) -> Result<BackupRef, E
             )
         })?;
     app.storage.resolve(&newest.id, is_root)
+}
+
+/// Test restores check database backups only.
+pub fn require_database_backup(backup: &BackupRef) -> Result<(), Error> {
+    if backup.kind != BackupKind::Database {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a database backup; test restores check database backups",
+            backup.id
+        )));
+    }
+    Ok(())
 }
 
 /// Restores into a scratch database, checks it, drops it, records the result.
