@@ -367,8 +367,8 @@ enum Outcome {
     Ready {
         name: String,
         old: OldName,
-        checked: Checked,
-        written: Option<(PendingBackup, Written)>,
+        checked: Box<Checked>,
+        written: Option<Box<(PendingBackup, Written)>>,
     },
     /// Already imported earlier: left as it is.
     Already { name: String, id: String },
@@ -455,13 +455,13 @@ pub async fn run(
             Err(problem) => problems.push(format!("{}: {problem}", file.name)),
             Ok(checked) => {
                 let written = match pending {
-                    Some((pending, encryptor)) => Some((pending, encryptor.finish()?)),
+                    Some((pending, encryptor)) => Some(Box::new((pending, encryptor.finish()?))),
                     None => None,
                 };
                 outcomes.push(Outcome::Ready {
                     name: file.name,
                     old: file.old,
-                    checked,
+                    checked: Box::new(checked),
                     written,
                 });
             }
@@ -497,8 +497,9 @@ pub async fn run(
                 name,
                 old,
                 checked,
-                written: Some((pending, written)),
+                written: Some(written),
             } => {
+                let (pending, written) = *written;
                 let info = metadata(&pending, &name, &old, &checked, &written, duration_ms);
                 pending.commit(&info)?;
                 job.add_file(info.id.clone());
