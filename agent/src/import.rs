@@ -680,14 +680,14 @@ mod tests {
         let whole = gzip(DUMP.as_bytes());
         let cut = check_bytes(&whole[..whole.len() - 12], BackupKind::Database).unwrap_err();
         assert!(cut.contains("cut short"), "{cut}");
-        let no_end = check_bytes(
-            &gzip(&DUMP.as_bytes()[..DUMP.len() - 50]),
-            BackupKind::Database,
-        )
-        .unwrap_err();
+        // Cut after the data, before pg_dump's closing line.
+        let after_copy = DUMP.find("\\.\n").unwrap() + 3;
+        let no_end =
+            check_bytes(&gzip(&DUMP.as_bytes()[..after_copy]), BackupKind::Database).unwrap_err();
         assert!(no_end.contains("closing line"), "{no_end}");
+        let in_copy_at = DUMP.find("1\ta").unwrap() + 2;
         let in_copy =
-            check_bytes(&gzip(&DUMP.as_bytes()[..110]), BackupKind::Database).unwrap_err();
+            check_bytes(&gzip(&DUMP.as_bytes()[..in_copy_at]), BackupKind::Database).unwrap_err();
         assert!(in_copy.contains("mes_core.asset"), "{in_copy}");
         let text = check_bytes(&gzip(b"hello world\n"), BackupKind::Database).unwrap_err();
         assert!(text.contains("not a database dump"), "{text}");
