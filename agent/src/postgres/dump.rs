@@ -25,6 +25,9 @@ pub struct DumpReader {
     pub timescaledb: bool,
     /// The TimescaleDB version mesbak's prologue names, if the payload has one.
     pub timescaledb_version: Option<String>,
+    /// The payload carries the database's own settings, grants and comment
+    /// (mesbak's epilogue; an old stack's dump does not).
+    pub database_facts: bool,
 }
 
 impl DumpReader {
@@ -110,6 +113,8 @@ impl DumpReader {
             if let Some((version, _)) = rest.split_once(':') {
                 self.timescaledb_version = Some(version.to_owned());
             }
+        } else if text.starts_with(super::facts::MARKER) {
+            self.database_facts = true;
         } else if let Some(rest) = text.strip_prefix("CREATE SCHEMA ") {
             if let Some((name, _)) = split_ident(rest) {
                 self.schemas.push(name);

@@ -144,12 +144,17 @@ impl DatabaseFacts {
             tag.push('_');
         }
         format!(
-            "\n--\n-- mesbak: owner, privileges, settings and comment of the database itself\n\
+            "\n--\n{MARKER}\n\
              -- (pg_dump leaves them out without --create); applied to the database\n\
              -- this is loaded into.\n--\n\nDO ${tag}$\nBEGIN\n{body}END\n${tag}$;\n"
         )
     }
 }
+
+/// The comment line that opens the facts in a payload (the dump reader
+/// looks for it).
+pub const MARKER: &str =
+    "-- mesbak: owner, privileges, settings and comment of the database itself";
 
 /// A setting's value as SQL: list settings element by element.
 fn setting_value(name: &str, value: &str) -> String {

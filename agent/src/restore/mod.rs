@@ -136,6 +136,14 @@ async fn restore_database(
     let loaded = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
         let loaded = load::load(job, server, backup, plan, timescale, &new_db).await?;
+        if plan.lacks_database_facts && live_exists {
+            // The old stack's dump lacks the database's own settings,
+            // grants and comment: keep the live database's, or the swap
+            // would lose them (a search_path set on the database, say).
+            job.set_stage("carrying the live database's settings over");
+            let facts = crate::postgres::facts::read(server, &live).await?;
+            server.execute(&new_db, &facts.to_sql()).await?;
+        }
         job.set_stage("comparing row counts with the backup");
         // The server's own count of the rows each COPY stored; a full count
         // when the output could not be matched to the tables.

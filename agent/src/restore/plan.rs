@@ -30,6 +30,9 @@ pub struct Plan {
     pub timescaledb: Option<String>,
     /// The size of the backup file.
     pub file_size: u64,
+    /// The payload lacks the database's own settings, grants and comment
+    /// (an old stack's dump: pg_dump without `--create` leaves them out).
+    pub lacks_database_facts: bool,
 }
 
 /// Authenticates every chunk before anything is touched. With metadata the
@@ -70,6 +73,8 @@ pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Pl
             from_metadata: true,
             timescaledb: (!info.timescaledb_version.is_empty()).then_some(info.timescaledb_version),
             file_size,
+            // Every backup the agent makes carries them.
+            lacks_database_facts: false,
         },
         None => Plan {
             key,
@@ -79,6 +84,7 @@ pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Pl
                 .timescaledb
                 .then(|| dump.timescaledb_version.unwrap_or_default()),
             file_size,
+            lacks_database_facts: !dump.database_facts,
         },
     })
 }
