@@ -282,7 +282,7 @@ IGNITION_EDITION=standard
         assert!(out.problems.is_empty());
         assert!(out.used.contains(&"BACKUP_ENCRYPTION_KEY".to_owned()));
         // What it prints parses as TOML with the same values.
-        let parsed: toml::Value = out.toml.parse().unwrap();
+        let parsed: toml::Table = out.toml.parse().unwrap();
         assert_eq!(parsed["retention"]["days"].as_integer(), Some(14));
     }
 

@@ -382,8 +382,14 @@ async fn a_failing_shipper_is_reported_before_the_server_fills(flavor: Flavor) {
     // The key becomes unreadable: segments pile up on the server.
     let key = std::fs::read(config.key_file()).unwrap();
     std::fs::remove_file(config.key_file()).unwrap();
+    // Each switch after a write (a switch with nothing written since the
+    // last one archives nothing).
+    pg.psql("mes", "CREATE TABLE public.wal_filler (x int);");
     for _ in 0..3 {
-        pg.psql("mes", "SELECT pg_switch_wal();");
+        pg.psql(
+            "mes",
+            "INSERT INTO public.wal_filler SELECT generate_series(1, 1000); SELECT pg_switch_wal();",
+        );
     }
     let (success, _, stderr) = ctl(&bus, &["pitr", "sync"]);
     assert!(!success);

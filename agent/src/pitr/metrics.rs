@@ -1,7 +1,8 @@
 //! Prometheus series of point-in-time recovery, appended to `/metrics`:
 //! whether it is on, how far shipping lags behind the server, the
-//! restorable window and what the chain holds. Nothing while it is off
-//! and never was (no base backup, no WAL).
+//! restorable window and what the chain holds. Every family is declared
+//! even while PITR is off (rules and dashboards refer to them); series
+//! without a value (no WAL yet) have no sample.
 
 use mesbak_interface::PitrStatus;
 use time::OffsetDateTime;
@@ -11,9 +12,6 @@ use crate::http::Family;
 
 /// A pure function of the status and the time, so tests inject both.
 pub fn render(out: &mut String, status: &PitrStatus, now: OffsetDateTime) {
-    if !status.enabled && status.base_backups.is_empty() && status.wal_files == 0 {
-        return;
-    }
     Family::new(
         out,
         "mesbak_pitr_enabled",
@@ -21,33 +19,36 @@ pub fn render(out: &mut String, status: &PitrStatus, now: OffsetDateTime) {
         "Whether continuous WAL archiving is on (1) or off (0).",
     )
     .sample(&[], u8::from(status.enabled));
+    let mut lag = Family::new(
+        out,
+        "mesbak_pitr_wal_lag_seconds",
+        "gauge",
+        "Time since the newest shipped WAL segment was archived by the server: the most a disk failure now could lose.",
+    );
     if let Some(newest) = parse_time(&status.newest_wal_time) {
-        Family::new(
-            out,
-            "mesbak_pitr_wal_lag_seconds",
-            "gauge",
-            "Time since the newest shipped WAL segment was archived by the server: the most a disk failure now could lose.",
-        )
-        .sample(&[], (now - newest).as_seconds_f64().max(0.0));
+        lag.sample(&[], (now - newest).as_seconds_f64().max(0.0));
     }
-    if let (Some(from), Some(to)) = (
+    let window = (
         parse_time(&status.window_from),
         parse_time(&status.window_to),
-    ) {
-        Family::new(
-            out,
-            "mesbak_pitr_window_start_timestamp_seconds",
-            "gauge",
-            "The earliest time a point-in-time restore can reach (Unix seconds).",
-        )
-        .sample(&[], from.unix_timestamp());
-        Family::new(
-            out,
-            "mesbak_pitr_window_end_timestamp_seconds",
-            "gauge",
-            "The latest time a point-in-time restore can reach (Unix seconds).",
-        )
-        .sample(&[], to.unix_timestamp());
+    );
+    let mut start = Family::new(
+        out,
+        "mesbak_pitr_window_start_timestamp_seconds",
+        "gauge",
+        "The earliest time a point-in-time restore can reach (Unix seconds).",
+    );
+    if let (Some(from), Some(_)) = window {
+        start.sample(&[], from.unix_timestamp());
+    }
+    let mut end = Family::new(
+        out,
+        "mesbak_pitr_window_end_timestamp_seconds",
+        "gauge",
+        "The latest time a point-in-time restore can reach (Unix seconds).",
+    );
+    if let (Some(_), Some(to)) = window {
+        end.sample(&[], to.unix_timestamp());
     }
     Family::new(
         out,
@@ -136,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_when_never_used() {
+    fn declared_but_without_times_when_never_used() {
         let mut out = String::new();
         let off = PitrStatus {
             enabled: false,
@@ -147,6 +148,15 @@ mod tests {
             ..status()
         };
         render(&mut out, &off, OffsetDateTime::now_utc());
-        assert!(out.is_empty(), "{out}");
+        assert!(out.contains("mesbak_pitr_enabled 0\n"), "{out}");
+        assert!(
+            out.contains("# TYPE mesbak_pitr_wal_lag_seconds gauge\n"),
+            "{out}"
+        );
+        assert!(!out.contains("\nmesbak_pitr_wal_lag_seconds "), "{out}");
+        assert!(
+            !out.contains("\nmesbak_pitr_window_start_timestamp_seconds "),
+            "{out}"
+        );
     }
 }
