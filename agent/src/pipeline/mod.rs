@@ -44,6 +44,31 @@ struct HashingWriter<W: Write> {
     written: u64,
 }
 
+impl HashingWriter<BufWriter<File>> {
+    /// The sink of a backup file: buffered, hashed, counted.
+    fn for_file(file: File) -> Self {
+        HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// Flushes and syncs the file; what was written, with `plain_bytes`.
+    fn seal(self, plain_bytes: u64) -> Result<Written, Error> {
+        let file = self
+            .inner
+            .into_inner()
+            .map_err(|err| io_write_error(err.into_error()))?;
+        file.sync_all().map_err(io_write_error)?;
+        Ok(Written {
+            size: self.written,
+            sha256: hex::encode(self.hasher.finish()),
+            plain_bytes,
+        })
+    }
+}
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
@@ -69,12 +94,8 @@ impl BackupWriter {
     pub fn start(file: File, key: Key, codec: Codec, progress: Arc<AtomicU64>) -> BackupWriter {
         let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_BLOCKS);
         let worker = tokio::task::spawn_blocking(move || {
-            let sink = HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
-                hasher: Sha256::new(),
-                written: 0,
-            };
-            let encryptor = Encryptor::new(sink, &key).map_err(format_write_error)?;
+            let encryptor =
+                Encryptor::new(HashingWriter::for_file(file), &key).map_err(format_write_error)?;
             let mut compressor = Compressor::new(codec, encryptor)
                 .map_err(|err| Error::Failed(format!("cannot start compression: {err}")))?;
             let mut plain_bytes = 0u64;
@@ -84,21 +105,10 @@ impl BackupWriter {
                 progress.fetch_add(block.len() as u64, Ordering::Relaxed);
             }
             let encryptor = compressor.finish().map_err(io_write_error)?;
-            let sink = encryptor.finish().map_err(io_write_error)?;
-            let HashingWriter {
-                inner,
-                hasher,
-                written,
-            } = sink;
-            let file = inner
-                .into_inner()
-                .map_err(|err| io_write_error(err.into_error()))?;
-            file.sync_all().map_err(io_write_error)?;
-            Ok(Written {
-                size: written,
-                sha256: hex::encode(hasher.finish()),
-                plain_bytes,
-            })
+            encryptor
+                .finish()
+                .map_err(io_write_error)?
+                .seal(plain_bytes)
         });
         BackupWriter { sender, worker }
     }
@@ -136,13 +146,9 @@ pub struct RawEncryptor {
 
 impl RawEncryptor {
     pub fn new(file: File, key: &Key) -> Result<RawEncryptor, Error> {
-        let sink = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
-            written: 0,
-        };
         Ok(RawEncryptor {
-            encryptor: Encryptor::new(sink, key).map_err(format_write_error)?,
+            encryptor: Encryptor::new(HashingWriter::for_file(file), key)
+                .map_err(format_write_error)?,
             payload_bytes: 0,
         })
     }
@@ -155,21 +161,10 @@ impl RawEncryptor {
     /// Seals the last chunk and syncs the file; `plain_bytes` of the
     /// result is the payload's size as given (still compressed).
     pub fn finish(self) -> Result<Written, Error> {
-        let sink = self.encryptor.finish().map_err(io_write_error)?;
-        let HashingWriter {
-            inner,
-            hasher,
-            written,
-        } = sink;
-        let file = inner
-            .into_inner()
-            .map_err(|err| io_write_error(err.into_error()))?;
-        file.sync_all().map_err(io_write_error)?;
-        Ok(Written {
-            size: written,
-            sha256: hex::encode(hasher.finish()),
-            plain_bytes: self.payload_bytes,
-        })
+        self.encryptor
+            .finish()
+            .map_err(io_write_error)?
+            .seal(self.payload_bytes)
     }
 }
 
