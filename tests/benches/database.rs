@@ -30,10 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesbak_interface::RestoreOptions;
-use mesbak_tests::util::random_hex;
 use mesbak_tests::*;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -166,52 +163,6 @@ fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// A stand-in for the Ignition gateway, stopped by the agent during a
-/// restore; its Docker timestamps give the writers' downtime.
-struct Writer {
-    name: String,
-}
-
-impl Writer {
-    fn start() -> Writer {
-        let name = format!("mesbak-bench-writer-{}", random_hex(4));
-        docker_text(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            "mesbak-test/busybox",
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done",
-        ]);
-        Writer { name }
-    }
-
-    /// Seconds between the last stop and the last start.
-    fn last_downtime(&self) -> f64 {
-        let text = docker_text(&[
-            "inspect",
-            "-f",
-            "{{.State.FinishedAt}} {{.State.StartedAt}}",
-            &self.name,
-        ]);
-        let (stopped, started) = text.split_once(' ').expect("two times");
-        let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).expect("a Docker time");
-        (parse(started) - parse(stopped)).as_seconds_f64()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .output();
-    }
 }
 
 /// What one of the agent's backups cost.

@@ -33,6 +33,7 @@ mod postgres;
 mod receiver;
 pub mod util;
 mod volume;
+mod writer;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
@@ -49,6 +50,7 @@ pub use postgres::{
 };
 pub use receiver::{HttpReceiver, Received, SmtpServer};
 pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};
+pub use writer::Writer;
 
 /// Runs each database test on both servers: PostgreSQL 15 and the plant's
 /// TimescaleDB on PostgreSQL 17. Write the test as

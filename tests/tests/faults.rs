@@ -50,45 +50,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mesbak_interface::RestoreOptions;
-use mesbak_tests::util::random_hex;
 use mesbak_tests::*;
 use zbus::zvariant::OwnedObjectPath;
-
-/// A stand-in for a writer the restore stops (the gateway in real life).
-struct Writer {
-    name: String,
-}
-
-impl Writer {
-    fn start() -> Writer {
-        let name = format!("mesbak-test-writer-{}", random_hex(4));
-        let status = Command::new("docker")
-            .args(["run", "-d", "--network", "none", "--name", &name])
-            .args([BUSYBOX, "sh", "-c"])
-            .arg("trap 'exit 0' TERM; while :; do sleep 1; done")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot start the writer container");
-        Writer { name }
-    }
-
-    fn is_running(&self) -> bool {
-        let out = Command::new("docker")
-            .args(["inspect", "-f", "{{.State.Running}}", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "true"
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .output();
-    }
-}
 
 /// A private bus, a server with the fixture (plus `bulk_mib`), a writer the
 /// restore stops, an agent and one database backup.

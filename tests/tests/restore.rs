@@ -5,63 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mesbak_interface::RestoreOptions;
-use mesbak_tests::util::random_hex;
 use mesbak_tests::*;
-
-/// A stand-in for the Ignition gateway: a container that writes to the
-/// database in real life and must be stopped during a restore.
-struct Writer {
-    name: String,
-}
-
-impl Writer {
-    fn start() -> Writer {
-        let name = format!("mesbak-test-writer-{}", random_hex(4));
-        let status = Command::new("docker")
-            .args([
-                "run",
-                "-d",
-                "--network",
-                "none",
-                "--name",
-                &name,
-                "mesbak-test/busybox",
-            ])
-            .args(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "cannot start the writer container (dev/test builds mesbak-test/busybox)"
-        );
-        Writer { name }
-    }
-
-    fn inspect(&self, format: &str) -> String {
-        let out = Command::new("docker")
-            .args(["inspect", "-f", format, &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn is_running(&self) -> bool {
-        self.inspect("{{.State.Running}}") == "true"
-    }
-
-    fn started_at(&self) -> String {
-        self.inspect("{{.State.StartedAt}}")
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .output();
-    }
-}
 
 /// The fixture, a writer, an agent that stops the writer on restore, and
 /// one database backup.
