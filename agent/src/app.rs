@@ -1,12 +1,14 @@
 //! The agent's shared context: configuration, Docker, the backup folder, the
 //! journals and the job registry. Every job and bus method works through it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mesbak_format::{Key, KeyError};
 use mesbak_interface::{Error, Health, StatusReport};
 use time::OffsetDateTime;
 
+use crate::catalog::Stamp;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::health;
@@ -48,6 +50,39 @@ pub struct App {
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Problems found outside jobs (start-up checks, repairs that failed).
     problems: Mutex<Vec<String>>,
+    /// The last status judgement (see [`App::status`]).
+    judged: Mutex<Option<Judged>>,
+}
+
+/// How long a status judgement is handed out again while nothing it
+/// depends on is seen to change. Bounds how late a change the agent cannot
+/// see cheaply (a file edited in place by hand) shows in the status.
+const STATUS_REUSE: Duration = Duration::from_secs(1);
+
+/// A status judgement and what it was made from.
+struct Judged {
+    inputs: StatusInputs,
+    at: Instant,
+    status: Arc<Judgement>,
+}
+
+/// The health judgement with the PITR chain it looked at (`/metrics`
+/// shows both).
+pub struct Judgement {
+    pub report: StatusReport,
+    pub pitr: mesbak_interface::PitrStatus,
+}
+
+/// What a judgement depends on besides the clock, each cheap to read: the
+/// folders that hold backups, WAL and records (every write here commits by
+/// a rename in one of them), the problems noted, the running jobs and the
+/// last WAL shipping round.
+#[derive(PartialEq)]
+struct StatusInputs {
+    folders: Stamp,
+    problems: Vec<String>,
+    jobs: Vec<(u64, String)>,
+    shipping: crate::pitr::LastRound,
 }
 
 impl App {
@@ -72,6 +107,7 @@ impl App {
             offsite,
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(problems),
+            judged: Mutex::new(None),
         })
     }
 
@@ -154,12 +190,75 @@ impl App {
         problems
     }
 
-    /// Health now.
+    /// Health now. `status`, `list`, health checks and `/metrics` are
+    /// polled by many clients at once over a folder that may hold tens of
+    /// thousands of files: a judgement is reused while its inputs are
+    /// unchanged and it is younger than [`STATUS_REUSE`].
     pub fn status(&self) -> StatusReport {
-        self.status_at(OffsetDateTime::now_utc())
+        self.judgement().report.clone()
     }
 
+    /// The current judgement, shared (see [`App::status`]).
+    pub fn judgement(&self) -> Arc<Judgement> {
+        let inputs = self.status_inputs();
+        if let Some(judged) = self.judged.lock().expect("status lock").as_ref() {
+            if judged.inputs == inputs && judged.at.elapsed() < STATUS_REUSE {
+                let mut fresh = Judgement {
+                    report: judged.status.report.clone(),
+                    pitr: judged.status.pitr.clone(),
+                };
+                // Progress moves all the time; it costs nothing to read.
+                fresh.report.running_jobs = self.running_jobs();
+                return Arc::new(fresh);
+            }
+        }
+        let at = Instant::now();
+        let status = Arc::new(self.judge(OffsetDateTime::now_utc()));
+        *self.judged.lock().expect("status lock") = Some(Judged {
+            inputs,
+            at,
+            status: status.clone(),
+        });
+        status
+    }
+
+    fn status_inputs(&self) -> StatusInputs {
+        let mut folders: Vec<std::path::PathBuf> = mesbak_interface::BackupKind::ALL
+            .iter()
+            .map(|kind| self.storage.dir(*kind))
+            .collect();
+        folders.extend(crate::pitr::folders(&self.config.backup_dir));
+        folders.extend([
+            self.config.backup_dir.clone(),
+            self.config.state_dir.clone(),
+        ]);
+        StatusInputs {
+            folders: Stamp::folders(&folders),
+            problems: self.problems(),
+            jobs: self
+                .jobs
+                .running()
+                .iter()
+                .map(|job| (job.id, job.stage()))
+                .collect(),
+            shipping: self.pitr.last_round(),
+        }
+    }
+
+    fn running_jobs(&self) -> Vec<mesbak_interface::RunningJob> {
+        self.jobs
+            .running()
+            .iter()
+            .map(|job| job.running())
+            .collect()
+    }
+
+    /// Health at `now`, judged afresh.
     pub fn status_at(&self, now: OffsetDateTime) -> StatusReport {
+        self.judge(now).report
+    }
+
+    fn judge(&self, now: OffsetDateTime) -> Judgement {
         let mut problems = self.problems();
         let backups = match self.storage.list() {
             Ok(backups) => backups,
@@ -170,7 +269,8 @@ impl App {
         };
         problems.extend(crate::kept::problems(self, now));
         let mut report = health::assess(&self.config, &backups, &self.state.get(), &problems, now);
-        for (unhealthy, problem) in crate::pitr::problems(self, now) {
+        let pitr = crate::pitr::status(self);
+        for (unhealthy, problem) in crate::pitr::problems(self, &pitr, now) {
             let status = if unhealthy {
                 Health::Unhealthy
             } else {
@@ -179,12 +279,7 @@ impl App {
             report.status = report.status.max(status);
             report.problems.push(problem);
         }
-        report.running_jobs = self
-            .jobs
-            .running()
-            .iter()
-            .map(|job| job.running())
-            .collect();
+        report.running_jobs = self.running_jobs();
         report.previous_databases = crate::kept::list(self);
         let offsite = crate::offsite::health::assess(
             &self.config,
@@ -200,6 +295,6 @@ impl App {
         report.problems.extend(offsite.unhealthy);
         report.problems.extend(offsite.degraded);
         report.offsite = offsite.targets;
-        report
+        Judgement { report, pitr }
     }
 }

@@ -14,7 +14,12 @@
 //! - a stamp with a time within [`RACY`] before the listing was read is not
 //!   trusted next time: file system clocks are coarse, and a change in the
 //!   same tick would keep the same mtime;
-//! - nothing is kept longer than [`MAX_AGE`].
+//! - nothing is kept longer than [`MAX_AGE`];
+//! - [`Listing::get_polled`], for listings polled by many clients at once:
+//!   a stat per file is still milliseconds per call at thousands of files,
+//!   so while the folders' own stamp is unchanged the entries are looked
+//!   at again only after [`RECHECK`]. Every write of the agent changes a
+//!   folder; an edit in place by someone else shows within [`RECHECK`].
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
@@ -26,6 +31,8 @@ use std::time::{Duration, SystemTime};
 const RACY: Duration = Duration::from_secs(2);
 /// The longest a listing is reused.
 const MAX_AGE: Duration = Duration::from_secs(30);
+/// How long [`Listing::get_polled`] trusts the folders' stamp alone.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// What identifies one state of some folders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +122,9 @@ struct Kept<T> {
     stamp: Stamp,
     read_at: SystemTime,
     items: Arc<Vec<T>>,
+    /// For [`Listing::get_polled`]: the folders' own stamp when `stamp`
+    /// was last found unchanged, and when.
+    polled: Option<(Stamp, SystemTime)>,
 }
 
 /// One remembered listing (the last key asked for).
@@ -140,12 +150,42 @@ impl<T> Listing<T> {
         stamp: Stamp,
         read: impl FnOnce() -> Result<Vec<T>, E>,
     ) -> Result<Arc<Vec<T>>, E> {
+        self.get_checked(key, stamp, None, read)
+    }
+
+    /// The listing of `dirs` under `key`, checked by the folders' own
+    /// stamp alone while their entries were found unchanged less than
+    /// [`RECHECK`] ago, else by [`Stamp::entries`].
+    pub fn get_polled<E>(
+        &self,
+        key: &str,
+        dirs: &[PathBuf],
+        read: impl FnOnce() -> Result<Vec<T>, E>,
+    ) -> Result<Arc<Vec<T>>, E> {
+        let folders = Stamp::folders(dirs);
         let now = SystemTime::now();
         if let Some(kept) = self.kept.lock().expect("listing lock").as_ref() {
-            let fresh = kept.key == key
-                && kept.stamp == stamp
-                && now.duration_since(kept.read_at).unwrap_or(MAX_AGE) < MAX_AGE;
-            if fresh {
+            let recent = kept.polled.is_some_and(|(stamp, at)| {
+                stamp == folders && now.duration_since(at).unwrap_or(RECHECK) < RECHECK
+            });
+            if kept.key == key && recent && age(kept.read_at, now) < MAX_AGE {
+                return Ok(kept.items.clone());
+            }
+        }
+        self.get_checked(key, Stamp::entries(dirs), Some(folders), read)
+    }
+
+    fn get_checked<E>(
+        &self,
+        key: &str,
+        stamp: Stamp,
+        folders: Option<Stamp>,
+        read: impl FnOnce() -> Result<Vec<T>, E>,
+    ) -> Result<Arc<Vec<T>>, E> {
+        let now = SystemTime::now();
+        if let Some(kept) = self.kept.lock().expect("listing lock").as_mut() {
+            if kept.key == key && kept.stamp == stamp && age(kept.read_at, now) < MAX_AGE {
+                kept.polled = folders.map(|folders| (folders, now));
                 return Ok(kept.items.clone());
             }
         }
@@ -159,6 +199,7 @@ impl<T> Listing<T> {
             stamp,
             read_at,
             items: items.clone(),
+            polled: folders.map(|folders| (folders, read_at)),
         });
         Ok(items)
     }
@@ -167,6 +208,10 @@ impl<T> Listing<T> {
     pub fn forget(&self) {
         *self.kept.lock().expect("listing lock") = None;
     }
+}
+
+fn age(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or(MAX_AGE)
 }
 
 /// The key of a listing of `dirs` with `options`.
@@ -270,6 +315,50 @@ mod tests {
             Stamp::folders(&dirs),
             "the folder itself did not change"
         );
+    }
+
+    #[test]
+    fn polled_listings_see_an_edit_in_place_within_the_recheck_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::write(dir.join("a.json"), b"{}").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join("a.json"))
+            .unwrap();
+        file.set_modified(old).unwrap();
+        age(&dir, 10);
+        let dirs = [dir.clone()];
+        let listing: Listing<u64> = Listing::default();
+        let reads = Cell::new(0);
+        let read = || -> Result<Vec<u64>, ()> {
+            reads.set(reads.get() + 1);
+            Ok(vec![std::fs::metadata(dir.join("a.json")).unwrap().len()])
+        };
+        assert_eq!(*listing.get_polled("k", &dirs, read).unwrap(), [2]);
+        assert_eq!(*listing.get_polled("k", &dirs, read).unwrap(), [2]);
+        assert_eq!(reads.get(), 1);
+
+        std::fs::write(dir.join("a.json"), b"{\"x\": 1}").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("a.json"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::thread::sleep(RECHECK);
+        assert_eq!(
+            *listing.get_polled("k", &dirs, read).unwrap(),
+            [8],
+            "the edit in place is seen once the recheck time passed"
+        );
+
+        // A new file changes the folder: seen at once.
+        std::fs::write(dir.join("b.json"), b"{}").unwrap();
+        let before = reads.get();
+        listing.get_polled("k", &dirs, read).unwrap();
+        assert_eq!(reads.get(), before + 1);
     }
 
     #[test]

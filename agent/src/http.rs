@@ -153,21 +153,22 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
     // Listing the backups reads files: keep it off the runtime's threads.
     let answer = tokio::task::spawn_blocking(move || {
         let now = OffsetDateTime::now_utc();
-        let report = app.status_at(now);
+        let judgement = app.judgement();
+        let report = &judgement.report;
         match route {
-            Route::Health => health_response(&report),
+            Route::Health => health_response(report),
             Route::Metrics => {
                 // An unreadable folder is already among the report's problems.
                 let backups = app.storage.list().unwrap_or_default();
                 let free = app.storage.free_bytes().ok();
-                let mut text = render_metrics(&report, &backups, &app.state.get(), free, now);
+                let mut text = render_metrics(report, &backups, &app.state.get(), free, now);
                 crate::offsite::metrics::render(
                     &mut text,
                     &report.offsite,
                     |name| app.offsite.queue.get(name),
                     now,
                 );
-                crate::pitr::metrics::render(&mut text, &crate::pitr::status(&app), now);
+                crate::pitr::metrics::render(&mut text, &judgement.pitr, now);
                 response(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes())
             }
         }

@@ -14,7 +14,7 @@ use mesbak_interface::{
     BackupInfo, BackupKind, Compression, Error, backup_name_kind, backup_suffix,
 };
 // Re-exported for callers not yet moved to `persist`.
-use crate::catalog::{self, Listing, Stamp};
+use crate::catalog::{self, Listing};
 use crate::persist::write_atomic;
 pub use crate::persist::{create_private_file, sync_dir, write_error};
 use crate::trust::parse_time;
@@ -377,21 +377,26 @@ impl Storage {
     /// Every backup, newest first. Files without metadata are listed with
     /// what the file system tells.
     pub fn list(&self) -> Result<Vec<BackupInfo>, Error> {
-        Ok(self.list_checked()?.into_iter().map(|l| l.info).collect())
+        Ok(self
+            .shared_listing()?
+            .iter()
+            .map(|l| l.info.clone())
+            .collect())
     }
 
     /// Every backup, newest first (by time, not by text), each with what
     /// is wrong between the file and its metadata.
     pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {
+        Ok(self.shared_listing()?.as_ref().clone())
+    }
+
+    /// The shared listing behind [`Storage::list`] and [`Storage::list_checked`].
+    fn shared_listing(&self) -> Result<Arc<Vec<Listed>>, Error> {
         let dirs: Vec<PathBuf> = BackupKind::ALL.iter().map(|kind| self.dir(*kind)).collect();
         // Every entry's size and mtime: metadata rewritten or a file cut
-        // short in place must show at once.
-        let listed = self
-            .listing
-            .get(&catalog::key(&dirs, ""), Stamp::entries(&dirs), || {
-                self.read_listing()
-            })?;
-        Ok(listed.as_ref().clone())
+        // short in place must show (within catalog::RECHECK).
+        self.listing
+            .get_polled(&catalog::key(&dirs, ""), &dirs, || self.read_listing())
     }
 
     /// [`Storage::list_checked`] from the folders themselves.

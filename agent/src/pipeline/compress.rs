@@ -17,6 +17,9 @@ use mesbak_interface::Compression;
 /// of size at 1 MiB.
 pub const GZIP_BLOCK: usize = 1 << 20;
 
+/// Plain bytes per zstd worker job (see [`Compressor::new`]).
+const ZSTD_JOB: u32 = 2 << 20;
+
 /// What compresses a backup and how hard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Codec {
@@ -36,11 +39,13 @@ impl Codec {
     }
 
     /// The level used when `backup.compression_level` is not set, chosen
-    /// from the database benchmark (see README, Benchmarks): gzip's is the
-    /// cheapest whose output stays at or below `gzip -6`'s size.
+    /// from measurements (database benchmark, `MESBAK_BENCH_LEVELS`): gzip's
+    /// is the cheapest whose output stays at or below `gzip -6`'s size. On
+    /// pg_dump text libdeflate's levels 1-4 give 1.22-1.09x that size, 5
+    /// (the first with lazy matching) 0.94x for 1.4x the CPU of 4, 6 0.90x.
     pub fn default_level(compression: Compression) -> u32 {
         match compression {
-            Compression::Gzip => 4,
+            Compression::Gzip => 5,
             Compression::Zstd => 3,
         }
     }
@@ -72,6 +77,11 @@ impl<W: Write + Send + 'static> Compressor<W> {
                 // XXH64 of the content in the frame, checked by `zstd -d`.
                 encoder.include_checksum(true)?;
                 encoder.multithread(threads() as u32)?;
+                // libzstd's default job is 4 windows (8 MiB at level 3) with
+                // several jobs in flight per worker: the agent's peak RSS
+                // rose by ~30 MiB over gzip's. 2 MiB jobs: on pg_dump text
+                // `zstd -3 -T2` peaks at 17 MB instead of 53 for 0.3 % of size.
+                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
                 Ok(Compressor::Zstd(encoder))
             }
         }

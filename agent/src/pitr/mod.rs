@@ -50,8 +50,22 @@ pub struct Pitr {
     last: Mutex<LastRound>,
 }
 
-#[derive(Debug, Clone, Default)]
-struct LastRound {
+impl Pitr {
+    /// The last shipping round (what health judges shipping by).
+    pub fn last_round(&self) -> LastRound {
+        self.last.lock().expect("pitr lock").clone()
+    }
+}
+
+/// The folders that hold the base backups and the WAL chain.
+pub fn folders(backup_dir: &std::path::Path) -> [std::path::PathBuf; 2] {
+    let store = PitrStore::new(backup_dir);
+    [store.base_dir(), store.wal_dir()]
+}
+
+/// The last shipping round, as health sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LastRound {
     at: Option<OffsetDateTime>,
     error: Option<String>,
     waiting: usize,
@@ -444,7 +458,7 @@ pub fn status(app: &App) -> PitrStatus {
 }
 
 /// Health problems of PITR, `(unhealthy, sentence)`.
-pub fn problems(app: &App, now: OffsetDateTime) -> Vec<(bool, String)> {
+pub fn problems(app: &App, status: &PitrStatus, now: OffsetDateTime) -> Vec<(bool, String)> {
     let mut problems = Vec::new();
     let Some(archiving) = app.state.get().pitr else {
         if app.config.pitr.enabled {
@@ -455,7 +469,6 @@ pub fn problems(app: &App, now: OffsetDateTime) -> Vec<(bool, String)> {
         }
         return problems;
     };
-    let status = status(app);
     if !status.last_error.is_empty() {
         problems.push((false, format!("WAL shipping fails: {}", status.last_error)));
     }
