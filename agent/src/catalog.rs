@@ -29,8 +29,9 @@ use std::time::{Duration, SystemTime};
 
 /// How long after a change a listing is not trusted.
 const RACY: Duration = Duration::from_secs(2);
-/// The longest a listing is reused.
-const MAX_AGE: Duration = Duration::from_secs(30);
+/// The longest a listing is reused (a safety net: the stamps see every
+/// change the agent makes and every edit of size or mtime).
+const MAX_AGE: Duration = Duration::from_secs(300);
 /// How long [`Listing::get_polled`] trusts the folders' stamp alone.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
@@ -130,12 +131,17 @@ struct Kept<T> {
 /// One remembered listing (the last key asked for).
 pub struct Listing<T> {
     kept: Mutex<Option<Kept<T>>>,
+    /// Held while the folders are read: callers that find the listing
+    /// stale at the same moment wait for one reading instead of each
+    /// reading thousands of files at once.
+    reading: Mutex<()>,
 }
 
 impl<T> Default for Listing<T> {
     fn default() -> Self {
         Listing {
             kept: Mutex::new(None),
+            reading: Mutex::new(()),
         }
     }
 }
@@ -182,15 +188,24 @@ impl<T> Listing<T> {
         folders: Option<Stamp>,
         read: impl FnOnce() -> Result<Vec<T>, E>,
     ) -> Result<Arc<Vec<T>>, E> {
-        let now = SystemTime::now();
-        if let Some(kept) = self.kept.lock().expect("listing lock").as_mut() {
+        let kept_items = || {
+            let now = SystemTime::now();
+            let mut kept = self.kept.lock().expect("listing lock");
+            let kept = kept.as_mut()?;
             if kept.key == key && kept.stamp == stamp && age(kept.read_at, now) < MAX_AGE {
                 kept.polled = folders.map(|folders| (folders, now));
-                return Ok(kept.items.clone());
+                return Some(kept.items.clone());
             }
+            None
+        };
+        if let Some(items) = kept_items() {
+            return Ok(items);
         }
-        // Read outside the lock: callers in parallel may both read, which
-        // costs time but never gives a wrong answer.
+        let _reading = self.reading.lock().expect("listing read lock");
+        // Someone else may have read it while this caller waited.
+        if let Some(items) = kept_items() {
+            return Ok(items);
+        }
         let read_at = SystemTime::now();
         let items = Arc::new(read()?);
         let mut kept = self.kept.lock().expect("listing lock");
