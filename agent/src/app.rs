@@ -54,10 +54,14 @@ pub struct App {
     judged: Mutex<Option<Judged>>,
 }
 
+/// Numbers judgements across every `App` of the process, so a number
+/// names one judgement (see [`Judgement::generation`]).
+static JUDGEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// How long a status judgement is handed out again while nothing it
 /// depends on is seen to change. Bounds how late a change the agent cannot
 /// see cheaply (a file edited in place by hand) shows in the status.
-const STATUS_REUSE: Duration = Duration::from_secs(1);
+pub const STATUS_REUSE: Duration = Duration::from_secs(1);
 
 /// A status judgement and what it was made from.
 struct Judged {
@@ -71,6 +75,8 @@ struct Judged {
 pub struct Judgement {
     pub report: StatusReport,
     pub pitr: mesbak_interface::PitrStatus,
+    /// Which judgement this is: the same number while it is reused.
+    pub generation: u64,
 }
 
 /// What a judgement depends on besides the clock, each cheap to read: the
@@ -206,6 +212,7 @@ impl App {
                 let mut fresh = Judgement {
                     report: judged.status.report.clone(),
                     pitr: judged.status.pitr.clone(),
+                    generation: judged.status.generation,
                 };
                 // Progress moves all the time; it costs nothing to read.
                 fresh.report.running_jobs = self.running_jobs();
@@ -213,7 +220,9 @@ impl App {
             }
         }
         let at = Instant::now();
-        let status = Arc::new(self.judge(OffsetDateTime::now_utc()));
+        let mut judgement = self.judge(OffsetDateTime::now_utc());
+        judgement.generation = JUDGEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let status = Arc::new(judgement);
         *self.judged.lock().expect("status lock") = Some(Judged {
             inputs,
             at,
@@ -295,6 +304,10 @@ impl App {
         report.problems.extend(offsite.unhealthy);
         report.problems.extend(offsite.degraded);
         report.offsite = offsite.targets;
-        Judgement { report, pitr }
+        Judgement {
+            report,
+            pitr,
+            generation: 0,
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mesbak_interface::{BackupInfo, BackupKind, BackupTarget, Error};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::commit::{CANCELLED_BACKUP, check_space, commit};
@@ -146,12 +147,22 @@ pub async fn database(
     let mut session = app.database_session().await?;
     let result = async {
         session.ensure_up(job).await?;
-        dump(app, job, &session.server, point, tag).await
+        dump(app, job, &session.server, point, tag, Shown::AsTheJob).await
     }
     .await;
     session
         .end(result, |info| format!("backup {} was saved", info.id))
         .await
+}
+
+/// How a dump shows on its job: as the job's work (its stage and bytes), or
+/// beside other work (a restore's safety backup, taken while the load
+/// runs), which leaves the job's stage and bytes to that work and stops
+/// when the given token is cancelled (make it a child of the job's).
+#[derive(Clone, Copy)]
+pub enum Shown<'a> {
+    AsTheJob,
+    Beside(&'a CancellationToken),
 }
 
 /// The payload of a database backup, in order: the roles it needs
@@ -165,6 +176,7 @@ pub async fn dump(
     server: &Server,
     point: &str,
     tag: Option<&str>,
+    shown: Shown<'_>,
 ) -> Result<BackupInfo, Error> {
     let key = app.key()?;
     for repair in app.storage.prepare()? {
@@ -188,11 +200,17 @@ pub async fn dump(
         point,
         tag,
     )?;
-    job.set_stage(format!("Creating backup: {}", pending.id));
-    job.reset_bytes(0);
+    let (progress, stop) = match shown {
+        Shown::AsTheJob => {
+            job.set_stage(format!("Creating backup: {}", pending.id));
+            job.reset_bytes(0);
+            (job.bytes_done.clone(), job.cancel_token())
+        }
+        Shown::Beside(stop) => (Arc::default(), stop.clone()),
+    };
     // The writer derives the file's key (PBKDF2) while the roles, versions
     // and database facts are read.
-    let writer = BackupWriter::start(file, key, codec, job.bytes_done.clone());
+    let writer = BackupWriter::start(file, key, codec, progress);
     let roles_args = ["--roles-only", "-l", database.as_str()];
     let roles = server.output("pg_dumpall", &roles_args, None, |detail| {
         Error::Database(format!(
@@ -228,7 +246,7 @@ pub async fn dump(
     loop {
         let block = tokio::select! {
             block = spawned.stdout.recv() => block,
-            _ = job.cancelled() => {
+            _ = stop.cancelled() => {
                 // pg_dump ends when its output is cut; the partial file
                 // goes with `pending`.
                 spawned.kill();

@@ -158,18 +158,8 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
         match route {
             Route::Health => health_response(report),
             Route::Metrics => {
-                // An unreadable folder is already among the report's problems.
-                let backups = app.storage.list().unwrap_or_default();
-                let free = app.storage.free_bytes().ok();
-                let mut text = render_metrics(report, &backups, &app.state.get(), free, now);
-                crate::offsite::metrics::render(
-                    &mut text,
-                    &report.offsite,
-                    |name| app.offsite.queue.get(name),
-                    now,
-                );
-                crate::pitr::metrics::render(&mut text, &judgement.pitr, now);
-                response(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes())
+                let page = metrics_page(&app, &judgement, now);
+                response(StatusCode::OK, METRICS_CONTENT_TYPE, page)
             }
         }
     })
@@ -181,6 +171,47 @@ async fn handle<B>(app: Arc<App>, request: Request<B>) -> Response<Full<Bytes>> 
             "the agent could not judge its health; see its journal\n",
         )
     })
+}
+
+/// The last `/metrics` page and the judgement it shows.
+struct Page {
+    generation: u64,
+    made: std::time::Instant,
+    body: Bytes,
+}
+
+static PAGE: std::sync::Mutex<Option<Page>> = std::sync::Mutex::new(None);
+
+/// The `/metrics` page: rendering lists every backup, so one page serves
+/// every scrape of the same judgement within [`crate::app::STATUS_REUSE`];
+/// scrapes that arrive together wait for one rendering.
+fn metrics_page(app: &App, judgement: &crate::app::Judgement, now: OffsetDateTime) -> Bytes {
+    let mut page = PAGE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(kept) = page.as_ref() {
+        if kept.generation == judgement.generation && kept.made.elapsed() < crate::app::STATUS_REUSE
+        {
+            return kept.body.clone();
+        }
+    }
+    let report = &judgement.report;
+    // An unreadable folder is already among the report's problems.
+    let backups = app.storage.list().unwrap_or_default();
+    let free = app.storage.free_bytes().ok();
+    let mut text = render_metrics(report, &backups, &app.state.get(), free, now);
+    crate::offsite::metrics::render(
+        &mut text,
+        &report.offsite,
+        |name| app.offsite.queue.get(name),
+        now,
+    );
+    crate::pitr::metrics::render(&mut text, &judgement.pitr, now);
+    let body = Bytes::from(text.into_bytes());
+    *page = Some(Page {
+        generation: judgement.generation,
+        made: std::time::Instant::now(),
+        body: body.clone(),
+    });
+    body
 }
 
 /// The HTTP status for a health judgement. `degraded` answers 200: the
@@ -212,9 +243,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 fn response(
     status: StatusCode,
     content_type: &'static str,
-    body: Vec<u8>,
+    body: impl Into<Bytes>,
 ) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

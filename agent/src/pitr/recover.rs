@@ -195,7 +195,8 @@ pub async fn recover_to_backup(
         tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
         job.set_stage(format!("saving the database as it was at {target_text}"));
         let point = Storage::restore_point(target);
-        let info = backup::dump(app, job, &server, &point, Some("pitr")).await?;
+        let info = backup::dump(app, job, &server, &point, Some("pitr"), backup::Shown::AsTheJob)
+                .await?;
         server.release().await;
         Ok(info)
     }

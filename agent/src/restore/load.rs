@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use mesbak_interface::Error;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use super::plan::Plan;
 use crate::jobs::Job;
@@ -70,7 +71,9 @@ pub async fn create_database_like(
 
 /// Streams the backup's SQL into `database` through psql with
 /// ON_ERROR_STOP, wrapped in TimescaleDB's prologue and epilogue when the
-/// backup has TimescaleDB, then updates the extension where planned.
+/// backup has TimescaleDB, then updates the extension where planned. Stops
+/// with the job's cancelled error when `stop` (the job's token or a child
+/// of it) is cancelled.
 pub async fn load(
     job: &Job,
     server: &Server,
@@ -78,6 +81,7 @@ pub async fn load(
     plan: &Plan,
     timescale: Option<&timescale::RestorePlan>,
     database: &str,
+    stop: &CancellationToken,
 ) -> Result<Loaded, Error> {
     job.set_stage(format!("restoring {} into '{database}'", backup.id));
     let file = backup.open()?;
@@ -134,7 +138,7 @@ pub async fn load(
     while fed {
         let block = tokio::select! {
             block = reader.blocks.recv() => block,
-            _ = job.cancelled() => {
+            _ = stop.cancelled() => {
                 // psql is cut off; the caller drops the database it filled.
                 done.abort();
                 copy_reports.abort();

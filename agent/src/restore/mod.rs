@@ -3,11 +3,18 @@
 //!
 //! Order of a restore: authenticate the whole file (and read its row counts)
 //! → check the server can take it (TimescaleDB version, room for a second
-//! copy) → safety backup → stop the writers → restore into a new database →
-//! compare row counts → swap names in one transaction, keeping the old
-//! database → restart the writers. Until the swap the live database is not
-//! touched; the new database is dropped on any failure, and a restore cut
-//! short by a crash is cleaned up at the next start ([`journal`]).
+//! copy) → stop the writers → the safety backup and the restore into a new
+//! database side by side → compare row counts → swap names in one
+//! transaction, keeping the old database → restart the writers. The writers
+//! stop before the safety backup starts, so it holds everything the swap
+//! replaces. Until the swap the live database is not touched; the new
+//! database is dropped on any failure (a failed safety backup stops the
+//! load, a failed load the safety backup), and a restore cut short by a
+//! crash is cleaned up at the next start ([`journal`]).
+//!
+//! The authentication pass stays before anything is touched: with metadata
+//! it only decrypts (no decompression, a fraction of the load's time), and
+//! a damaged or foreign file must not stop the writers.
 //!
 //! Every step goes through [`crate::postgres::Server`]: inside the database
 //! container when one is configured, so no port needs publishing.
@@ -23,6 +30,7 @@ use std::sync::Arc;
 
 use mesbak_interface::{BackupKind, Error, RestoreOptions};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::backup;
@@ -66,19 +74,10 @@ pub async fn run(
         let live = &app.config.database.name;
         let live_exists = catalog::database_exists(&server, live).await?;
         let timescale = preflight(&app, &job, &server, &plan, live_exists).await?;
-        if live_exists && options.skip_safety_backup != Some(true) {
-            job.set_stage("taking a safety backup of the current database");
-            let point = Storage::restore_point(OffsetDateTime::now_utc());
-            let safety =
-                backup::dump(&app, &job, &server, &point, Some(crate::trust::SAFETY_TAG)).await?;
-            job.warn(format!(
-                "safety backup of the current database: {}",
-                safety.id
-            ));
-        }
         if let Some(touched) = session.touched() {
             stop_writers(&app, &job, touched).await?;
         }
+        let safety_backup = live_exists && options.skip_safety_backup != Some(true);
         restore_database(
             &app,
             &job,
@@ -87,6 +86,7 @@ pub async fn run(
             &plan,
             timescale.as_ref(),
             live_exists,
+            safety_backup,
         )
         .await
     }
@@ -108,6 +108,52 @@ async fn stop_writers(app: &App, job: &Job, touched: &mut Touched) -> Result<(),
     Ok(())
 }
 
+/// The safety backup of the live database, beside the load.
+async fn safety_backup(
+    app: &App,
+    job: &Job,
+    server: &Server,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    let point = Storage::restore_point(OffsetDateTime::now_utc());
+    let safety = backup::dump(
+        app,
+        job,
+        server,
+        &point,
+        Some(crate::trust::SAFETY_TAG),
+        backup::Shown::Beside(stop),
+    )
+    .await?;
+    job.warn(format!(
+        "safety backup of the current database: {}",
+        safety.id
+    ));
+    Ok(())
+}
+
+/// Runs `work` and `beside` together; the first to fail stops the other
+/// (through `stop`) and its error is the one returned.
+async fn side_by_side(
+    stop: &CancellationToken,
+    work: impl std::future::Future<Output = Result<(), Error>>,
+    beside: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let first_error = std::sync::Mutex::new(None);
+    let watch = |result: Result<(), Error>| {
+        if let Err(err) = result {
+            first_error.lock().expect("error slot").get_or_insert(err);
+            stop.cancel();
+        }
+    };
+    tokio::join!(async { watch(work.await) }, async { watch(beside.await) });
+    match first_error.into_inner().expect("error slot") {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn restore_database(
     app: &App,
     job: &Job,
@@ -116,6 +162,7 @@ async fn restore_database(
     plan: &Plan,
     timescale: Option<&crate::postgres::timescale::RestorePlan>,
     live_exists: bool,
+    take_safety_backup: bool,
 ) -> Result<String, Error> {
     let live = app.config.database.name.clone();
     let stamp = stamp();
@@ -133,9 +180,11 @@ async fn restore_database(
     )?;
     let state_dir = &app.config.state_dir;
     crate::fault_point::pause(state_dir, "restore-journaled").await;
-    let loaded = async {
+    // The job's cancel stops both; a failure of either stops the other.
+    let stop = job.cancel_token().child_token();
+    let load = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
-        let loaded = load::load(job, server, backup, plan, timescale, &new_db).await?;
+        let loaded = load::load(job, server, backup, plan, timescale, &new_db, &stop).await?;
         if plan.lacks_database_facts && live_exists {
             // The old stack's dump lacks the database's own settings,
             // grants and comment: keep the live database's, or the swap
@@ -158,10 +207,20 @@ async fn restore_database(
                 differences.join("; ")
             )));
         }
-        crate::fault_point::pause(state_dir, "restore-loaded").await;
         Ok(())
+    };
+    let safety = async {
+        if take_safety_backup {
+            safety_backup(app, job, server, &stop).await
+        } else {
+            Ok(())
+        }
+    };
+    // Boxed: the two futures side by side are too big for a worker's stack.
+    let loaded = side_by_side(&stop, Box::pin(load), Box::pin(safety)).await;
+    if loaded.is_ok() {
+        crate::fault_point::pause(state_dir, "restore-loaded").await;
     }
-    .await;
     // The point of no return: once the names are switched, the restore
     // finishes (a rollback undoes it).
     let loaded = loaded.and_then(|()| {

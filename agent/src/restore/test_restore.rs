@@ -92,9 +92,17 @@ async fn checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Erro
         )?;
         let checked = async {
             create_database_like(server, &scratch, None).await?;
-            let plain_bytes = load(job, server, backup, &plan, timescale.as_ref(), &scratch)
-                .await?
-                .plain_bytes;
+            let plain_bytes = load(
+                job,
+                server,
+                backup,
+                &plan,
+                timescale.as_ref(),
+                &scratch,
+                &job.cancel_token(),
+            )
+            .await?
+            .plain_bytes;
             job.set_stage("checking the restored copy");
             let checks = check_restored(app, server, &scratch, &plan.expected).await?;
             Ok::<_, Error>(format!("{checks} ({} of SQL)", human_bytes(plain_bytes)))
