@@ -162,10 +162,18 @@ pub async fn load(
     let outcome = process::join(done).await?;
     let copy_reports = copy_reports.await.unwrap_or_default();
     outcome.check(|detail| {
-        Error::Database(format!(
-            "psql stopped restoring {} into '{database}': {detail}",
-            backup.id
-        ))
+        // The server's own words for ENOSPC ("could not extend file ...").
+        if detail.contains("No space left on device") {
+            Error::NoSpace(format!(
+                "the database server's disk became full while {} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry",
+                backup.id
+            ))
+        } else {
+            Error::Database(format!(
+                "psql stopped restoring {} into '{database}': {detail}",
+                backup.id
+            ))
+        }
     })?;
     read?;
     if !fed {
