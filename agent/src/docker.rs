@@ -159,8 +159,10 @@ impl Docker {
                     Ok(bollard::container::LogOutput::StdErr { message }) => stderr.push(&message),
                     Ok(_) => {}
                     Err(err) => {
+                        tracing::warn!(error = %err, program, "the output of an exec broke off");
                         return Err(Error::Docker(format!(
-                            "the output of {program} in the container broke off: {err}"
+                            "the output of {program} in the container broke off ({}); check that the Docker engine runs (`systemctl status docker`), then retry",
+                            transport_failure(&err.to_string())
                         )));
                     }
                 }
@@ -216,9 +218,32 @@ pub fn unreachable(err: BollardError) -> Error {
         BollardError::DockerResponseServerError { message, .. } => {
             Error::Docker(format!("Docker refused the request: {message}"))
         }
-        other => Error::Docker(format!(
-            "cannot talk to the Docker engine ({other}); check that it runs (`systemctl status docker`) and that DOCKER_HOST, if set, is right"
-        )),
+        other => {
+            // The transport's own words (hyper's, the socket's) go to the
+            // log; the sentence says what happened in plain terms.
+            tracing::warn!(error = %other, "a request to the Docker engine failed");
+            Error::Docker(format!(
+                "cannot talk to the Docker engine ({}); check that it runs (`systemctl status docker`) and that DOCKER_HOST, if set, is right, then retry",
+                transport_failure(&other.to_string())
+            ))
+        }
+    }
+}
+
+/// What went wrong between the agent and the engine, from the transport
+/// error's text: the socket missing or refusing (engine stopped), no
+/// permission, or a connection that broke off (engine restarted mid-job).
+fn transport_failure(text: &str) -> &'static str {
+    if text.contains("No such file or directory") {
+        "its socket is missing: it is not running"
+    } else if text.contains("Connection refused") {
+        "its socket refuses connections: it is not running"
+    } else if text.contains("Permission denied") {
+        "permission denied on its socket"
+    } else if text.contains("timed out") || text.contains("Timeout") {
+        "it did not answer in time"
+    } else {
+        "the connection broke off: it was stopped or restarted"
     }
 }
 

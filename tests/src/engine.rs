@@ -128,10 +128,13 @@ impl PrivateEngine {
             .unwrap_or_else(|err| panic!("the private dockerd did not start again: {err:#}"));
     }
 
-    /// dockerd SIGKILLed and started again (a crash): its start kills the
-    /// containers it finds still running, then applies restart policies.
+    /// dockerd and its containerd SIGKILLed and started again (a crash):
+    /// its start kills the containers it finds still running (their shims
+    /// outlive both), then applies restart policies. (A containerd left
+    /// running makes the new dockerd time out waiting for its own.)
     pub fn kill_and_start(&mut self) {
         self.stop(nix::sys::signal::Signal::SIGKILL);
+        self.kill_containerd();
         self.launch()
             .unwrap_or_else(|err| panic!("the private dockerd did not start again: {err:#}"));
     }
@@ -205,25 +208,29 @@ impl PrivateEngine {
         self.run_dir.join("dockerd.log")
     }
 
-    /// Ends a dockerd a killed test run left on this slot (its pid file).
+    /// Ends a dockerd (and its containerd) a killed test run left on this
+    /// slot.
     fn stop_leftover(&self) {
-        let pidfile = self.run_dir.join("docker.pid");
-        let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !cmdline.contains(&self.data_root.display().to_string()) {
-            return;
-        }
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            blocking(|| std::thread::sleep(Duration::from_millis(100)));
-        }
+        end_process(
+            &self.run_dir.join("docker.pid"),
+            &self.data_root.display().to_string(),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.kill_containerd();
+    }
+
+    /// SIGKILLs the managed containerd of this slot, if it runs, and
+    /// deletes its pid file: dockerd takes a pid that still exists (a
+    /// zombie no one has reaped yet) for a running containerd and waits for
+    /// it in vain.
+    fn kill_containerd(&self) {
+        let pidfile = self.run_dir.join("exec/containerd/containerd.pid");
+        end_process(
+            &pidfile,
+            &self.run_dir.display().to_string(),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = std::fs::remove_file(pidfile);
     }
 
     /// Containers and volumes of earlier runs: this engine is the test's.
@@ -238,7 +245,17 @@ impl PrivateEngine {
                 None,
             )?;
         }
-        run(self.engine.docker().args(["volume", "prune", "-af"]), None)?;
+        // (`volume prune --all` needs a newer API than Docker 20.10's.)
+        let volumes = run_text(self.engine.docker().args(["volume", "ls", "-q"]))?;
+        if !volumes.is_empty() {
+            run(
+                self.engine
+                    .docker()
+                    .args(["volume", "rm", "-f"])
+                    .args(volumes.lines()),
+                None,
+            )?;
+        }
         Ok(())
     }
 
@@ -302,6 +319,28 @@ impl Drop for PrivateEngine {
             let _ = self.remove_leftovers();
         }
         self.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// Sends `signal` to the process in `pidfile` if its command line names
+/// `mark` (so a reused pid is left alone), and waits up to 30 s for it to go.
+fn end_process(pidfile: &Path, mark: &str, signal: nix::sys::signal::Signal) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !cmdline.contains(mark) {
+        return;
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // (A zombie's command line is empty: gone as far as we care.)
+    let alive = || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+    while alive() && Instant::now() < deadline {
+        blocking(|| std::thread::sleep(Duration::from_millis(50)));
     }
 }
 

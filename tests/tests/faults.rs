@@ -656,14 +656,21 @@ async fn dockerd_restarted_mid_snapshot_restarts_the_gateway_and_loses_nothing()
     let bus = Bus::start();
     let mut config = AgentConfig::new();
     config.ignition(&volume, &[&gateway]);
-    let agent = Agent::spawn(&bus, &config).await;
+    let mut agent = Agent::spawn(&bus, &config).await;
     let earlier = backup(&agent, "ignition").await;
     assert!(earlier.success, "{}", earlier.message);
 
+    // Paused in the middle of the volume's tar stream, the engine restarts.
+    let point = "ignition-copying";
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", point);
+    agent.terminate().await;
+    let mut agent = Agent::spawn(&bus, &paused).await;
     let job = agent.proxy().await.backup("ignition").await.unwrap();
-    wait_for_progress(agent.connection(), &job, "copying volume", 1 << 20).await;
+    wait_paused(&paused, point, &job, &agent).await;
     assert!(!gateway.is_running(), "the gateway runs during the copy");
     engine.restart();
+    std::fs::remove_file(pause_marker(&paused, point)).unwrap();
     let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
     assert!(!outcome.success, "a copy survived its engine's restart?");
     assert_clear(&outcome.message);
@@ -683,10 +690,12 @@ async fn dockerd_restarted_mid_snapshot_restarts_the_gateway_and_loses_nothing()
         .fingerprint()
         .assert_same(&before, "after dockerd restarted during a snapshot");
 
+    no_panic_in(&agent.log());
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &config).await;
     let outcome = backup(&agent, "ignition").await;
     assert!(outcome.success, "{}", outcome.message);
     assert!(gateway.is_running());
-    no_panic_in(&agent.log());
 }
 
 // ---------------------------------------------------------------------
