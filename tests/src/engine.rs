@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::util::{blocking, run, run_text, run_unchecked, tail_file};
 
@@ -79,7 +80,7 @@ pub struct PrivateEngine {
     run_dir: PathBuf,
     child: Option<Child>,
     /// Holds the slot (`flock`) while the engine lives.
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl PrivateEngine {
@@ -345,13 +346,13 @@ fn end_process(pidfile: &Path, mark: &str, signal: nix::sys::signal::Signal) {
 }
 
 /// A free slot and its lock: tries each, then waits a moment and again.
-fn take_slot() -> Result<(usize, File)> {
+fn take_slot() -> Result<(usize, Flock<File>)> {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         for slot in 0..SLOTS {
             let file = File::create(format!("/var/lib/mesbak-test/dockerd-{slot}.lock"))?;
-            if file.try_lock().is_ok() {
-                return Ok((slot, file));
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return Ok((slot, lock));
             }
         }
         if Instant::now() > deadline {
