@@ -148,7 +148,31 @@ impl Docker {
         let done = tokio::spawn(async move {
             let mut stderr = StderrTail::default();
             let mut reader_gone = false;
-            while let Some(frame) = output.next().await {
+            // Docker keeps an exec's output open while its input is, even
+            // after the process exited (psql stopped at an error): with
+            // input attached, ask every second, and once it has exited end
+            // the output after what is still in flight, so the caller stops
+            // feeding a process that is gone.
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            let mut exited = false;
+            loop {
+                let frame = if exited {
+                    tokio::time::timeout(Duration::from_millis(500), output.next())
+                        .await
+                        .unwrap_or(None)
+                } else {
+                    tokio::select! {
+                        frame = output.next() => frame,
+                        _ = check.tick(), if with_stdin => {
+                            exited = api
+                                .inspect_exec(&exec_id)
+                                .await
+                                .is_ok_and(|inspect| inspect.running == Some(false));
+                            continue;
+                        }
+                    }
+                };
+                let Some(frame) = frame else { break };
                 match frame {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
                         if !reader_gone && stdout_tx.send(message).await.is_err() {

@@ -144,6 +144,12 @@ pub async fn load(
         let Some(block) = block else {
             break;
         };
+        // psql's output ends only when psql does: it stopped at an error
+        // (ON_ERROR_STOP), so the rest of the dump would be fed to no one.
+        if copy_reports.is_finished() {
+            fed = false;
+            break;
+        }
         dump.feed(&block);
         plain_bytes += block.len() as u64;
         fed = stdin.write_all(&block).await.is_ok();
