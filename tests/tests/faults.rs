@@ -55,10 +55,9 @@
 //! (load 3-6): `dockerd_restarted_mid_backup_or_restore_loses_nothing`
 //! 90 s on PostgreSQL 15, about 3 min on TimescaleDB (run beside the
 //! TimescaleDB ENOSPC case); `dockerd_restarted_mid_snapshot_...` 60-120 s;
-//! `the_database_disk_filling_up_mid_load_loses_nothing` 155-160 s on
-//! PostgreSQL 15, 185 s on TimescaleDB (most of it between psql's ENOSPC
-//! and the job's end, see the report); `the_volume_filling_up_mid_...`
-//! about 40 s. The first private engine on a machine loads the test images
+//! `the_database_disk_filling_up_mid_load_loses_nothing` 74 s on
+//! PostgreSQL 15 alone, both servers side by side 2 min;
+//! `the_volume_filling_up_mid_...` about 40 s. The first private engine on a machine loads the test images
 //! (about 1 min); two slots let two such tests run at once.
 
 use std::path::{Path, PathBuf};
