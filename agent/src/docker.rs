@@ -148,7 +148,31 @@ impl Docker {
         let done = tokio::spawn(async move {
             let mut stderr = StderrTail::default();
             let mut reader_gone = false;
-            while let Some(frame) = output.next().await {
+            // Docker keeps an exec's output open while its input is, even
+            // after the process exited (psql stopped at an error): with
+            // input attached, ask every second, and once it has exited end
+            // the output after what is still in flight, so the caller stops
+            // feeding a process that is gone.
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            let mut exited = false;
+            loop {
+                let frame = if exited {
+                    tokio::time::timeout(Duration::from_millis(500), output.next())
+                        .await
+                        .unwrap_or(None)
+                } else {
+                    tokio::select! {
+                        frame = output.next() => frame,
+                        _ = check.tick(), if with_stdin => {
+                            exited = api
+                                .inspect_exec(&exec_id)
+                                .await
+                                .is_ok_and(|inspect| inspect.running == Some(false));
+                            continue;
+                        }
+                    }
+                };
+                let Some(frame) = frame else { break };
                 match frame {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
                         if !reader_gone && stdout_tx.send(message).await.is_err() {
@@ -159,8 +183,10 @@ impl Docker {
                     Ok(bollard::container::LogOutput::StdErr { message }) => stderr.push(&message),
                     Ok(_) => {}
                     Err(err) => {
+                        tracing::warn!(error = %err, program, "the output of an exec broke off");
                         return Err(Error::Docker(format!(
-                            "the output of {program} in the container broke off: {err}"
+                            "the output of {program} in the container broke off ({}); check that the Docker engine runs (`systemctl status docker`), then retry",
+                            transport_failure(&err.to_string())
                         )));
                     }
                 }
@@ -216,9 +242,32 @@ pub fn unreachable(err: BollardError) -> Error {
         BollardError::DockerResponseServerError { message, .. } => {
             Error::Docker(format!("Docker refused the request: {message}"))
         }
-        other => Error::Docker(format!(
-            "cannot talk to the Docker engine ({other}); check that it runs (`systemctl status docker`) and that DOCKER_HOST, if set, is right"
-        )),
+        other => {
+            // The transport's own words (hyper's, the socket's) go to the
+            // log; the sentence says what happened in plain terms.
+            tracing::warn!(error = %other, "a request to the Docker engine failed");
+            Error::Docker(format!(
+                "cannot talk to the Docker engine ({}); check that it runs (`systemctl status docker`) and that DOCKER_HOST, if set, is right, then retry",
+                transport_failure(&other.to_string())
+            ))
+        }
+    }
+}
+
+/// What went wrong between the agent and the engine, from the transport
+/// error's text: the socket missing or refusing (engine stopped), no
+/// permission, or a connection that broke off (engine restarted mid-job).
+fn transport_failure(text: &str) -> &'static str {
+    if text.contains("No such file or directory") {
+        "its socket is missing: it is not running"
+    } else if text.contains("Connection refused") {
+        "its socket refuses connections: it is not running"
+    } else if text.contains("Permission denied") {
+        "permission denied on its socket"
+    } else if text.contains("timed out") || text.contains("Timeout") {
+        "it did not answer in time"
+    } else {
+        "the connection broke off: it was stopped or restarted"
     }
 }
 

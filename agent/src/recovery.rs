@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mesbak_interface::Error;
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,37 @@ impl Journal {
     }
 }
 
+/// How long a job's end waits for an engine that stopped answering (dockerd
+/// restarted or upgraded under the job: seconds, mostly) before it leaves
+/// the containers to the agent's next start.
+const ENGINE_RETURN_WAIT: Duration = Duration::from_secs(120);
+
+/// [`put_back`]; when the engine does not answer, waits for it to come back
+/// (up to [`ENGINE_RETURN_WAIT`]) and tries once more: a container the job
+/// stopped stays stopped after an engine restart (it was stopped on
+/// purpose), so only the agent can start it again.
+async fn put_back_when_engine_answers(
+    docker: &Docker,
+    change: &ContainerChange,
+) -> Result<(), Error> {
+    let first = put_back(docker, change).await;
+    if first.is_ok() || docker.version().await.is_ok() {
+        return first;
+    }
+    tracing::warn!(
+        container = %change.container,
+        "the Docker engine does not answer; waiting for it to put the container back"
+    );
+    let deadline = Instant::now() + ENGINE_RETURN_WAIT;
+    while docker.version().await.is_err() {
+        if Instant::now() > deadline {
+            return first;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    put_back(docker, change).await
+}
+
 async fn put_back(docker: &Docker, change: &ContainerChange) -> Result<(), Error> {
     let running = docker.is_running(&change.container).await?;
     match (change.was_running, running) {
@@ -200,7 +232,7 @@ impl Touched {
             return Ok(());
         };
         let change = self.changed.remove(at);
-        put_back(&self.docker, &change).await?;
+        put_back_when_engine_answers(&self.docker, &change).await?;
         self.journal.forget(&change.container)
     }
 
@@ -209,7 +241,7 @@ impl Touched {
     pub async fn restore(mut self) -> Result<(), Error> {
         let mut failures = Vec::new();
         while let Some(change) = self.changed.pop() {
-            match put_back(&self.docker, &change).await {
+            match put_back_when_engine_answers(&self.docker, &change).await {
                 Ok(()) => {
                     let _ = self.journal.forget(&change.container);
                 }

@@ -264,12 +264,22 @@ impl AgentConfig {
                     .set("database.port", i64::from(pg.port()));
             }
         }
+        config.use_engine(pg.engine());
         config
+    }
+
+    /// Points the agent at `engine` (`DOCKER_HOST`, as a plant would).
+    pub fn use_engine(&mut self, engine: &crate::Engine) -> &mut AgentConfig {
+        if let Some(host) = engine.docker_host() {
+            self.env("DOCKER_HOST", host);
+        }
+        self
     }
 
     /// Points `[ignition]` at `volume` and makes the agent stop `gateways`
     /// for the copy (and, on restore, `[restore] stop_containers` too).
     pub fn ignition(&mut self, volume: &Volume, gateways: &[&Gateway]) -> &mut AgentConfig {
+        self.use_engine(volume.engine());
         let names: Vec<String> = gateways.iter().map(|g| g.name().to_owned()).collect();
         self.set("ignition.volume", volume.name())
             .set("ignition.stop_containers", names.clone())

@@ -27,10 +27,12 @@
 
 mod agent;
 mod bus;
+mod engine;
 mod fingerprint;
 mod offsite;
 mod postgres;
 mod receiver;
+mod small_disk;
 pub mod util;
 mod volume;
 mod writer;
@@ -41,14 +43,16 @@ pub use agent::{
     write_private,
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
+pub use engine::{Engine, PrivateEngine};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
 pub use offsite::{
     AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Rclone, S3Server, add_offsite, backup_folder_names,
 };
 pub use postgres::{
-    ADMIN, DEFAULT_DB, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
+    ADMIN, DEFAULT_DB, Disk, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
 };
 pub use receiver::{HttpReceiver, Received, SmtpServer};
+pub use small_disk::SmallDisk;
 pub use volume::{BUSYBOX, Gateway, IGNITION_DATA, Volume, VolumeFingerprint};
 pub use writer::Writer;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::engine::Engine;
 use crate::fingerprint::Fingerprint;
 use crate::util::{blocking, describe, free_port, random_hex, run, run_text, run_unchecked};
 
@@ -87,8 +88,22 @@ pub struct Postgres {
     password: String,
     flavor: Flavor,
     reach: Reach,
-    /// Size of a tmpfs holding the data instead of the volume, in MiB.
-    small_disk_mib: Option<u64>,
+    /// Where the data directory lives.
+    disk: Disk,
+    /// The dockerd the container runs in.
+    engine: Engine,
+}
+
+/// Where a server keeps its data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disk {
+    /// A named Docker volume (removed with the server).
+    Volume,
+    /// A tmpfs of this many MiB: a small disk, gone when the container stops.
+    Tmpfs(u64),
+    /// A folder of the host (e.g. a small file system that outlives a
+    /// crash of the server, [`crate::SmallDisk`]), bind-mounted.
+    Host(PathBuf),
 }
 
 impl Postgres {
@@ -126,17 +141,33 @@ impl Postgres {
     /// A fresh `flavor` server whose data directory is a tmpfs of `mib` MiB
     /// (fill it with [`Postgres::fill_data_disk`]).
     pub fn start_on_small_disk(flavor: Flavor, mib: u64) -> Postgres {
-        Postgres::launch_with(flavor, Reach::DockerOnly, Some(mib))
-            .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"))
+        Postgres::launch_with(
+            &Engine::shared(),
+            flavor,
+            Reach::DockerOnly,
+            Disk::Tmpfs(mib),
+        )
+        .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"))
     }
 
     /// Starts a server, returning the error instead of panicking.
     pub fn try_start(flavor: Flavor, reach: Reach) -> Result<Postgres> {
-        Postgres::launch_with(flavor, reach, None)
+        Postgres::launch_with(&Engine::shared(), flavor, reach, Disk::Volume)
     }
 
-    fn launch_with(flavor: Flavor, reach: Reach, small_disk_mib: Option<u64>) -> Result<Postgres> {
-        check_docker(flavor)?;
+    /// A fresh `flavor` server in `engine` reached through Docker only,
+    /// its data on `disk`, with its fixture loaded into `mes`.
+    pub fn with_fixture_in(engine: &Engine, flavor: Flavor, disk: Disk) -> Postgres {
+        let pg = Postgres::launch_with(engine, flavor, Reach::DockerOnly, disk)
+            .unwrap_or_else(|err| panic!("cannot start {flavor:?}: {err:#}"));
+        pg.load_fixture(DEFAULT_DB);
+        pg
+    }
+
+    fn launch_with(engine: &Engine, flavor: Flavor, reach: Reach, disk: Disk) -> Result<Postgres> {
+        if *engine == Engine::shared() {
+            check_docker(flavor)?;
+        }
         reap_leftovers();
         let mut last_error = None;
         // A port found free can be taken before the server binds it: retry.
@@ -152,7 +183,8 @@ impl Postgres {
                 password: random_hex(12),
                 flavor,
                 reach,
-                small_disk_mib,
+                disk: disk.clone(),
+                engine: engine.clone(),
             };
             match pg.launch() {
                 Ok(()) => return Ok(pg),
@@ -165,7 +197,7 @@ impl Postgres {
     fn launch(&self) -> Result<()> {
         let pid = std::process::id().to_string();
         run(
-            Command::new("docker").args([
+            self.engine.docker().args([
                 "volume",
                 "create",
                 "--label",
@@ -175,19 +207,27 @@ impl Postgres {
             None,
         )?;
         let image = self.flavor.image();
-        let mut cmd = Command::new("docker");
+        let mut cmd = self.engine.docker();
         cmd.args(["run", "-d", "--name", &self.name])
             .args(["--label", &format!("{LABEL}={pid}")])
-            .args(match self.small_disk_mib {
-                None => [
+            .args(self.engine.restart_policy())
+            .args(match &self.disk {
+                Disk::Volume => [
                     "-v".to_owned(),
                     format!("{}:/var/lib/postgresql/data", self.volume),
                 ],
-                Some(mib) => [
+                Disk::Tmpfs(mib) => [
                     "--mount".to_owned(),
                     format!(
                         "type=tmpfs,destination=/var/lib/postgresql/data,tmpfs-size={}",
                         mib << 20
+                    ),
+                ],
+                Disk::Host(folder) => [
+                    "--mount".to_owned(),
+                    format!(
+                        "type=bind,source={},destination=/var/lib/postgresql/data",
+                        folder.display()
                     ),
                 ],
             })
@@ -214,7 +254,9 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let ready = run_unchecked(
-                Command::new("docker").args(["exec", &self.name, "pg_isready", "-q", "-U", ADMIN]),
+                self.engine
+                    .docker()
+                    .args(["exec", &self.name, "pg_isready", "-q", "-U", ADMIN]),
                 None,
             )?;
             if ready.status.success() {
@@ -253,6 +295,11 @@ impl Postgres {
         &self.name
     }
 
+    /// The dockerd the container runs in.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The data volume's name.
     pub fn volume(&self) -> &str {
         &self.volume
@@ -286,7 +333,7 @@ impl Postgres {
     /// [`Postgres::psql`], returning the error instead of panicking.
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String> {
         let output = run(
-            Command::new("docker").args([
+            self.engine.docker().args([
                 "exec",
                 "-i",
                 &self.name,
@@ -382,7 +429,9 @@ impl Postgres {
     /// `pg_dump` of `db` in plain format, run in the container.
     pub fn pg_dump(&self, db: &str) -> Vec<u8> {
         run(
-            Command::new("docker").args(["exec", &self.name, "pg_dump", "-U", ADMIN, db]),
+            self.engine
+                .docker()
+                .args(["exec", &self.name, "pg_dump", "-U", ADMIN, db]),
             None,
         )
         .unwrap_or_else(|err| panic!("{err:#}"))
@@ -393,7 +442,7 @@ impl Postgres {
     /// bulk data, where [`Postgres::pg_dump`] would hold it all in memory).
     pub fn pg_dump_size(&self, db: &str) -> u64 {
         blocking(|| {
-            let mut cmd = Command::new("docker");
+            let mut cmd = self.engine.docker();
             cmd.args(["exec", &self.name, "pg_dump", "-U", ADMIN, db]);
             let mut child = cmd
                 .stdout(Stdio::piped())
@@ -423,14 +472,14 @@ impl Postgres {
             self.psql(to, "SELECT public.timescaledb_pre_restore();");
         }
         blocking(|| {
-            let mut dump_cmd = Command::new("docker");
+            let mut dump_cmd = self.engine.docker();
             dump_cmd.args(["exec", &self.name, "pg_dump", "-U", ADMIN, from]);
             let mut dump = dump_cmd
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("run docker exec pg_dump");
-            let mut load_cmd = Command::new("docker");
+            let mut load_cmd = self.engine.docker();
             load_cmd.args([
                 "exec",
                 "-i",
@@ -571,7 +620,7 @@ impl Postgres {
 
     fn copy_out_bytes(&self, db: &str, query: &str) -> u64 {
         let output = run(
-            Command::new("docker").args([
+            self.engine.docker().args([
                 "exec",
                 &self.name,
                 "psql",
@@ -603,7 +652,9 @@ impl Postgres {
              sync; avail"
         );
         run(
-            Command::new("docker").args(["exec", &self.name, "sh", "-c", &script]),
+            self.engine
+                .docker()
+                .args(["exec", &self.name, "sh", "-c", &script]),
             None,
         )
         .unwrap_or_else(|err| panic!("cannot fill the data disk of {}: {err:#}", self.name));
@@ -622,7 +673,7 @@ impl Postgres {
     /// `docker stop` the container (fast shutdown).
     pub fn stop(&self) {
         run(
-            Command::new("docker").args(["stop", "-t", "30", &self.name]),
+            self.engine.docker().args(["stop", "-t", "30", &self.name]),
             None,
         )
         .unwrap_or_else(|err| panic!("{err:#}"));
@@ -630,22 +681,28 @@ impl Postgres {
 
     /// `docker start` the stopped container and wait until it answers.
     pub fn start_again(&self) {
-        run(Command::new("docker").args(["start", &self.name]), None)
+        run(self.engine.docker().args(["start", &self.name]), None)
             .and_then(|_| self.wait_ready())
             .unwrap_or_else(|err| panic!("{err:#}"));
     }
 
     /// Whether the container is running.
     pub fn is_running(&self) -> bool {
-        run_text(Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &self.name]))
-            .map(|s| s == "true")
-            .unwrap_or(false)
+        run_text(
+            self.engine
+                .docker()
+                .args(["inspect", "-f", "{{.State.Running}}", &self.name]),
+        )
+        .map(|s| s == "true")
+        .unwrap_or(false)
     }
 
     /// The container's `docker logs`, last `lines` lines (stdout and stderr).
     pub fn logs(&self, lines: usize) -> String {
         match run_unchecked(
-            Command::new("docker").args(["logs", "--tail", &lines.to_string(), &self.name]),
+            self.engine
+                .docker()
+                .args(["logs", "--tail", &lines.to_string(), &self.name]),
             None,
         ) {
             Ok(out) => format!(
@@ -669,11 +726,13 @@ impl Drop for Postgres {
             );
         }
         let _ = run_unchecked(
-            Command::new("docker").args(["rm", "-f", "-v", &self.name]),
+            self.engine.docker().args(["rm", "-f", "-v", &self.name]),
             None,
         );
         let _ = run_unchecked(
-            Command::new("docker").args(["volume", "rm", "-f", &self.volume]),
+            self.engine
+                .docker()
+                .args(["volume", "rm", "-f", &self.volume]),
             None,
         );
     }

@@ -2,11 +2,12 @@
 //! gateway container that uses one.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use anyhow::Result;
 
+use crate::engine::Engine;
 use crate::postgres::{LABEL, reap_leftovers};
+use crate::small_disk::SmallDisk;
 use crate::util::{random_hex, run, run_text, run_unchecked};
 
 /// The image `dev/lib.sh` builds for volume helpers (`ensure_images`).
@@ -17,31 +18,60 @@ pub const IGNITION_DATA: &str = "/usr/local/bin/ignition/data";
 /// A named Docker volume (`mesbak-test-vol-<random>`), removed on drop.
 pub struct Volume {
     name: String,
+    engine: Engine,
 }
 
 impl Volume {
     /// An empty volume.
     pub fn create() -> Volume {
-        Volume::create_with(&[])
+        Volume::create_with(&Engine::shared(), &[])
+    }
+
+    /// An empty volume in `engine`.
+    pub fn create_in(engine: &Engine) -> Volume {
+        Volume::create_with(engine, &[])
     }
 
     /// An empty volume on a tmpfs of `mib` MiB (a small disk).
     pub fn create_small(mib: u64) -> Volume {
-        Volume::create_with(&[
-            "--opt",
-            "type=tmpfs",
-            "--opt",
-            "device=tmpfs",
-            "--opt",
-            &format!("o=size={}", mib << 20),
-        ])
+        Volume::create_with(
+            &Engine::shared(),
+            &[
+                "--opt",
+                "type=tmpfs",
+                "--opt",
+                "device=tmpfs",
+                "--opt",
+                &format!("o=size={}", mib << 20),
+            ],
+        )
     }
 
-    fn create_with(options: &[&str]) -> Volume {
+    /// An empty volume whose files live in a new folder on `disk` (a bind
+    /// of the local driver): a small disk that keeps its files while no
+    /// container mounts it, unlike a tmpfs volume, whose files go when the
+    /// last container using it stops.
+    pub fn create_on(disk: &SmallDisk) -> Volume {
+        let folder = disk.folder(&format!("volume-{}", random_hex(4)));
+        Volume::create_with(
+            &Engine::shared(),
+            &[
+                "--opt",
+                "type=none",
+                "--opt",
+                "o=bind",
+                "--opt",
+                &format!("device={}", folder.display()),
+            ],
+        )
+    }
+
+    fn create_with(engine: &Engine, options: &[&str]) -> Volume {
         reap_leftovers();
         let name = format!("mesbak-test-vol-{}", random_hex(6));
         run(
-            Command::new("docker")
+            engine
+                .docker()
                 .args(["volume", "create", "--label"])
                 .arg(format!("{LABEL}={}", std::process::id()))
                 .args(options)
@@ -49,7 +79,10 @@ impl Volume {
             None,
         )
         .unwrap_or_else(|err| panic!("cannot create a Docker volume: {err:#}"));
-        Volume { name }
+        Volume {
+            name,
+            engine: engine.clone(),
+        }
     }
 
     /// A volume holding [`Volume::populate`]'s tree.
@@ -64,9 +97,14 @@ impl Volume {
         &self.name
     }
 
+    /// The dockerd the volume lives in.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Where dockerd keeps the volume's files on this host (root only).
     pub fn mountpoint(&self) -> std::path::PathBuf {
-        run_text(Command::new("docker").args([
+        run_text(self.engine.docker().args([
             "volume",
             "inspect",
             "-f",
@@ -87,7 +125,7 @@ impl Volume {
 
     /// [`Volume::sh`], returning the error instead of panicking.
     pub fn try_sh(&self, script: &str) -> Result<String> {
-        run_text(Command::new("docker").args([
+        run_text(self.engine.docker().args([
             "run",
             "--rm",
             "--network",
@@ -138,7 +176,9 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         let _ = run_unchecked(
-            Command::new("docker").args(["volume", "rm", "-f", &self.name]),
+            self.engine
+                .docker()
+                .args(["volume", "rm", "-f", &self.name]),
             None,
         );
     }
@@ -187,13 +227,14 @@ impl VolumeFingerprint {
 /// Removed on drop.
 pub struct Gateway {
     name: String,
+    engine: Engine,
 }
 
 impl Gateway {
     /// Creates and starts the container.
     pub fn start(volume: &Volume) -> Gateway {
         let gateway = Gateway::create(volume);
-        run(Command::new("docker").args(["start", &gateway.name]), None)
+        run(gateway.engine.docker().args(["start", &gateway.name]), None)
             .unwrap_or_else(|err| panic!("{err:#}"));
         gateway
     }
@@ -202,26 +243,30 @@ impl Gateway {
     pub fn create(volume: &Volume) -> Gateway {
         reap_leftovers();
         let name = format!("mesbak-test-gw-{}", random_hex(6));
+        let engine = volume.engine.clone();
         run(
-            Command::new("docker").args([
-                "create",
-                "--name",
-                &name,
-                "--label",
-                &format!("{LABEL}={}", std::process::id()),
-                "--network",
-                "none",
-                "-v",
-                &format!("{}:{IGNITION_DATA}", volume.name()),
-                BUSYBOX,
-                "sh",
-                "-c",
-                "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done",
-            ]),
+            engine
+                .docker()
+                .args(["create"])
+                .args(engine.restart_policy())
+                .args([
+                    "--name",
+                    &name,
+                    "--label",
+                    &format!("{LABEL}={}", std::process::id()),
+                    "--network",
+                    "none",
+                    "-v",
+                    &format!("{}:{IGNITION_DATA}", volume.name()),
+                    BUSYBOX,
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done",
+                ]),
             None,
         )
         .unwrap_or_else(|err| panic!("cannot create a stand-in gateway: {err:#}"));
-        Gateway { name }
+        Gateway { name, engine }
     }
 
     /// The container's name.
@@ -231,15 +276,19 @@ impl Gateway {
 
     /// Whether the container is running.
     pub fn is_running(&self) -> bool {
-        run_text(Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &self.name]))
-            .map(|s| s == "true")
-            .unwrap_or(false)
+        run_text(
+            self.engine
+                .docker()
+                .args(["inspect", "-f", "{{.State.Running}}", &self.name]),
+        )
+        .map(|s| s == "true")
+        .unwrap_or(false)
     }
 
     /// `docker stop`.
     pub fn stop(&self) {
         run(
-            Command::new("docker").args(["stop", "-t", "10", &self.name]),
+            self.engine.docker().args(["stop", "-t", "10", &self.name]),
             None,
         )
         .unwrap_or_else(|err| panic!("{err:#}"));
@@ -247,21 +296,25 @@ impl Gateway {
 
     /// `docker start`.
     pub fn start_again(&self) {
-        run(Command::new("docker").args(["start", &self.name]), None)
+        run(self.engine.docker().args(["start", &self.name]), None)
             .unwrap_or_else(|err| panic!("{err:#}"));
     }
 
     /// When the container last started (`.State.StartedAt`, RFC 3339):
     /// compare before and after to see whether something restarted it.
     pub fn started_at(&self) -> String {
-        run_text(Command::new("docker").args(["inspect", "-f", "{{.State.StartedAt}}", &self.name]))
-            .unwrap_or_else(|err| panic!("{err:#}"))
+        run_text(
+            self.engine
+                .docker()
+                .args(["inspect", "-f", "{{.State.StartedAt}}", &self.name]),
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"))
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = run_unchecked(Command::new("docker").args(["rm", "-f", &self.name]), None);
+        let _ = run_unchecked(self.engine.docker().args(["rm", "-f", &self.name]), None);
     }
 }
 

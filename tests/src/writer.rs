@@ -2,24 +2,32 @@
 //! container a restore must stop (`restore.stop_containers`) and start
 //! again. Its Docker timestamps tell when and for how long.
 
-use std::process::Command;
-
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::engine::Engine;
 use crate::util::random_hex;
 use crate::volume::BUSYBOX;
 
 pub struct Writer {
     pub name: String,
+    engine: Engine,
 }
 
 impl Writer {
     /// Starts one, on no network; it stops at once on SIGTERM.
     pub fn start() -> Writer {
+        Writer::start_in(&Engine::shared())
+    }
+
+    /// Starts one in `engine`.
+    pub fn start_in(engine: &Engine) -> Writer {
         let name = format!("mesbak-test-writer-{}", random_hex(4));
-        let status = Command::new("docker")
-            .args(["run", "-d", "--network", "none", "--name", &name, BUSYBOX])
+        let status = engine
+            .docker()
+            .args(["run", "-d"])
+            .args(engine.restart_policy())
+            .args(["--network", "none", "--name", &name, BUSYBOX])
             .args([
                 "sh",
                 "-c",
@@ -32,11 +40,16 @@ impl Writer {
             status.success(),
             "cannot start the writer container (dev/test builds {BUSYBOX})"
         );
-        Writer { name }
+        Writer {
+            name,
+            engine: engine.clone(),
+        }
     }
 
     fn inspect(&self, format: &str) -> String {
-        let out = Command::new("docker")
+        let out = self
+            .engine
+            .docker()
             .args(["inspect", "-f", format, &self.name])
             .output()
             .unwrap();
@@ -62,8 +75,6 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .output();
+        let _ = self.engine.docker().args(["rm", "-f", &self.name]).output();
     }
 }

@@ -24,26 +24,41 @@
 //! | no room on the DB server | restore | refused before anything changes | restore.rs `a_restore_without_room_for_a_second_copy_is_refused` |
 //! | no room on the volume | Ignition staging copy | refused before the gateway stops | ignition.rs `a_volume_without_room_for_the_staged_copy_is_refused_before_the_gateway_stops` |
 //! | extraction fails half-way | Ignition restore | volume as it was | ignition.rs `failures_half_way_through_the_extraction_leave_the_volume_as_it_was` |
+//! | dockerd restarted (SIGTERM) | database backup, mid-dump | job fails in one sentence naming Docker, no file, live DB unchanged once the server is back; next backup works | here: `dockerd_restarted_mid_backup_or_restore_loses_nothing` (both servers) |
+//! | dockerd crashed (SIGKILL) and started | restore, loading | job fails in one sentence, live DB unchanged, the writer (stopped by the job, so not restarted by the engine) started by the agent once the engine answers; next restore cleans up and works | same test |
+//! | dockerd restarted (SIGTERM) | Ignition snapshot, gateway stopped | job fails in one sentence, no file, volume unchanged, gateway started by the agent once the engine answers; next snapshot works | here: `dockerd_restarted_mid_snapshot_restarts_the_gateway_and_loses_nothing` |
+//! | ENOSPC on the DB server (small ext4 disk filled after the room check) | restore, loading | NoSpace in one sentence (disk full, live DB unchanged, free space), live DB unchanged, writer running; next restore works once there is room, new DB gone (dropped by the job, or by the next one if the server PANICked) | here: `the_database_disk_filling_up_mid_load_loses_nothing` (both servers) |
+//! | ENOSPC on the volume (filled after the room check) | Ignition restore, staged extraction | NoSpace in one sentence (disk full, volume not changed, free space), staging removed, volume unchanged, gateway running; next restore works once there is room | here: `the_volume_filling_up_mid_extraction_leaves_it_as_it_was` |
 //! | system bus restarted | volume backup, gateway stopped | job cancelled, gateway started, agent exits non-zero with one sentence (systemd restarts it); on the new bus it works | here: `the_system_bus_restarted_mid_job_stops_it_cleanly_and_the_agent_comes_back` |
 //! | state.json, restore journal, a metadata file damaged | start-up | kept aside as `*.unreadable-*`, one problem each in status, backup still listed (flagged) and restorable; next backup + restore work | here: `damaged_state_journal_and_metadata_are_kept_aside_reported_and_work_goes_on` |
 //! | container journal damaged | start-up | kept aside and reported | agent unit test `recovery::tests` |
 //! | Cancel (operator) | backup, restore, volume backup/restore | nothing left, containers back | restore.rs `a_restore_cancelled_before_the_swap_changes_nothing`, operator.rs, ignition.rs `cancelled_volume_backup_and_restore_leave_nothing_behind` |
 //!
-//! Not covered yet: the volume filling up in the middle of the staged
-//! extraction (a first version of the test met Docker answering "no such
-//! container" for the archive upload, which the agent reports as a missing
-//! container; the volume was unchanged, but the message is wrong and the
-//! case needs its own look); dockerd restarted during a backup, a snapshot or a
-//! restore (restarting the shared dockerd would stop every other test's
-//! containers); ENOSPC on the database server in the middle of a restore's
-//! load (the harness's small disk is a tmpfs that a PostgreSQL PANIC and
-//! container exit would wipe; the up-front refusal is tested).
+//! dockerd is restarted in a private engine ([`PrivateEngine`]: its own
+//! dockerd, containerd and data root, with the test images loaded once per
+//! machine), never the host's, which every other test shares. Its
+//! containers have `restart: unless-stopped` as a plant's compose file
+//! gives them, so the engine brings the database server back, while a
+//! container the job stopped stays stopped until the agent starts it.
+//!
+//! A full disk is a small ext4 file system of the host ([`SmallDisk`]),
+//! filled from the host while the job waits at a pause point after its
+//! room check: it keeps its files when a server PANICs and restarts, or
+//! when the gateway stops (a tmpfs Docker volume loses them then).
 //!
 //! The pauses at named stages come from `agent/src/fault_point.rs`, which
 //! only a debug build (the harness's) reads.
 //!
 //! Runtime: 5 min 7 s for the whole file with `--test-threads=4` on the
-//! loaded 2-core development machine (load average 9), first run.
+//! loaded 2-core development machine (load average 9), first run, before
+//! the dockerd and ENOSPC cases. Those, each alone on the same machine
+//! (load 3-6): `dockerd_restarted_mid_backup_or_restore_loses_nothing`
+//! 90 s on PostgreSQL 15, about 3 min on TimescaleDB (run beside the
+//! TimescaleDB ENOSPC case); `dockerd_restarted_mid_snapshot_...` 60-120 s;
+//! `the_database_disk_filling_up_mid_load_loses_nothing` 74 s on
+//! PostgreSQL 15 alone, both servers side by side 2 min;
+//! `the_volume_filling_up_mid_...` about 40 s. The first private engine on a machine loads the test images
+//! (about 1 min); two slots let two such tests run at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -547,6 +562,156 @@ async fn the_database_server_killed_during_a_dump_or_a_load_loses_nothing(flavor
 }
 
 // ---------------------------------------------------------------------
+// dockerd restarted
+// ---------------------------------------------------------------------
+
+/// No hidden (partial) files in a backup folder.
+fn assert_no_partial_files(config: &AgentConfig, kind: &str) {
+    let hidden: Vec<String> = std::fs::read_dir(config.backup_dir().join(kind))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(hidden.is_empty(), "partial files left: {hidden:?}");
+}
+
+/// A private dockerd (the host's is shared by every test) stopped and
+/// started again under a database backup (SIGTERM, as `systemctl restart
+/// docker`) and under a restore's load (SIGKILL, a crash): the server
+/// container dies with the engine and its restart policy brings it back;
+/// each job fails with one sentence, leaves no file and the live data as
+/// it was; the writer the restore stopped runs again once the engine is
+/// back; the next backup and restore work.
+async fn dockerd_restarted_mid_backup_or_restore_loses_nothing(flavor: Flavor) {
+    let mut engine = PrivateEngine::start();
+    let pg = Postgres::with_fixture_in(engine.engine(), flavor, Disk::Volume);
+    pg.load_bulk("mes", 40);
+    pg.psql("mes", "REFRESH MATERIALIZED VIEW mes_core.mv_daily_output;");
+    let writer = Writer::start_in(engine.engine());
+    let bus = Bus::start();
+    let config =
+        AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
+    let agent = Agent::spawn(&bus, &config).await;
+    let first = backup(&agent, "database").await;
+    assert!(first.success, "{}", first.message);
+    let original = pg.fingerprint("mes");
+
+    let job = agent.proxy().await.backup("database").await.unwrap();
+    wait_for_progress(agent.connection(), &job, "", 1 << 20).await;
+    engine.restart();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a dump survived its engine's restart?");
+    assert_clear(&outcome.message);
+    assert!(outcome.message.contains("Docker"), "{}", outcome.message);
+    assert_eq!(
+        backup_ids(&config, "database").len(),
+        2,
+        "only the first backup and its metadata: {:?}",
+        backup_ids(&config, "database")
+    );
+    assert_no_partial_files(&config, "database");
+    pg.start_again();
+    assert!(
+        writer.is_running(),
+        "the writer did not come back with dockerd"
+    );
+    without_sequences(pg.fingerprint("mes")).assert_same(
+        &without_sequences(original.clone()),
+        "after dockerd restarted during a dump",
+    );
+
+    change_data(&pg, 0);
+    let live = pg.fingerprint("mes");
+    let job = start_restore(&agent, &first.files[0]).await;
+    wait_for_progress(agent.connection(), &job, "restoring ", 1 << 20).await;
+    assert!(!writer.is_running(), "the writer runs mid-restore");
+    engine.kill_and_start();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a load survived its engine's crash?");
+    assert_clear(&outcome.message);
+    assert!(outcome.message.contains("Docker"), "{}", outcome.message);
+    // The writer was stopped by the restore, so the engine leaves it
+    // stopped: the agent starts it once the engine answers again.
+    assert!(writer.is_running(), "the writer was left stopped");
+    assert!(config.pending_container_changes().is_empty());
+    pg.start_again();
+    without_sequences(pg.fingerprint("mes")).assert_same(
+        &without_sequences(live),
+        "after dockerd crashed during a load",
+    );
+
+    let made = backup(&agent, "database").await;
+    assert!(made.success, "{}", made.message);
+    let outcome = restore(&agent, &first.files[0]).await;
+    assert!(outcome.success, "{}", outcome.message);
+    pg.fingerprint("mes")
+        .assert_same(&original, "the restore after the engine's restarts");
+    assert!(scratch_databases(&pg).is_empty(), "{:?}", pg.databases());
+    assert!(writer.is_running());
+    no_panic_in(&agent.log());
+}
+
+/// dockerd restarted while an Ignition snapshot copies the volume with the
+/// gateway stopped: the job fails with one sentence and leaves no file, the
+/// volume is unchanged, the agent starts the gateway again once the engine
+/// is back (the engine does not: it was stopped on purpose), and the next
+/// snapshot works.
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerd_restarted_mid_snapshot_restarts_the_gateway_and_loses_nothing() {
+    let mut engine = PrivateEngine::start();
+    let volume = Volume::create_in(engine.engine());
+    volume.populate();
+    volume.sh("head -c 104857600 /dev/urandom > big.bin");
+    let gateway = Gateway::start(&volume);
+    let before = volume.fingerprint();
+    let bus = Bus::start();
+    let mut config = AgentConfig::new();
+    config.ignition(&volume, &[&gateway]);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    let earlier = backup(&agent, "ignition").await;
+    assert!(earlier.success, "{}", earlier.message);
+
+    // Paused in the middle of the volume's tar stream, the engine restarts.
+    let point = "ignition-copying";
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", point);
+    agent.terminate().await;
+    let mut agent = Agent::spawn(&bus, &paused).await;
+    let job = agent.proxy().await.backup("ignition").await.unwrap();
+    wait_paused(&paused, point, &job, &agent).await;
+    assert!(!gateway.is_running(), "the gateway runs during the copy");
+    engine.restart();
+    std::fs::remove_file(pause_marker(&paused, point)).unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a copy survived its engine's restart?");
+    assert_clear(&outcome.message);
+    assert!(outcome.message.contains("Docker"), "{}", outcome.message);
+    assert!(gateway.is_running(), "the gateway was left stopped");
+    assert!(config.pending_container_changes().is_empty());
+    assert_eq!(backup_ids(&config, "ignition"), {
+        let mut files = vec![
+            earlier.files[0].clone(),
+            format!("{}.json", earlier.files[0]),
+        ];
+        files.sort();
+        files
+    });
+    assert_no_partial_files(&config, "ignition");
+    volume
+        .fingerprint()
+        .assert_same(&before, "after dockerd restarted during a snapshot");
+
+    no_panic_in(&agent.log());
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &config).await;
+    let outcome = backup(&agent, "ignition").await;
+    assert!(outcome.success, "{}", outcome.message);
+    assert!(gateway.is_running());
+}
+
+// ---------------------------------------------------------------------
 // The system bus restarted
 // ---------------------------------------------------------------------
 
@@ -604,6 +769,148 @@ async fn the_system_bus_restarted_mid_job_stops_it_cleanly_and_the_agent_comes_b
     let agent = Agent::spawn(&bus, &config).await;
     let outcome = backup(&agent, "ignition").await;
     assert!(outcome.success, "{}", outcome.message);
+}
+
+// ---------------------------------------------------------------------
+// Full disks in the middle of a job
+// ---------------------------------------------------------------------
+
+/// The Ignition volume fills up in the middle of the staged extraction
+/// (the room check passed; something else wrote to the volume after it):
+/// the staged files are removed, the live files unchanged, the gateway
+/// started again, and the error says the volume's disk is full and what to
+/// do; with room again the next restore works.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_volume_filling_up_mid_extraction_leaves_it_as_it_was() {
+    let bus = Bus::start();
+    // The room check asks for the backup's size plus 64 MiB. (A tmpfs
+    // volume would lose its files whenever the gateway stops.)
+    let disk = SmallDisk::create(100);
+    let volume = Volume::create_on(&disk);
+    volume.populate();
+    volume.sh("head -c 5000000 /dev/urandom > big.bin");
+    let gateway = Gateway::start(&volume);
+    let mut config = AgentConfig::new();
+    config.ignition(&volume, &[&gateway]);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    let made = backup(&agent, "ignition").await;
+    assert!(made.success, "{}", made.message);
+    let id = made.files[0].clone();
+    volume.sh("rm big.bin && head -c 1000000 /dev/urandom > small.bin");
+    let point = "ignition-staging-made";
+    let mut paused_config = config.clone();
+    paused_config.env("MESBAK_TEST_PAUSE_AT", point);
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &paused_config).await;
+
+    let live = volume.fingerprint();
+    let job = start_restore(&agent, &id).await;
+    wait_paused(&paused_config, point, &job, &agent).await;
+    // Something else fills the disk after the room check: 2 MiB are left
+    // for about 12 MB of files.
+    disk.fill(2 << 20);
+    std::fs::remove_file(pause_marker(&paused_config, point)).unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a restore fitted into a full volume?");
+    assert_clear(&outcome.message);
+    assert_eq!(outcome.error_name, "NoSpace", "{}", outcome.message);
+    for words in ["full", "not changed", "free"] {
+        assert!(outcome.message.contains(words), "{}", outcome.message);
+    }
+    assert!(
+        !outcome.message.contains("does not exist"),
+        "{}",
+        outcome.message
+    );
+    volume
+        .fingerprint()
+        .assert_same(&live, "after the failed extraction");
+    assert!(gateway.is_running(), "the gateway was left stopped");
+    assert!(config.pending_container_changes().is_empty());
+    no_panic_in(&agent.log());
+
+    disk.unfill();
+    let mut agent = agent;
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &config).await;
+    let outcome = restore(&agent, &id).await;
+    assert!(outcome.success, "{}", outcome.message);
+    assert!(gateway.is_running());
+    assert!(
+        !volume.sh("ls").contains("small.bin"),
+        "the restore did not replace the files"
+    );
+}
+
+/// The database server's disk fills up in the middle of a restore's load
+/// (the room check passed; something else wrote to the disk after it). The
+/// data directory is a small ext4 file system of the host, so the server
+/// keeps its data even if the full disk makes it PANIC and restart. The
+/// load fails with one sentence naming the full disk, the live database is
+/// unchanged, the writer started again; with room again the next restore
+/// works, and the new database is gone (dropped by the failed job, or by
+/// the next one when the server was in recovery from a PANIC).
+async fn the_database_disk_filling_up_mid_load_loses_nothing(flavor: Flavor) {
+    let disk = SmallDisk::create(1024);
+    let pg =
+        Postgres::with_fixture_in(&Engine::shared(), flavor, Disk::Host(disk.folder("pgdata")));
+    pg.load_bulk("mes", 10);
+    pg.psql("mes", "REFRESH MATERIALIZED VIEW mes_core.mv_daily_output;");
+    let writer = Writer::start();
+    let bus = Bus::start();
+    let config =
+        AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
+    let agent = Agent::spawn(&bus, &config).await;
+    let made = backup(&agent, "database").await;
+    assert!(made.success, "{}", made.message);
+    let id = made.files[0].clone();
+    let original = pg.fingerprint("mes");
+    change_data(&pg, 0);
+    let live = pg.fingerprint("mes");
+
+    let point = "restore-journaled";
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", point);
+    let mut agent = agent;
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &paused).await;
+    let job = start_restore(&agent, &id).await;
+    wait_paused(&paused, point, &job, &agent).await;
+    // 32 MiB left (two WAL segments: the live database keeps working)
+    // for a copy of a database of about 100 MB.
+    disk.fill(32 << 20);
+    std::fs::remove_file(pause_marker(&paused, point)).unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(!outcome.success, "a restore fitted into a full disk?");
+    assert_clear(&outcome.message);
+    assert_eq!(outcome.error_name, "NoSpace", "{}", outcome.message);
+    for words in ["full", "live database", "free"] {
+        assert!(outcome.message.contains(words), "{}", outcome.message);
+    }
+    assert!(writer.is_running(), "the writer was left stopped");
+    disk.unfill();
+    // A server that PANICked on the full disk recovers (or its container
+    // exited): wait until it answers.
+    pg.start_again();
+    // A PANIC of the server (WAL on the full disk) moves sequences on.
+    without_sequences(pg.fingerprint("mes")).assert_same(
+        &without_sequences(live),
+        "after the disk filled up during a load",
+    );
+
+    let mut agent = agent;
+    agent.terminate().await;
+    let agent = Agent::spawn(&bus, &config).await;
+    let outcome = restore(&agent, &id).await;
+    assert!(outcome.success, "{}", outcome.message);
+    pg.fingerprint("mes")
+        .assert_same(&original, "the restore with room again");
+    // The half-loaded copy is gone: dropped by the failed job, or by this
+    // one when the full disk had made the server PANIC (in recovery, it
+    // refused the drop).
+    assert!(scratch_databases(&pg).is_empty(), "{:?}", pg.databases());
+    assert!(writer.is_running());
+    no_panic_in(&agent.log());
 }
 
 // ---------------------------------------------------------------------
@@ -675,4 +982,6 @@ on_both_servers!(
     sigterm_mid_restore_cancels_it_and_puts_everything_back,
     an_agent_killed_at_each_journaled_stage_of_a_restore_loses_nothing,
     the_database_server_killed_during_a_dump_or_a_load_loses_nothing,
+    the_database_disk_filling_up_mid_load_loses_nothing,
+    dockerd_restarted_mid_backup_or_restore_loses_nothing,
 );

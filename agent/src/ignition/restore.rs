@@ -85,6 +85,7 @@ impl Copy<'_> {
             // The root as found, to give its time back if the restore fails.
             record.root = parse_stat(&made);
             save_record(app, Some(&record))?;
+            crate::fault_point::pause(&app.config.state_dir, "ignition-staging-made").await;
             let walked = self.upload(key, backup, &record.staging).await?;
             // The point of no return: from the swap on, the restore finishes.
             job.commit(
@@ -278,12 +279,21 @@ impl Copy<'_> {
             .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))?;
         read?;
         uploaded.map_err(|err| {
-            Error::Docker(format!(
-                "Docker could not extract {} into volume '{}': {}",
-                backup.id,
-                self.source.volume,
-                err.message()
-            ))
+            // Docker passes the extraction's ENOSPC on as a refusal (500)
+            // whose text ends in the OS error.
+            if err.message().contains("no space left on device") {
+                Error::NoSpace(format!(
+                    "the disk of volume '{}' became full while {} was being extracted beside the current files; free space on Docker's disk (`docker system df`), then retry",
+                    self.source.volume, backup.id
+                ))
+            } else {
+                Error::Docker(format!(
+                    "Docker could not extract {} into volume '{}': {}",
+                    backup.id,
+                    self.source.volume,
+                    err.message()
+                ))
+            }
         })?;
         if !walker.complete() {
             return Err(Error::Integrity(format!(

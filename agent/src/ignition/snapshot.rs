@@ -90,6 +90,7 @@ impl Copy<'_> {
         let mut block = BytesMut::with_capacity(BLOCK);
         let mut failed = None;
         let mut relay_ok = true;
+        let mut paused = false;
         loop {
             let item = tokio::select! {
                 item = stream.next() => item,
@@ -114,6 +115,11 @@ impl Copy<'_> {
                     "Docker sent a damaged tar stream of volume '{volume}' ({damage}); retry the backup"
                 )));
                 break;
+            }
+            if !paused {
+                // A test disturbs the engine here, mid-stream.
+                paused = true;
+                crate::fault_point::pause(&app.config.state_dir, "ignition-copying").await;
             }
             block.extend_from_slice(&data);
             if block.len() >= BLOCK {

@@ -148,6 +148,12 @@ pub async fn load(
         let Some(block) = block else {
             break;
         };
+        // psql's output ends only when psql does: it stopped at an error
+        // (ON_ERROR_STOP), so the rest of the dump would be fed to no one.
+        if copy_reports.is_finished() {
+            fed = false;
+            break;
+        }
         dump.feed(&block);
         plain_bytes += block.len() as u64;
         fed = stdin.write_all(&block).await.is_ok();
@@ -166,10 +172,18 @@ pub async fn load(
     let outcome = process::join(done).await?;
     let copy_reports = copy_reports.await.unwrap_or_default();
     outcome.check(|detail| {
-        Error::Database(format!(
-            "psql stopped restoring {} into '{database}': {detail}",
-            backup.id
-        ))
+        // The server's own words for ENOSPC ("could not extend file ...").
+        if detail.contains("No space left on device") {
+            Error::NoSpace(format!(
+                "the database server's disk became full while {} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry",
+                backup.id
+            ))
+        } else {
+            Error::Database(format!(
+                "psql stopped restoring {} into '{database}': {detail}",
+                backup.id
+            ))
+        }
     })?;
     read?;
     if !fed {
