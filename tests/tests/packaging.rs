@@ -595,7 +595,11 @@ fn every_documented_config_key_is_accepted_by_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mesbak.toml");
     fs::write(&path, &uncommented).unwrap();
-    let agent = workspace().join("target/release/mesbak-agent");
+    // Where packaging/build put the release binaries (it honours
+    // CARGO_TARGET_DIR, as cargo does).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), |dir| workspace().join(dir));
+    let agent = target.join("release/mesbak-agent");
     check(
         Command::new(&agent)
             .env_clear()
