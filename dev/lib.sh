@@ -277,6 +277,39 @@ ensure_debian_image() {
     import_image mesbak-test/debian:12 debian_rootfs 'CMD ["/bin/bash"]'
 }
 
+# A Debian 12 root that boots systemd as PID 1 in a container (the booted
+# package test, tests/tests/packaging.rs): systemd, dbus, and everything
+# the .deb depends on, so the package installs with `--network none`;
+# curl for the health endpoint; rpm, to install the .rpm in a root where
+# rpm works.
+debian_systemd_rootfs() {
+    local root mirror
+    root=$(mktemp -d)
+    mirror=$(apt_mirror)
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,libssl3,curl,rpm \
+        bookworm "$root" "$mirror" >/dev/null ||
+        { rm -rf "$root"; return 1; }
+    (
+        cd "$root"
+        rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* \
+            usr/share/doc usr/share/man usr/share/locale
+        # Nothing a test container needs that would only fail or wait in it.
+        for unit in systemd-networkd-wait-online.service getty@tty1.service \
+            apt-daily.timer apt-daily-upgrade.timer; do
+            ln -sf /dev/null "etc/systemd/system/$unit"
+        done
+    )
+    tar -C "$root" --numeric-owner -c .
+    rm -rf "$root"
+}
+
+ensure_systemd_image() {
+    import_image mesbak-test/debian-systemd:12 debian_systemd_rootfs \
+        'ENV container=docker' \
+        'CMD ["/lib/systemd/systemd"]'
+}
+
 # Off-site test servers, cached under $MESBAK_STATE/tools (a second run
 # costs nothing): s3s-fs (an S3 server that checks multipart uploads and
 # checksums; later versions need a newer rustc) and Azurite (Microsoft's

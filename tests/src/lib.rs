@@ -49,7 +49,8 @@ pub use offsite::{
     AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Rclone, S3Server, add_offsite, backup_folder_names,
 };
 pub use postgres::{
-    ADMIN, DEFAULT_DB, Disk, Flavor, Postgres, Reach, fixture_path, quote_ident, quote_literal,
+    ADMIN, DEFAULT_DB, Disk, Flavor, LABEL, Postgres, Reach, fixture_path, quote_ident,
+    quote_literal,
 };
 pub use receiver::{HttpReceiver, Received, SmtpServer};
 pub use small_disk::SmallDisk;

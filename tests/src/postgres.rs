@@ -18,7 +18,7 @@ pub const ADMIN: &str = "admin";
 pub const DEFAULT_DB: &str = "mes";
 /// Label on everything the harness creates, with the test process's pid as
 /// value, so leftovers of killed test runs can be removed.
-pub(crate) const LABEL: &str = "mesbak.test.pid";
+pub const LABEL: &str = "mesbak.test.pid";
 
 /// Which server a test runs on. Every database suite runs on both
 /// ([`crate::on_both_servers!`]).

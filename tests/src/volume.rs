@@ -241,6 +241,25 @@ impl Gateway {
 
     /// Creates the container without starting it (a stopped gateway).
     pub fn create(volume: &Volume) -> Gateway {
+        Gateway::create_with_script(
+            volume,
+            "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done",
+        )
+    }
+
+    /// Creates and starts a gateway that ignores SIGTERM, as a busy
+    /// Ignition that is slow to stop: `docker stop -t N` takes the full N
+    /// seconds (then SIGKILL), so a job that stops it lasts that long.
+    pub fn start_slow_to_stop(volume: &Volume) -> Gateway {
+        let gateway =
+            Gateway::create_with_script(volume, "trap '' TERM INT; while :; do sleep 1; done");
+        run(volume.engine.docker().args(["start", &gateway.name]), None)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        gateway
+    }
+
+    /// Creates the container, running busybox `sh -c script` once started.
+    fn create_with_script(volume: &Volume, script: &str) -> Gateway {
         reap_leftovers();
         let name = format!("mesbak-test-gw-{}", random_hex(6));
         let engine = volume.engine.clone();
@@ -261,7 +280,7 @@ impl Gateway {
                     BUSYBOX,
                     "sh",
                     "-c",
-                    "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done",
+                    script,
                 ]),
             None,
         )

@@ -110,10 +110,12 @@ where
         let (success, message) = job.finish(&result);
         app.jobs.end(&job);
         let elapsed_ms = job.elapsed().as_millis() as u64;
+        // The job's own message goes in RESULT: a `message` field would be
+        // a second MESSAGE in the journal entry, next to "job succeeded".
         if success {
-            tracing::info!(job = job.id, operation = %job.operation, duration_ms = elapsed_ms, message = %message, "job succeeded");
+            tracing::info!(job = job.id, operation = %job.operation, duration_ms = elapsed_ms, result = %message, "job succeeded");
         } else {
-            tracing::error!(job = job.id, operation = %job.operation, duration_ms = elapsed_ms, error = %job.error_name(), message = %message, "job failed");
+            tracing::error!(job = job.id, operation = %job.operation, duration_ms = elapsed_ms, error = %job.error_name(), result = %message, "job failed");
         }
         alert_end(&app, &job, &result);
         if let Ok(iface) = &iface {
