@@ -293,6 +293,7 @@ impl App {
         let offsite = crate::offsite::health::assess(
             &self.config,
             &backups,
+            &crate::offsite::pitr::Local::read(self),
             |name| self.offsite.queue.get(name),
             now,
         );

@@ -83,9 +83,10 @@ pub enum Command {
         backup: Option<String>,
         /// Test a point-in-time restore to TIME instead (RFC 3339, or local
         /// "YYYY-MM-DD HH:MM:SS").
-        #[arg(long, value_name = "TIME", conflicts_with = "from")]
+        #[arg(long, value_name = "TIME")]
         to_time: Option<String>,
-        /// Read the backup from off-site target NAME (default: its newest database backup).
+        /// Read the backup (or, with --to-time, the base backup and WAL) from
+        /// off-site target NAME (default: its newest database backup).
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
     },
@@ -217,8 +218,9 @@ pub struct RestoreArgs {
     /// the one the newest restore kept.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["backup", "rollback"])]
     pub drop_previous: Option<Option<String>>,
-    /// Read the backup from off-site target NAME (the backup folder may be empty).
-    #[arg(long, value_name = "NAME", requires = "backup", conflicts_with_all = ["rollback", "drop_previous", "to_time"])]
+    /// Read the backup (or, with --to-time, the base backup and WAL) from
+    /// off-site target NAME (the backup folder may be empty).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["rollback", "drop_previous"])]
     pub from: Option<String>,
 }
 

@@ -707,10 +707,11 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
         };
-        agent
-            .restore_to_time(&time, options)
-            .await
-            .map_err(explain)?
+        match &args.from {
+            Some(target) => agent.restore_to_time_from(&time, target, options).await,
+            None => agent.restore_to_time(&time, options).await,
+        }
+        .map_err(explain)?
     } else {
         let given = args
             .backup
@@ -942,12 +943,14 @@ fn target_time(given: &str) -> Result<String> {
     Ok(local.assume_offset(offset).format(&Rfc3339)?)
 }
 
-pub async fn test_restore_to_time(time: &str, json: bool) -> Result<()> {
+pub async fn test_restore_to_time(time: &str, from: Option<&str>, json: bool) -> Result<()> {
     let (conn, agent) = connect().await?;
-    let path = agent
-        .test_restore_to_time(&target_time(time)?)
-        .await
-        .map_err(explain)?;
+    let time = target_time(time)?;
+    let path = match from {
+        Some(target) => agent.test_restore_to_time_from(&time, target).await,
+        None => agent.test_restore_to_time(&time).await,
+    }
+    .map_err(explain)?;
     follow(&conn, path, json).await
 }
 

@@ -97,7 +97,7 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
             to_time,
             from,
         } => match to_time {
-            Some(time) => client::test_restore_to_time(&time, json).await,
+            Some(time) => client::test_restore_to_time(&time, from.as_deref(), json).await,
             None => client::test_restore(backup.as_deref(), from.as_deref(), json).await,
         },
         Command::Pitr(command) => client::pitr(command, json).await,

@@ -77,6 +77,19 @@ pub trait Agent {
     /// A test restore of the database as it was at `time` (RFC 3339).
     fn test_restore_to_time(&self, time: &str) -> Result<OwnedObjectPath, Error>;
 
+    /// `RestoreToTime` with the base backup and WAL read from off-site
+    /// target `target` (root only; the backup folder may have none).
+    fn restore_to_time_from(
+        &self,
+        time: &str,
+        target: &str,
+        options: RestoreOptions,
+    ) -> Result<OwnedObjectPath, Error>;
+
+    /// `TestRestoreToTime` with the files read from off-site target `target`.
+    fn test_restore_to_time_from(&self, time: &str, target: &str)
+    -> Result<OwnedObjectPath, Error>;
+
     /// Copies what is missing to every off-site target now; returns the
     /// running sync's job when one is already running.
     fn sync_offsite(&self) -> Result<OwnedObjectPath, Error>;

@@ -106,9 +106,12 @@ async fn bench(flavor: Flavor, seconds: u64) {
 
     // The write load: one psql session looping INSERT batches.
     let stop = Arc::new(AtomicBool::new(false));
+    // Times within one week: spread over years, every batch touches
+    // hundreds of the hypertable's 7-day chunks and runs TimescaleDB out of
+    // lock slots ("out of shared memory", max_locks_per_transaction).
     let load_sql = if flavor.timescaledb() {
         "INSERT INTO mes_core.machine_metric (time, asset_id, metric, value, attributes) \
-         SELECT timestamptz '2024-01-01' + (random() * 300000000) * interval '1 second' + g * interval '1 microsecond', \
+         SELECT timestamptz '2024-01-01' + (random() * 604800) * interval '1 second' + g * interval '1 microsecond', \
                 (SELECT min(asset_id) FROM mes_core.asset_definition), 'load ' || g, random(), \
                 jsonb_build_object('pad', repeat(md5(g::text), 4)) \
          FROM generate_series(1, 20000) AS g;"

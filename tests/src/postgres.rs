@@ -679,6 +679,17 @@ impl Postgres {
         .unwrap_or_else(|err| panic!("{err:#}"));
     }
 
+    /// `docker restart` the container (fast shutdown, start) and wait
+    /// until it answers.
+    pub fn restart(&self) {
+        run(
+            Command::new("docker").args(["restart", "-t", "30", &self.name]),
+            None,
+        )
+        .and_then(|_| self.wait_ready())
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+
     /// `docker start` the stopped container and wait until it answers.
     pub fn start_again(&self) {
         run(self.engine.docker().args(["start", &self.name]), None)

@@ -412,10 +412,317 @@ async fn a_failing_shipper_is_reported_before_the_server_fills(flavor: Flavor) {
     assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
 }
 
+/// The PITR files in the backup folder, as an off-site target mirrors them
+/// (`pitr/base/<id>`, `pitr/base/<id>.json`, `pitr/wal/<file>`).
+fn local_pitr_names(config: &AgentConfig) -> Vec<String> {
+    let mut names = Vec::new();
+    for folder in ["pitr/base", "pitr/wal"] {
+        for entry in std::fs::read_dir(config.backup_dir().join(folder))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                names.push(format!("{folder}/{name}"));
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// What s3s-fs holds below `plant/pitr/`.
+fn s3_pitr_names(s3: &S3Server) -> Vec<String> {
+    s3.files("mes-backups")
+        .into_iter()
+        .filter_map(|name| name.strip_prefix("plant/").map(str::to_owned))
+        .filter(|name| name.starts_with("pitr/"))
+        .collect()
+}
+
+fn offsite_entry(bus: &Bus, name: &str) -> serde_json::Value {
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl(bus, &["status", "--json"]).1).unwrap();
+    status["offsite"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no target {name}: {status}"))
+        .clone()
+}
+
+/// Base backups and shipped WAL go to S3 and Azure like any backup, each
+/// verified there; a store that cannot be reached leaves shipping working
+/// and shows in the status, and catches up; with the local PITR files gone,
+/// a point-in-time restore reads them from the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn pitr_files_go_off_site_and_a_restore_reads_them_back() {
+    let bus = Bus::start();
+    let mut s3 = S3Server::start();
+    s3.create_bucket("mes-backups");
+    let azure = Azurite::start();
+    azure.create_container("plant-backups");
+    let pg = Postgres::with_fixture_on(Flavor::TimescaleDb);
+    let mut config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let s3_credentials = s3.credentials_file(config.dir());
+    add_offsite(
+        &mut config,
+        s3.target("s3", "mes-backups", "plant", &s3_credentials),
+    );
+    let azure_credentials = azure.credentials_file(config.dir());
+    add_offsite(
+        &mut config,
+        azure.target("azure", "plant-backups", "plant", &azure_credentials),
+    );
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = (now(), pg.fingerprint("mes"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ok(&bus, &["pitr", "base-backup"]);
+    write_moment(&pg, 2);
+    ok(&bus, &["pitr", "sync"]);
+    let out = ok(&bus, &["offsite", "sync"]);
+    assert!(
+        out.contains("verified") || out.contains("up to date"),
+        "{out}"
+    );
+
+    let local = local_pitr_names(&config);
+    assert!(
+        local
+            .iter()
+            .filter(|n| n.starts_with("pitr/base/") && n.ends_with(".json"))
+            .count()
+            == 2
+            && local.iter().any(|n| n.starts_with("pitr/wal/")),
+        "{local:?}"
+    );
+    assert_eq!(s3_pitr_names(&s3), local, "S3 mirrors the PITR folder");
+    assert_eq!(
+        azure
+            .names("plant-backups", "plant")
+            .into_iter()
+            .filter(|n| n.starts_with("pitr/"))
+            .collect::<Vec<_>>(),
+        local,
+        "Azure mirrors the PITR folder"
+    );
+    for name in local.iter().filter(|n| !n.ends_with(".json")) {
+        assert_eq!(
+            std::fs::read(s3.object_file("mes-backups", &format!("plant/{name}"))).unwrap(),
+            std::fs::read(config.backup_dir().join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    for target in ["s3", "azure"] {
+        let entry = offsite_entry(&bus, target);
+        assert_eq!(entry["status"], "healthy", "{entry}");
+        assert_eq!(entry["queue_length"], 0, "{entry}");
+    }
+    // The off-site state stays small: WAL is remembered as ranges.
+    let state = std::fs::read_to_string(config.state_dir().join("offsite.json")).unwrap();
+    assert!(!state.contains("pitr/wal"), "{state}");
+
+    // S3 unreachable: shipping goes on, the status names the target.
+    s3.stop();
+    pg.psql(
+        "mes",
+        "CREATE TABLE public.offsite_down (x int); INSERT INTO public.offsite_down SELECT generate_series(1, 1000);",
+    );
+    ok(&bus, &["pitr", "sync"]);
+    assert_eq!(
+        server_archive(&pg),
+        "",
+        "shipping stopped with the store down"
+    );
+    let (success, _, stderr) = ctl(&bus, &["offsite", "sync"]);
+    assert!(!success, "the sync succeeded with S3 down");
+    assert!(stderr.contains("'s3'"), "{stderr}");
+    let entry = offsite_entry(&bus, "s3");
+    assert_eq!(entry["status"], "degraded", "{entry}");
+    assert!(entry["queue_length"].as_u64().unwrap() > 0, "{entry}");
+    let (_, status, _) = ctl(&bus, &["status", "--json"]);
+    assert!(status.contains("point-in-time recovery files"), "{status}");
+    let pitr = pitr_status(&bus);
+    assert_eq!(pitr["last_error"], serde_json::Value::Null, "{pitr}");
+    assert_eq!(offsite_entry(&bus, "azure")["queue_length"], 0);
+    s3.start_again();
+    ok(&bus, &["offsite", "sync"]);
+    assert_eq!(s3_pitr_names(&s3), local_pitr_names(&config));
+    assert_eq!(offsite_entry(&bus, "s3")["status"], "healthy");
+
+    // The local PITR files are gone: the restore reads them from S3.
+    let aside = config.dir().join("pitr-aside");
+    std::fs::rename(config.backup_dir().join("pitr"), &aside).unwrap();
+    let out = ok(
+        &bus,
+        &["restore", "--to-time", &time, "--from", "s3", "--yes"],
+    );
+    assert!(
+        out.contains("point-in-time restore") && out.contains("'s3'"),
+        "{out}"
+    );
+    assert_recovered(pg.fingerprint("mes"), &expected, "restored from S3");
+    drop(agent);
+}
+
+/// WAL written and switched `count` times (a switch after nothing written
+/// archives nothing).
+fn switch_segments(pg: &Postgres, count: u32, tag: &str) {
+    for n in 0..count {
+        pg.psql(
+            "mes",
+            &format!("INSERT INTO mes_audit.change_log (table_name, operation, row_key) VALUES ('{tag}', 'I', '{n}'); SELECT pg_switch_wal();"),
+        );
+    }
+}
+
+/// The shipped segments form one run without a gap or a repeat, and the
+/// window reaches the newest one.
+#[track_caller]
+fn assert_chain_whole(bus: &Bus, config: &AgentConfig, what: &str) {
+    let names = shipped_segments(config);
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique, names, "{what}: a segment was shipped twice");
+    let status = pitr_status(bus);
+    assert!(
+        status["gaps"].as_array().unwrap().is_empty(),
+        "{what}: {status}"
+    );
+    assert_eq!(
+        status["newest_wal"].as_str().unwrap(),
+        names.last().unwrap(),
+        "{what}: {status}"
+    );
+    assert!(
+        hidden_files(&config.backup_dir().join("pitr/wal")).is_empty(),
+        "{what}: partial WAL files left"
+    );
+}
+
+/// SIGKILL while a base backup streams: no partial base backup is listed
+/// (the hidden file goes at the next start), the server's backup ends with
+/// the connection, the next base backup works and no WAL is lost.
+async fn an_agent_killed_during_a_base_backup_leaves_no_partial_one(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    ok(&bus, &["pitr", "sync"]);
+    agent.terminate().await;
+
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", "pitr-base-streaming");
+    let mut agent = Agent::spawn(&bus, &paused).await;
+    let job = agent.proxy().await.pitr_base_backup().await.unwrap();
+    let marker = config.state_dir().join("paused-at-pitr-base-streaming");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base_dir = config.backup_dir().join("pitr/base");
+    assert_eq!(hidden_files(&base_dir).len(), 1, "the partial base backup");
+    agent.kill9();
+    std::fs::remove_file(&marker).unwrap();
+    let _ = job;
+    // pg_basebackup loses its reader: the server ends the backup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_progress_basebackup;",
+    ) != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server still runs the killed base backup"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    write_moment(&pg, 2);
+
+    let _agent = Agent::spawn(&bus, &config).await;
+    assert!(
+        hidden_files(&base_dir).is_empty(),
+        "the partial file is left"
+    );
+    let status = pitr_status(&bus);
+    assert_eq!(
+        status["base_backups"].as_array().unwrap().len(),
+        1,
+        "a partial base backup is listed: {status}"
+    );
+    ok(&bus, &["pitr", "base-backup"]);
+    write_moment(&pg, 3);
+    ok(&bus, &["pitr", "sync"]);
+    let status = pitr_status(&bus);
+    assert_eq!(
+        status["base_backups"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    assert_chain_whole(&bus, &config, "after the killed base backup");
+    assert_eq!(server_archive(&pg), "");
+}
+
+/// `docker restart` of the database container while a backlog of segments
+/// is being shipped: the round in flight fails or finishes, nothing is
+/// lost or shipped twice, the chain has no gap and shipping resumes.
+async fn the_database_restarted_under_shipping_loses_no_segment(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 10);
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    let before = shipped_segments(&config).len();
+    switch_segments(&pg, 30, "restart");
+    let sync = agent.proxy().await.pitr_sync().await.unwrap();
+    // Restart once shipping is under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while shipped_segments(&config).len() < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shipping never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.restart();
+    let outcome = wait_job_outcome(agent.connection(), &sync, DEFAULT_JOB_TIMEOUT).await;
+    eprintln!(
+        "sync across the restart: success {}, {}",
+        outcome.success, outcome.message
+    );
+    // Shipping resumes on its own (the shipper's next round) and on request.
+    write_moment(&pg, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = (now(), pg.fingerprint("mes"));
+    switch_segments(&pg, 2, "after");
+    ok(&bus, &["pitr", "sync"]);
+    assert_eq!(server_archive(&pg), "", "segments left on the server");
+    assert!(shipped_segments(&config).len() >= before + 32);
+    assert_chain_whole(&bus, &config, "after the restart");
+    let status = pitr_status(&bus);
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    // The chain across the restart recovers.
+    let out = ok(&bus, &["restore", "--to-time", &time, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert_recovered(pg.fingerprint("mes"), &expected, "across the restart");
+    drop(agent);
+}
+
 on_both_servers!(
     point_in_time_restore_goes_back_to_each_moment,
     a_gap_in_the_chain_is_found_and_refused_past_it,
     a_new_server_is_restored_from_base_backup_and_wal_alone,
     an_agent_killed_while_shipping_or_recovering_loses_nothing,
     a_failing_shipper_is_reported_before_the_server_fills,
+    an_agent_killed_during_a_base_backup_leaves_no_partial_one,
+    the_database_restarted_under_shipping_loses_no_segment,
 );

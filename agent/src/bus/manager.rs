@@ -285,13 +285,19 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let conn_after = conn.clone();
         self.start(
             conn,
             caller_uid(conn, &header).await?,
             JobOperation::PitrEnable,
             String::new(),
             Some("turning point-in-time recovery on"),
-            crate::pitr::enable,
+            move |app, job| async move {
+                let result = crate::pitr::enable(app.clone(), job).await;
+                // Its files go off-site like any backup's.
+                super::offsite::after_backup(&app, &conn_after).await;
+                result
+            },
         )
         .await
     }
@@ -319,13 +325,19 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let conn_after = conn.clone();
         self.start(
             conn,
             caller_uid(conn, &header).await?,
             JobOperation::PitrSync,
             String::new(),
             None,
-            crate::pitr::sync,
+            move |app, job| async move {
+                let result = crate::pitr::sync(app.clone(), job).await;
+                // Its files go off-site like any backup's.
+                super::offsite::after_backup(&app, &conn_after).await;
+                result
+            },
         )
         .await
     }
@@ -336,13 +348,19 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
+        let conn_after = conn.clone();
         self.start(
             conn,
             caller_uid(conn, &header).await?,
             JobOperation::PitrBaseBackup,
             String::new(),
             None,
-            crate::pitr::base_backup,
+            move |app, job| async move {
+                let result = crate::pitr::base_backup(app.clone(), job).await;
+                // Its files go off-site like any backup's.
+                super::offsite::after_backup(&app, &conn_after).await;
+                result
+            },
         )
         .await
     }
@@ -368,7 +386,9 @@ impl Manager {
             JobOperation::Restore,
             time.to_owned(),
             Some("restore"),
-            move |app, job| crate::pitr::restore_to_time(app, job, target, options),
+            move |app, job| {
+                crate::pitr::restore_to_time(app, job, target, options, crate::pitr::Source::Local)
+            },
         )
         .await
     }
@@ -387,7 +407,55 @@ impl Manager {
             JobOperation::TestRestore,
             time.to_owned(),
             None,
-            move |app, job| crate::pitr::test_restore_to_time(app, job, target),
+            move |app, job| {
+                crate::pitr::test_restore_to_time(app, job, target, crate::pitr::Source::Local)
+            },
+        )
+        .await
+    }
+
+    /// `RestoreToTime` with the base backup and WAL read from off-site
+    /// target `target` (root only; the backup folder may have none).
+    async fn restore_to_time_from(
+        &self,
+        time: &str,
+        target: &str,
+        options: RestoreOptions,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let at = crate::pitr::parse_target(time)?;
+        offsite_read::open(&self.app, target)?;
+        let source = crate::pitr::Source::Offsite(target.to_owned());
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::Restore,
+            time.to_owned(),
+            Some("restore"),
+            move |app, job| crate::pitr::restore_to_time(app, job, at, options, source),
+        )
+        .await
+    }
+
+    /// `TestRestoreToTime` with the files read from off-site target `target`.
+    async fn test_restore_to_time_from(
+        &self,
+        time: &str,
+        target: &str,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let at = crate::pitr::parse_target(time)?;
+        offsite_read::open(&self.app, target)?;
+        let source = crate::pitr::Source::Offsite(target.to_owned());
+        self.start(
+            conn,
+            caller_uid(conn, &header).await?,
+            JobOperation::TestRestore,
+            time.to_owned(),
+            None,
+            move |app, job| crate::pitr::test_restore_to_time(app, job, at, source),
         )
         .await
     }

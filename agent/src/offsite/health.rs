@@ -8,6 +8,7 @@
 use mesbak_interface::{BackupInfo, Health, OffsiteReport};
 use time::{Duration, OffsetDateTime};
 
+use super::pitr::Local;
 use super::queue::TargetState;
 use crate::config::Config;
 use crate::health::parse_time;
@@ -22,6 +23,7 @@ pub struct Assessment {
 pub fn assess(
     config: &Config,
     local: &[BackupInfo],
+    pitr_local: &Local,
     state_of: impl Fn(&str) -> TargetState,
     now: OffsetDateTime,
 ) -> Assessment {
@@ -50,6 +52,11 @@ pub fn assess(
             .iter()
             .filter(|(id, _)| queue.iter().any(|b| &&b.id == id))
             .max_by(|a, b| a.1.last_failed.cmp(&b.1.last_failed));
+        // The PITR files: one entry for all WAL files, one per base backup.
+        let pitr_failure = state
+            .pitr
+            .last_failure()
+            .filter(|_| state.pitr.queue_length(pitr_local) > 0);
         if let Some((backup, created)) = behind.filter(|(_, t)| now - *t > max_lag) {
             status = Health::Unhealthy;
             assessment.unhealthy.push(format!(
@@ -67,14 +74,29 @@ pub fn assess(
                 "the off-site copy of {id} to '{name}' failed at {} ({} attempt(s)): {}; it is retried (next at {}), or run `mesbakctl offsite sync`",
                 failed.last_failed, failed.attempts, failed.message, failed.next_attempt
             ));
+        } else if let Some((what, failed)) = pitr_failure {
+            status = Health::Degraded;
+            let what = if what == "WAL" {
+                format!("{} WAL file(s)", state.pitr.queued_wal(pitr_local).len())
+            } else {
+                format!("base backup {what}")
+            };
+            assessment.degraded.push(format!(
+                "the off-site copy of point-in-time recovery files ({what}) to '{name}' failed at {} ({} attempt(s)): {}; local shipping goes on, the copy is retried (next at {}), or run `mesbakctl offsite sync`",
+                failed.last_failed, failed.attempts, failed.message, failed.next_attempt
+            ));
         }
+        let failure = failure
+            .into_iter()
+            .chain(pitr_failure)
+            .max_by(|a, b| a.1.last_failed.cmp(&b.1.last_failed));
         assessment.targets.push(OffsiteReport {
             name: name.clone(),
             url: target.url.clone(),
             status,
             newest_copy: newest.map(|(id, _)| id.clone()),
             newest_copy_created: newest_created,
-            queue_length: queue.len() as u64,
+            queue_length: (queue.len() + state.pitr.queue_length(pitr_local)) as u64,
             last_error: failure.map(|(_, f)| f.message.clone()),
             last_error_time: failure.map(|(_, f)| f.last_failed.clone()),
             last_success: state.last_success.clone(),
@@ -104,6 +126,14 @@ mod tests {
         config
     }
 
+    fn no_pitr() -> Local {
+        Local {
+            bases: Vec::new(),
+            wal: Default::default(),
+            store: crate::pitr::PitrStore::new(std::path::Path::new("/nonexistent")),
+        }
+    }
+
     #[test]
     fn failures_degrade_at_once_and_lag_makes_unhealthy() {
         let config = config();
@@ -116,20 +146,20 @@ mod tests {
         state.copied(&local[0], 10, 1, 1);
         state.copied(&local[1], 10, 1, 1);
         let all_copied = state.clone();
-        let report = assess(&config, &local, |_| all_copied.clone(), now);
+        let report = assess(&config, &local, &no_pitr(), |_| all_copied.clone(), now);
         assert_eq!(report.targets[0].status, Health::Healthy);
         assert_eq!(report.targets[0].newest_copy.as_deref(), Some("new"));
         assert_eq!(report.targets[0].queue_length, 0);
 
         state.copied.remove("new");
         let behind_a_bit = state.clone();
-        let report = assess(&config, &local, |_| behind_a_bit.clone(), now);
+        let report = assess(&config, &local, &no_pitr(), |_| behind_a_bit.clone(), now);
         assert_eq!(report.targets[0].status, Health::Healthy);
         assert_eq!(report.targets[0].queue_length, 1);
 
         state.failed("new", "connection refused", now);
         let failing = state.clone();
-        let report = assess(&config, &local, |_| failing.clone(), now);
+        let report = assess(&config, &local, &no_pitr(), |_| failing.clone(), now);
         assert_eq!(report.targets[0].status, Health::Degraded);
         assert!(
             report.degraded[0].contains("'s3'")
@@ -139,7 +169,7 @@ mod tests {
         );
 
         let later = now + Duration::hours(15);
-        let report = assess(&config, &local, |_| failing.clone(), later);
+        let report = assess(&config, &local, &no_pitr(), |_| failing.clone(), later);
         assert_eq!(report.targets[0].status, Health::Unhealthy);
         assert!(
             report.unhealthy[0].contains("26 hours"),
@@ -149,7 +179,7 @@ mod tests {
         assert!(report.degraded.is_empty());
 
         // Nothing copied ever: behind since the oldest backup.
-        let report = assess(&config, &local, |_| TargetState::default(), now);
+        let report = assess(&config, &local, &no_pitr(), |_| TargetState::default(), now);
         assert_eq!(report.targets[0].status, Health::Unhealthy);
         assert!(
             report.unhealthy[0].contains("old"),

@@ -39,15 +39,15 @@ impl LocalDir {
     }
 
     /// The folder of `key`'s kind and the file name; refuses anything but
-    /// `<folder>/<plain name>`.
+    /// `<folder>/<plain name>` (the folder may be nested: `pitr/wal`).
     fn split<'k>(&self, key: &'k str) -> Result<(PathBuf, &'k str), Error> {
-        match key.split_once('/') {
+        match key.rsplit_once('/') {
             Some((folder, name))
-                if !folder.is_empty()
-                    && !name.is_empty()
+                if !name.is_empty()
                     && !name.starts_with('.')
-                    && !name.contains('/')
-                    && !folder.starts_with('.') =>
+                    && folder
+                        .split('/')
+                        .all(|part| !part.is_empty() && !part.starts_with('.')) =>
             {
                 Ok((self.root.join(folder), name))
             }
@@ -324,7 +324,7 @@ impl LocalDir {
             return Vec::new();
         }
         let mut removed = Vec::new();
-        for folder in ["database", "ignition"] {
+        for folder in ["database", "ignition", "pitr/base", "pitr/wal"] {
             let Ok(entries) = fs::read_dir(self.root.join(folder)) else {
                 continue;
             };

@@ -22,6 +22,7 @@ mod expire;
 pub mod health;
 mod local;
 pub mod metrics;
+pub mod pitr;
 pub mod queue;
 pub mod read;
 pub mod store;

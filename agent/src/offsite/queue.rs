@@ -58,6 +58,8 @@ pub struct TargetState {
     /// verification alone, for the metrics.
     pub last_copy_ms: u64,
     pub last_verify_ms: u64,
+    /// The point-in-time recovery files there (see `super::pitr`).
+    pub pitr: super::pitr::PitrCopies,
 }
 
 impl TargetState {
@@ -101,21 +103,16 @@ impl TargetState {
 
     /// Records a failed attempt at `id` and when the timer retries it.
     pub fn failed(&mut self, id: &str, message: &str, now: OffsetDateTime) {
-        let attempts = self.failed.get(id).map_or(0, |f| f.attempts) + 1;
-        let wait = FIRST_RETRY
-            .checked_mul(1 << (attempts - 1).min(10))
-            .unwrap_or(LONGEST_RETRY)
-            .min(LONGEST_RETRY);
-        self.failed.insert(
-            id.to_owned(),
-            FailedCopy {
-                attempts,
-                last_failed: format_time(now),
-                next_attempt: format_time(now + wait),
-                message: message.to_owned(),
-            },
-        );
+        let failure = next_failure(self.failed.get(id), message, now);
+        self.failed.insert(id.to_owned(), failure);
         self.failures_total += 1;
+    }
+
+    /// Counts a verified copy of a PITR file (no per-file record).
+    pub fn record_copy(&mut self, bytes: u64) {
+        self.last_success = Some(now_rfc3339());
+        self.copies_total += 1;
+        self.bytes_total += bytes;
     }
 
     /// Whether the timer should try `id` now.
@@ -138,6 +135,25 @@ impl TargetState {
         self.failed
             .iter()
             .max_by(|a, b| a.1.last_failed.cmp(&b.1.last_failed))
+    }
+}
+
+/// The failure after `previous`: one more attempt, the wait doubled.
+pub fn next_failure(
+    previous: Option<&FailedCopy>,
+    message: &str,
+    now: OffsetDateTime,
+) -> FailedCopy {
+    let attempts = previous.map_or(0, |f| f.attempts) + 1;
+    let wait = FIRST_RETRY
+        .checked_mul(1 << (attempts - 1).min(10))
+        .unwrap_or(LONGEST_RETRY)
+        .min(LONGEST_RETRY);
+    FailedCopy {
+        attempts,
+        last_failed: format_time(now),
+        next_attempt: format_time(now + wait),
+        message: message.to_owned(),
     }
 }
 

@@ -129,8 +129,24 @@ pub async fn pick_test_restore(app: &App, name: &str, given: &str) -> Result<Str
 }
 
 /// A job's spool folder; removed when dropped.
-struct Spool {
-    dir: PathBuf,
+pub struct Spool {
+    pub dir: PathBuf,
+}
+
+impl Spool {
+    /// `backup_dir/.offsite-spool/job-<n>/`, 0700, empty.
+    pub fn create(app: &App, job: &Job) -> Result<Spool, Error> {
+        for repair in app.storage.prepare()? {
+            tracing::warn!(repair = %repair, "backup folder repaired");
+        }
+        let spool_root = app.storage.root().join(SPOOL);
+        let mut repairs = Vec::new();
+        ensure_private_dir(&spool_root, &mut repairs)?;
+        let dir = spool_root.join(format!("job-{}", job.id));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_private_dir(&dir, &mut repairs)?;
+        Ok(Spool { dir })
+    }
 }
 
 impl Drop for Spool {
@@ -188,16 +204,7 @@ where
             human_bytes(app.config.backup.min_free_bytes)
         )));
     }
-    for repair in app.storage.prepare()? {
-        tracing::warn!(repair = %repair, "backup folder repaired");
-    }
-    let spool_root = app.storage.root().join(SPOOL);
-    let mut repairs = Vec::new();
-    ensure_private_dir(&spool_root, &mut repairs)?;
-    let dir = spool_root.join(format!("job-{}", job.id));
-    let _ = fs::remove_dir_all(&dir);
-    ensure_private_dir(&dir, &mut repairs)?;
-    let spool = Spool { dir };
+    let spool = Spool::create(&app, &job)?;
     let path = spool.dir.join(&id);
     let mut file =
         create_private_file(&path).map_err(|err| crate::storage::write_error(&path, err))?;

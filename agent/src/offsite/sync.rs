@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use super::config::TargetConfig;
 use super::queue::{CopyRecord, TargetState};
 use super::store::{Entry, Target};
-use super::{data_key, metadata_key};
+use super::{data_key, metadata_key, pitr};
 use crate::app::App;
 use crate::config::ProcessEnv;
 use crate::jobs::{Job, now_rfc3339};
@@ -40,11 +40,13 @@ pub async fn run(app: &App, job: &Job, due: Due) -> Result<String, Error> {
     loop {
         app.offsite.again.store(false, Ordering::Release);
         let local = app.storage.list()?;
+        let pitr_local = pitr::Local::read(app);
         for config in &app.config.offsite {
-            app.offsite
-                .queue
-                .update(&config.name, |state| state.forget_missing(&local))?;
-            match sync_target(app, job, config, &local, due).await {
+            app.offsite.queue.update(&config.name, |state| {
+                state.forget_missing(&local);
+                state.pitr.forget_settled(&pitr_local);
+            })?;
+            match sync_target(app, job, config, &local, &pitr_local, due).await {
                 Ok(summary) => done.push(summary),
                 Err(err) => {
                     tracing::error!(job = job.id, target_name = %config.name, error = %err.message(), "off-site copy failed");
@@ -84,9 +86,11 @@ pub fn anything_due(app: &App, now: OffsetDateTime) -> bool {
     let Ok(local) = app.storage.list() else {
         return false;
     };
+    let pitr_local = pitr::Local::read(app);
     app.config.offsite.iter().any(|config| {
         let state = app.offsite.queue.get(&config.name);
         state.queue(&local).iter().any(|b| state.due(&b.id, now))
+            || state.pitr.anything_due(&pitr_local, now)
     })
 }
 
@@ -95,6 +99,7 @@ async fn sync_target(
     job: &Job,
     config: &TargetConfig,
     local: &[BackupInfo],
+    pitr_local: &pitr::Local,
     due: Due,
 ) -> Result<String, Error> {
     let name = &config.name;
@@ -108,14 +113,14 @@ async fn sync_target(
     job.set_stage(format!("checking off-site target '{name}'"));
     let target = match Target::open(config, &ProcessEnv) {
         Ok(target) => target,
-        Err(err) => return Err(fail_all(app, name, &queued, err)),
+        Err(err) => return Err(fail_all(app, name, &queued, pitr_local, err)),
     };
     for partial in target.remove_partials() {
         tracing::warn!(target_name = %name, file = %partial, "removed an unfinished copy left by an interrupted upload");
     }
     let held = match list_all(&target).await {
         Ok(held) => held,
-        Err(err) => return Err(fail_all(app, name, &queued, err)),
+        Err(err) => return Err(fail_all(app, name, &queued, pitr_local, err)),
     };
     reconcile(app, &target, local, &held).await?;
 
@@ -146,7 +151,7 @@ async fn sync_target(
                 job.warn(err.message());
             }
             Err(Failure::Target(err)) => {
-                return Err(fail_all(app, name, &queued[index..], err));
+                return Err(fail_all(app, name, &queued[index..], pitr_local, err));
             }
         }
     }
@@ -167,7 +172,13 @@ async fn sync_target(
             ));
         }
     }
-    let left = app.offsite.queue.get(name).queue(local).len();
+    if let Some(pitr_summary) =
+        pitr::sync(app, job, &target, pitr_local, due == Due::PastBackoff).await?
+    {
+        summary.push_str(&format!("; {pitr_summary}"));
+    }
+    let state = app.offsite.queue.get(name);
+    let left = state.queue(local).len() + state.pitr.queue_length(pitr_local);
     if left > 0 && due == Due::All {
         return Err(Error::Failed(format!(
             "off-site target '{name}' still lacks {left} backup(s); see `mesbakctl status`"
@@ -176,14 +187,21 @@ async fn sync_target(
     Ok(summary)
 }
 
-/// Records `err` against every queued backup (so the timer backs off from
-/// all of them) and returns it.
-fn fail_all(app: &App, name: &str, queued: &[&BackupInfo], err: Error) -> Error {
+/// Records `err` against every queued backup and PITR file (so the timer
+/// backs off from all of them) and returns it.
+fn fail_all(
+    app: &App,
+    name: &str,
+    queued: &[&BackupInfo],
+    pitr_local: &pitr::Local,
+    err: Error,
+) -> Error {
     let now = OffsetDateTime::now_utc();
     if let Err(save) = app.offsite.queue.update(name, |state| {
         for backup in queued {
             state.failed(&backup.id, &err.message(), now);
         }
+        state.pitr.failed_all(pitr_local, &err.message(), now);
     }) {
         tracing::error!(error = %save.message(), "cannot record the off-site failure");
     }

@@ -176,7 +176,7 @@ fn segments_by_number(wal: &[WalFile], timeline: u32) -> BTreeMap<u64, &WalFile>
         .collect()
 }
 
-fn start_number(base: &BaseInfo) -> Option<u64> {
+pub fn start_number(base: &BaseInfo) -> Option<u64> {
     match kind_of(&base.start_wal, base.wal_segment_size)? {
         WalKind::Segment { number, .. } => Some(number),
         _ => None,

@@ -377,17 +377,22 @@ pub fn spawn_shipper(app: Arc<App>) {
     });
 }
 
+/// PITR retention: the one policy for the backup folder and every off-site
+/// target (`retention.days` back, at least one base backup).
+pub fn plan_retention(
+    app: &App,
+    bases: &[chain::BaseInfo],
+    wal: &[chain::WalFile],
+    now: OffsetDateTime,
+) -> (Vec<chain::BaseInfo>, Vec<chain::WalFile>) {
+    chain::plan_retention(bases, wal, now, app.config.retention.days, 1)
+}
+
 /// Deletes base backups and WAL retention allows; returns what went.
 fn apply_retention(app: &App, store: &PitrStore, archiving: &Archiving) -> Vec<String> {
     let bases = store.bases();
     let wal = store.wal(archiving.wal_segment_size);
-    let (bases_gone, wal_gone) = chain::plan_retention(
-        &bases,
-        &wal,
-        OffsetDateTime::now_utc(),
-        app.config.retention.days,
-        1,
-    );
+    let (bases_gone, wal_gone) = plan_retention(app, &bases, &wal, OffsetDateTime::now_utc());
     let mut removed = Vec::new();
     for base in &bases_gone {
         match store.delete_base(base) {
@@ -541,35 +546,70 @@ pub fn parse_target(text: &str) -> Result<OffsetDateTime, Error> {
 
 /// Plans and authenticates a recovery to `target`, then recovers it into
 /// a database backup of that moment.
+/// Where a point-in-time restore reads the base backup and the WAL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The backup folder.
+    Local,
+    /// Off-site target NAME (`--from NAME`), fetched into the spool first.
+    Offsite(String),
+}
+
 async fn recover_to(
     app: &App,
     job: &Job,
     target: OffsetDateTime,
+    source: &Source,
 ) -> Result<crate::storage::BackupRef, Error> {
-    let segment_size = app
-        .state
-        .get()
-        .pitr
-        .map_or(16 << 20, |a| a.wal_segment_size);
-    let _guard = app.pitr.lock.lock().await;
-    let store = PitrStore::new(&app.config.backup_dir);
-    let bases = store.bases();
-    let wal = store.wal(segment_size);
-    let window = chain::window(&bases, &wal);
     if target > OffsetDateTime::now_utc() {
         return Err(Error::InvalidArgument(format!(
             "{} is in the future",
             rfc3339(target)
         )));
     }
-    let plan = chain::plan_recovery(&bases, &wal, target).ok_or_else(|| {
+    let _guard = app.pitr.lock.lock().await;
+    let info = match source {
+        Source::Local => {
+            let segment_size = app
+                .state
+                .get()
+                .pitr
+                .map_or(16 << 20, |a| a.wal_segment_size);
+            let store = PitrStore::new(&app.config.backup_dir);
+            let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
+            recover::authenticate(app, job, &store, &plan).await?;
+            recover::recover_to_backup(app, job, &store, &plan, target).await?
+        }
+        Source::Offsite(name) => {
+            let (spool, store, plan) = crate::offsite::pitr::fetch(app, job, name, target).await?;
+            recover::authenticate(app, job, &store, &plan).await?;
+            let info = recover::recover_to_backup(app, job, &store, &plan, target).await;
+            drop(spool);
+            info?
+        }
+    };
+    app.storage.resolve(&info.id, true)
+}
+
+/// What a recovery to `target` needs, or why it cannot be done (`place`:
+/// where the files are, for the message; empty for the backup folder).
+pub fn plan_or_refuse(
+    bases: &[chain::BaseInfo],
+    wal: &[chain::WalFile],
+    target: OffsetDateTime,
+    place: &str,
+) -> Result<chain::RecoveryPlan, Error> {
+    chain::plan_recovery(bases, wal, target).ok_or_else(|| {
+        let window = chain::window(bases, wal);
         let reachable = match window.span() {
             Some((from, to)) => format!(
-                "the restorable window is {} to {}",
+                "the restorable window{place} is {} to {}",
                 rfc3339(from),
                 rfc3339(to)
             ),
-            None => "there is no restorable window yet (no base backup with its WAL)".to_owned(),
+            None => {
+                format!("there is no restorable window{place} yet (no base backup with its WAL)")
+            }
         };
         let gaps = if window.gaps.is_empty() {
             String::new()
@@ -583,10 +623,7 @@ async fn recover_to(
             "{} cannot be restored: {reachable}{gaps}; nothing was changed",
             rfc3339(target)
         ))
-    })?;
-    recover::authenticate(app, job, &store, &plan).await?;
-    let info = recover::recover_to_backup(app, job, &store, &plan, target).await?;
-    app.storage.resolve(&info.id, true)
+    })
 }
 
 /// `restore --to-time`: the database as it was at `target`, through the
@@ -596,12 +633,14 @@ pub async fn restore_to_time(
     job: Arc<Job>,
     target: OffsetDateTime,
     options: RestoreOptions,
+    source: Source,
 ) -> Result<String, Error> {
-    let backup = recover_to(&app, &job, target).await?;
+    let backup = recover_to(&app, &job, target, &source).await?;
     let message = restore::run(app, job, backup.clone(), options).await?;
     Ok(format!(
-        "point-in-time restore to {}: {message}",
-        rfc3339(target)
+        "point-in-time restore to {}: {message}{}",
+        rfc3339(target),
+        from_where(&source)
     ))
 }
 
@@ -610,13 +649,24 @@ pub async fn test_restore_to_time(
     app: Arc<App>,
     job: Arc<Job>,
     target: OffsetDateTime,
+    source: Source,
 ) -> Result<String, Error> {
-    let backup = recover_to(&app, &job, target).await?;
+    let backup = recover_to(&app, &job, target, &source).await?;
     let message = restore::test_restore(app, job, backup).await?;
     Ok(format!(
-        "point-in-time test restore to {}: {message}",
-        rfc3339(target)
+        "point-in-time test restore to {}: {message}{}",
+        rfc3339(target),
+        from_where(&source)
     ))
+}
+
+fn from_where(source: &Source) -> String {
+    match source {
+        Source::Local => String::new(),
+        Source::Offsite(name) => {
+            format!(" (base backup and WAL read from off-site target '{name}')")
+        }
+    }
 }
 
 /// At start: removes a scratch cluster a crash left, and partial files.

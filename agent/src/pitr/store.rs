@@ -196,3 +196,126 @@ impl PitrStore {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::{Duration, OffsetDateTime};
+
+    use super::*;
+    use crate::offsite::pitr::PitrCopies;
+    use crate::pitr::chain::{self, BaseInfo, segment_name, wal_file_name};
+
+    const SEG: u64 = 16 << 20;
+
+    fn rfc3339(at: OffsetDateTime) -> String {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    }
+
+    /// A week of operation in the backup folder, as the agent does it: a
+    /// segment archived and shipped every minute (`archive_timeout` 60 s),
+    /// a base backup every night at 01:00 followed by PITR retention
+    /// (`retention.days` = 3 so that a week exercises it), the same
+    /// retention run over an off-site target's record. At the end the
+    /// window runs from the base backup that covers the horizon to the
+    /// newest segment, without a gap, here and off-site.
+    #[test]
+    fn a_week_of_shipping_and_retention_keeps_one_whole_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PitrStore::new(dir.path());
+        store.prepare().unwrap();
+        let start = OffsetDateTime::parse(
+            "2026-11-23T00:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let keep_days = 3;
+        let mut offsite = PitrCopies::default();
+        let mut offsite_bases: Vec<BaseInfo> = Vec::new();
+        let minutes = 7 * 24 * 60;
+        for minute in 1..=minutes {
+            let now = start + Duration::minutes(minute);
+            let number = minute as u64;
+            let name = segment_name(1, number, SEG);
+            let file = wal_file_name(&name, now);
+            std::fs::write(store.wal_dir().join(&file), b"").unwrap();
+            offsite.add(&chain::parse_wal_file(&file, SEG).unwrap());
+            if minute % (24 * 60) == 60 {
+                // 01:00: a base backup starting in this segment.
+                let id = format!(
+                    "base_{}.tar.gz.enc",
+                    crate::storage::Storage::restore_point(now)
+                );
+                let base = BaseInfo {
+                    id: id.clone(),
+                    started: rfc3339(now),
+                    finished: rfc3339(now + Duration::seconds(30)),
+                    timeline: 1,
+                    start_wal: name.clone(),
+                    start_lsn: String::new(),
+                    wal_segment_size: SEG,
+                    size_bytes: 0,
+                    sha256: "00".into(),
+                    server_version: "17".into(),
+                    timescaledb_version: String::new(),
+                };
+                std::fs::write(store.base_dir().join(&id), b"").unwrap();
+                std::fs::write(
+                    store.base_dir().join(format!("{id}.json")),
+                    serde_json::to_vec(&base).unwrap(),
+                )
+                .unwrap();
+                offsite_bases.push(base);
+                // Retention after the base backup, here and there.
+                let later = now + Duration::minutes(1);
+                let bases = store.read_bases();
+                let wal = store.read_wal(SEG);
+                let (bases_gone, wal_gone) =
+                    chain::plan_retention(&bases, &wal, later, keep_days, 1);
+                for base in &bases_gone {
+                    store.delete_base(base).unwrap();
+                }
+                for file in &wal_gone {
+                    store.delete_wal(file).unwrap();
+                    offsite.remove(file);
+                }
+                let (gone_there, _) =
+                    chain::plan_retention(&offsite_bases, &[], later, keep_days, 1);
+                offsite_bases.retain(|b| !gone_there.contains(b));
+            }
+        }
+        let end = start + Duration::minutes(minutes);
+        let bases = store.read_bases();
+        let wal = store.read_wal(SEG);
+        let window = chain::window(&bases, &wal);
+        let (from, to) = window.span().unwrap();
+        eprintln!(
+            "a week (7 days, 1 segment/min, a base backup nightly, retention.days = {keep_days}): \
+             window {} to {} ({:.1} days), {} base backups, {} WAL files, gaps {:?}; off-site record {} bytes",
+            rfc3339(from),
+            rfc3339(to),
+            (to - from).as_seconds_f64() / 86400.0,
+            bases.len(),
+            wal.len(),
+            window.gaps,
+            serde_json::to_string(&offsite).unwrap().len()
+        );
+        assert!(window.gaps.is_empty(), "{:?}", window.gaps);
+        assert_eq!(to, end, "the window reaches the newest segment");
+        // From the newest base backup older than the horizon: at least
+        // `retention.days` are always reachable.
+        assert!(from <= end - Duration::days(keep_days.into()), "{from}");
+        assert!(from > end - Duration::days(keep_days as i64 + 2), "{from}");
+        assert_eq!(bases.len(), keep_days as usize + 1);
+        // Off-site: the same base backups and one range of segments from
+        // the oldest kept base backup's start.
+        let mut there: Vec<&str> = offsite_bases.iter().map(|b| b.id.as_str()).collect();
+        there.sort();
+        let mut here: Vec<&str> = bases.iter().map(|b| b.id.as_str()).collect();
+        here.sort();
+        assert_eq!(there, here);
+        let first = chain::start_number(&bases[0]).unwrap();
+        assert_eq!(offsite.segments[&1], vec![[first, minutes as u64]]);
+        assert_eq!(wal.len() as u64, minutes as u64 - first + 1);
+    }
+}
