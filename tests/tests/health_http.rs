@@ -398,8 +398,7 @@ async fn health_follows_the_age_of_the_backups() {
     // rename) shows within the catalog's recheck time of one second.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut health = request(port, "GET", "/health").await;
-    while health.status != StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline
-    {
+    while health.status != StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         health = request(port, "GET", "/health").await;
     }
