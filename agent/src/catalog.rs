@@ -245,9 +245,10 @@ mod tests {
     use std::cell::Cell;
     use std::path::Path;
 
-    fn age(dir: &Path, seconds: u64) {
+    /// Sets the mtime of a file or folder `seconds` back.
+    fn age(path: &Path, seconds: u64) {
         let past = SystemTime::now() - Duration::from_secs(seconds);
-        let file = std::fs::File::open(dir).unwrap();
+        let file = std::fs::File::open(path).unwrap();
         file.set_modified(past).unwrap();
     }
 
@@ -311,13 +312,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("a.json"), b"{}").unwrap();
-        let old = SystemTime::now() - Duration::from_secs(10);
-        std::fs::File::options()
-            .write(true)
-            .open(dir.join("a.json"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        age(&dir.join("a.json"), 10);
         age(&dir, 10);
         let dirs = [dir.clone()];
         let before = Stamp::entries(&dirs);
@@ -337,12 +332,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("a.json"), b"{}").unwrap();
-        let old = SystemTime::now() - Duration::from_secs(10);
-        let file = std::fs::File::options()
-            .write(true)
-            .open(dir.join("a.json"))
-            .unwrap();
-        file.set_modified(old).unwrap();
+        age(&dir.join("a.json"), 10);
         age(&dir, 10);
         let dirs = [dir.clone()];
         let listing: Listing<u64> = Listing::default();
@@ -356,12 +346,8 @@ mod tests {
         assert_eq!(reads.get(), 1);
 
         std::fs::write(dir.join("a.json"), b"{\"x\": 1}").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(dir.join("a.json"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        // Settled again (not racy), so only the recheck can see the edit.
+        age(&dir.join("a.json"), 10);
         std::thread::sleep(RECHECK);
         assert_eq!(
             *listing.get_polled("k", &dirs, read).unwrap(),
