@@ -41,6 +41,15 @@ impl Engine {
         cmd
     }
 
+    /// Whether `container` exists in this engine and is running.
+    pub fn is_running(&self, container: &str) -> bool {
+        run_text(
+            self.docker()
+                .args(["inspect", "-f", "{{.State.Running}}", container]),
+        )
+        .is_ok_and(|state| state == "true")
+    }
+
     /// `DOCKER_HOST` for a process that should use this engine (the agent);
     /// `None` for the host's.
     pub fn docker_host(&self) -> Option<&str> {

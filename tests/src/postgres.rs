@@ -699,13 +699,7 @@ impl Postgres {
 
     /// Whether the container is running.
     pub fn is_running(&self) -> bool {
-        run_text(
-            self.engine
-                .docker()
-                .args(["inspect", "-f", "{{.State.Running}}", &self.name]),
-        )
-        .map(|s| s == "true")
-        .unwrap_or(false)
+        self.engine.is_running(&self.name)
     }
 
     /// The container's `docker logs`, last `lines` lines (stdout and stderr).

@@ -295,13 +295,7 @@ impl Gateway {
 
     /// Whether the container is running.
     pub fn is_running(&self) -> bool {
-        run_text(
-            self.engine
-                .docker()
-                .args(["inspect", "-f", "{{.State.Running}}", &self.name]),
-        )
-        .map(|s| s == "true")
-        .unwrap_or(false)
+        self.engine.is_running(&self.name)
     }
 
     /// `docker stop`.

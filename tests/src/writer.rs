@@ -57,7 +57,7 @@ impl Writer {
     }
 
     pub fn is_running(&self) -> bool {
-        self.inspect("{{.State.Running}}") == "true"
+        self.engine.is_running(&self.name)
     }
 
     pub fn started_at(&self) -> String {
