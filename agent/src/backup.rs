@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use mesbak_interface::{BackupInfo, BackupKind, BackupTarget, Error};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +14,8 @@ use crate::health::kind_configured;
 use crate::ignition;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupWriter;
-use crate::postgres::{self, DumpReader, Server, timescale};
-use crate::process;
+use crate::postgres::payload::{self, Payload, Piece};
+use crate::postgres::{DumpReader, Server};
 use crate::retention;
 use crate::state::FailureRecord;
 use crate::storage::Storage;
@@ -165,11 +164,8 @@ pub enum Shown<'a> {
     Beside(&'a CancellationToken),
 }
 
-/// The payload of a database backup, in order: the roles it needs
-/// (created only where missing), TimescaleDB's restore prologue, pg_dump's
-/// plain SQL, TimescaleDB's epilogue, and the database-level facts pg_dump
-/// leaves out. So `decrypt | gunzip | psql` into an empty database brings
-/// all of it back, on a server with or without the roles.
+/// A database backup: the payload ([`postgres::payload`]) of the
+/// configured database, compressed and encrypted into a new file.
 pub async fn dump(
     app: &App,
     job: &Job,
@@ -211,68 +207,32 @@ pub async fn dump(
     // The writer derives the file's key (PBKDF2) while the roles, versions
     // and database facts are read.
     let writer = BackupWriter::start(file, key, codec, progress);
-    let roles_args = ["--roles-only", "-l", database.as_str()];
-    let roles = server.output("pg_dumpall", &roles_args, None, |detail| {
-        Error::Database(format!(
-            "pg_dumpall --roles-only failed in {}: {detail}",
-            server.runner.describe()
-        ))
-    });
-    let (roles, server_version, timescaledb, facts) = tokio::join!(
-        roles,
-        postgres::catalog::server_version(server),
-        timescale::installed(server, database),
-        postgres::facts::read(server, database),
-    );
-    let (server_version, timescaledb, facts) = (server_version?, timescaledb?, facts?);
-    let mut prologue = postgres::roles_prelude(&roles?);
-    let mut epilogue = String::new();
-    if let Some(extension) = &timescaledb {
-        if extension.schema == "public" {
-            prologue.push_str(&timescale::prologue(&extension.version));
-            epilogue.push_str(timescale::epilogue());
-        } else {
-            job.warn(format!(
-                "TimescaleDB is installed in schema '{}', not 'public': a restore by hand (decrypt | gunzip | psql) must call {0}.timescaledb_pre_restore() before and {0}.timescaledb_post_restore() after the load",
-                extension.schema
-            ));
-        }
+    let described = payload::describe(server, database).await?;
+    for warning in &described.warnings {
+        job.warn(warning.clone());
     }
-    epilogue.push_str(&facts.to_sql());
-    writer.write(Bytes::from(prologue.into_bytes())).await;
-
-    let mut spawned = server.spawn("pg_dump", &["-d", database], false).await?;
+    let mut payload = Payload::start(server, database, &described).await?;
     let mut reader = DumpReader::default();
     loop {
-        let block = tokio::select! {
-            block = spawned.stdout.recv() => block,
-            _ = stop.cancelled() => {
-                // pg_dump ends when its output is cut; the partial file
-                // goes with `pending`.
-                spawned.kill();
+        match payload.next(&stop).await {
+            Piece::Block(block) => {
+                reader.feed(&block);
+                if !writer.write(block).await {
+                    break;
+                }
+            }
+            Piece::Cancelled => {
+                // The partial file goes with `pending`.
                 let _ = writer.finish().await;
                 return Err(job.cancelled_error(CANCELLED_BACKUP));
             }
-        };
-        let Some(block) = block else { break };
-        reader.feed(&block);
-        if !writer.write(block).await {
-            break;
+            Piece::End => break,
         }
     }
-    drop(spawned.stdout);
-    let outcome = process::join(spawned.done).await;
-    writer.write(Bytes::from(epilogue.into_bytes())).await;
+    let dumped = payload.finish(server, database).await;
     // A writer failure (disk full) explains a broken pipe better than pg_dump does.
     let written = writer.finish().await?;
-    // pg_dump's warnings (TimescaleDB's circular foreign keys among its
-    // catalog tables) go to stderr with exit status 0: not failures.
-    outcome?.check(|detail| {
-        Error::Database(format!(
-            "pg_dump of database '{database}' failed in {}: {detail}",
-            server.runner.describe()
-        ))
-    })?;
+    dumped?;
 
     let mut warnings = Vec::new();
     let missing: Vec<&str> = app
@@ -300,8 +260,8 @@ pub async fn dump(
         duration_ms,
         restore_point: point.to_owned(),
         source: database.clone(),
-        server_version,
-        timescaledb_version: timescaledb.map(|t| t.version).unwrap_or_default(),
+        server_version: described.server_version,
+        timescaledb_version: described.timescaledb.map(|t| t.version).unwrap_or_default(),
         schemas: reader.schemas,
         table_rows: reader.table_rows,
         downtime_ms: 0,

@@ -699,10 +699,15 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         agent.drop_previous(name).await.map_err(explain)?
     } else if let Some(time) = &args.to_time {
         let time = target_time(time)?;
-        let preview = agent
-            .preview("restore-to-time", &time)
-            .await
-            .map_err(explain)?;
+        let preview = match &args.from {
+            Some(target) => {
+                agent
+                    .preview("restore-to-time-from", &format!("{target}/{time}"))
+                    .await
+            }
+            None => agent.preview("restore-to-time", &time).await,
+        }
+        .map_err(explain)?;
         confirm(&preview, "Restore now?", args.yes, "restore --to-time")?;
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),

@@ -360,7 +360,7 @@ async fn an_agent_killed_while_shipping_or_recovering_loses_nothing(flavor: Flav
         1,
         "the scratch container exists while recovering"
     );
-    let _agent = Agent::spawn(&bus, &config).await;
+    let mut agent = Agent::spawn(&bus, &config).await;
     assert_eq!(
         scratch(&label),
         0,
@@ -368,6 +368,44 @@ async fn an_agent_killed_while_shipping_or_recovering_loses_nothing(flavor: Flav
     );
     pg.fingerprint("mes")
         .assert_same(&live, "after a killed point-in-time restore");
+
+    // Killed once the recovered database has streamed into the new one,
+    // before the swap: the loaded copy and the scratch cluster go at the
+    // next start, the live database is as it was.
+    agent.terminate().await;
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", "restore-loaded");
+    let mut agent = Agent::spawn(&bus, &paused).await;
+    let _job = agent
+        .proxy()
+        .await
+        .restore_to_time(&time, mesbak_interface::RestoreOptions::default())
+        .await
+        .unwrap();
+    let marker = config.state_dir().join("paused-at-restore-loaded");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scratch(&label), 1, "the scratch cluster serves the load");
+    let copies = "SELECT count(*) FROM pg_database WHERE datname LIKE 'mes_restore_%'";
+    assert_eq!(pg.psql("postgres", copies).trim(), "1", "the loaded copy");
+    agent.kill9();
+    std::fs::remove_file(&marker).unwrap();
+    let _agent = Agent::spawn(&bus, &config).await;
+    assert_eq!(
+        scratch(&label),
+        0,
+        "the next start removed the scratch container"
+    );
+    assert_eq!(
+        pg.psql("postgres", copies).trim(),
+        "0",
+        "the loaded copy was dropped"
+    );
+    pg.fingerprint("mes")
+        .assert_same(&live, "after a point-in-time restore killed mid-load");
     let out = ok(&bus, &["restore", "--to-time", &time, "--yes"]);
     assert!(out.contains("point-in-time restore"), "{out}");
     assert_recovered(pg.fingerprint("mes"), &expected, "after the retry");
@@ -558,6 +596,19 @@ async fn pitr_files_go_off_site_and_a_restore_reads_them_back() {
     // The local PITR files are gone: the restore reads them from S3.
     let aside = config.dir().join("pitr-aside");
     std::fs::rename(config.backup_dir().join("pitr"), &aside).unwrap();
+    // The confirmation names the window the store holds, not the local one.
+    let preview = agent
+        .proxy()
+        .await
+        .preview("restore-to-time-from", &format!("s3/{time}"))
+        .await
+        .unwrap();
+    assert!(
+        preview
+            .iter()
+            .any(|line| line.starts_with("Restorable window on off-site target 's3': ")),
+        "{preview:?}"
+    );
     let out = ok(
         &bus,
         &["restore", "--to-time", &time, "--from", "s3", "--yes"],

@@ -197,9 +197,12 @@ impl Manager {
 
     /// What a destructive action would change, one sentence per line, for
     /// the confirmation prompt: `action` is `restore` (argument: the
-    /// backup), `rollback`, `drop-previous` (argument: the name or "") or
-    /// `prune`. Fails as the action itself would (nothing to roll back, a
-    /// backup that does not exist, ...). Changes nothing.
+    /// backup), `restore-file` (the file's name), `restore-from`
+    /// (TARGET/ID), `restore-to-time` (the time), `restore-to-time-from`
+    /// (TARGET/TIME), `rollback`, `drop-previous` (argument: the name or
+    /// ""), `prune`, `pitr-enable` or `pitr-disable`. Fails as the action
+    /// itself would (nothing to roll back, a backup that does not exist,
+    /// ...). Changes nothing.
     async fn preview(
         &self,
         action: &str,
@@ -220,7 +223,18 @@ impl Manager {
             }
             "restore-to-time" => {
                 super::require_root(uid, "restore")?;
-                crate::pitr::preview_restore(&self.app, argument)
+                crate::pitr::preview_restore(&self.app, argument, &crate::pitr::Source::Local).await
+            }
+            // "TARGET/TIME" (target names have no '/').
+            "restore-to-time-from" => {
+                super::require_root(uid, "restore")?;
+                let (name, time) = argument.split_once('/').ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "'{argument}' is not TARGET/TIME for a point-in-time restore preview"
+                    ))
+                })?;
+                let source = crate::pitr::Source::Offsite(name.to_owned());
+                crate::pitr::preview_restore(&self.app, time, &source).await
             }
             _ => preview::describe(&self.app, action, argument, uid),
         }

@@ -32,7 +32,9 @@ use super::store::Target;
 use crate::app::App;
 use crate::jobs::Job;
 use crate::pitr::PitrStore;
-use crate::pitr::chain::{BaseInfo, RecoveryPlan, WalFile, WalKind, parse_wal_file, start_number};
+use crate::pitr::chain::{
+    BaseInfo, RecoveryPlan, WalFile, WalKind, Window, parse_wal_file, start_number,
+};
 use crate::storage::{create_private_file, human_bytes, open_backup, write_error};
 use crate::trust::parse_time;
 
@@ -351,16 +353,9 @@ pub async fn sync(
 /// a spool laid out as the backup folder's `pitr/`: the base backup
 /// (checked against the SHA-256 of its metadata) and its WAL segments. The
 /// caller authenticates every file before it is used.
-pub async fn fetch(
-    app: &App,
-    job: &Job,
-    name: &str,
-    target_time: OffsetDateTime,
-) -> Result<(Spool, PitrStore, RecoveryPlan), Error> {
-    let target = super::read::open(app, name)?;
-    job.set_stage(format!(
-        "reading what off-site target '{name}' holds for point-in-time recovery"
-    ));
+/// The base backups (from their metadata) and WAL files target `name`
+/// holds; a base backup whose metadata cannot be read is not used.
+async fn chain_held(target: &Target, name: &str) -> Result<(Vec<BaseInfo>, Vec<WalFile>), Error> {
     let listed = target.list(BASE_FOLDER).await?;
     let keys: BTreeSet<&str> = listed.iter().map(|e| e.key.as_str()).collect();
     let mut bases = Vec::new();
@@ -390,6 +385,27 @@ pub async fn fetch(
         .iter()
         .filter_map(|entry| parse_wal_file(entry.key.rsplit_once('/')?.1, segment_size))
         .collect();
+    Ok((bases, wal))
+}
+
+/// The restorable window target `name` holds.
+pub async fn window(app: &App, name: &str) -> Result<Window, Error> {
+    let target = super::read::open(app, name)?;
+    let (bases, wal) = chain_held(&target, name).await?;
+    Ok(crate::pitr::chain::window(&bases, &wal))
+}
+
+pub async fn fetch(
+    app: &App,
+    job: &Job,
+    name: &str,
+    target_time: OffsetDateTime,
+) -> Result<(Spool, PitrStore, RecoveryPlan), Error> {
+    let target = super::read::open(app, name)?;
+    job.set_stage(format!(
+        "reading what off-site target '{name}' holds for point-in-time recovery"
+    ));
+    let (bases, wal) = chain_held(&target, name).await?;
     let plan = crate::pitr::plan_or_refuse(
         &bases,
         &wal,

@@ -144,20 +144,39 @@ pub fn preview_disable(app: &App) -> Result<Vec<String>, Error> {
 }
 
 /// What `restore --to-time TIME` will do.
-pub fn preview_restore(app: &App, time: &str) -> Result<Vec<String>, Error> {
+pub async fn preview_restore(app: &App, time: &str, source: &Source) -> Result<Vec<String>, Error> {
     let target = parse_target(time)?;
-    let status = status(app);
     let live = &app.config.database.name;
     let mut lines = vec![format!(
         "Restores '{live}' as it was at {}.",
         rfc3339(target)
     )];
-    if status.window_from.is_empty() {
-        lines.push("There is no restorable window yet: this will be refused.".into());
-    } else {
+    let (span, place) = match source {
+        Source::Local => (
+            {
+                let status = status(app);
+                (!status.window_from.is_empty())
+                    .then(|| format!("{} to {}", status.window_from, status.window_to))
+            },
+            String::new(),
+        ),
+        Source::Offsite(name) => (
+            crate::offsite::pitr::window(app, name)
+                .await?
+                .span()
+                .map(|(from, to)| format!("{} to {}", rfc3339(from), rfc3339(to))),
+            format!(" on off-site target '{name}'"),
+        ),
+    };
+    match span {
+        Some(span) => lines.push(format!("Restorable window{place}: {span}.")),
+        None => lines.push(format!(
+            "There is no restorable window{place} yet: this will be refused."
+        )),
+    }
+    if let Source::Offsite(name) = source {
         lines.push(format!(
-            "Restorable window: {} to {}.",
-            status.window_from, status.window_to
+            "The base backup and WAL are fetched from '{name}' into the backup folder's spool first (removed afterwards)."
         ));
     }
     lines.push(
@@ -177,7 +196,7 @@ pub fn preview_restore(app: &App, time: &str) -> Result<Vec<String>, Error> {
         ));
     }
     lines.push(
-        "A safety backup of the current database is taken first (unless --skip-safety-backup)."
+        "A safety backup of the current database is taken while the recovered copy loads (unless --skip-safety-backup)."
             .into(),
     );
     Ok(lines)
@@ -544,8 +563,6 @@ pub fn parse_target(text: &str) -> Result<OffsetDateTime, Error> {
     Ok(local.assume_offset(offset))
 }
 
-/// Plans and authenticates a recovery to `target`, then recovers it into
-/// a database backup of that moment.
 /// Where a point-in-time restore reads the base backup and the WAL.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
@@ -555,12 +572,16 @@ pub enum Source {
     Offsite(String),
 }
 
+/// Plans and authenticates a recovery to `target`, then recovers a
+/// scratch cluster to that moment. The files are only needed until then:
+/// the PITR lock (retention, shipping's removals) and an off-site spool
+/// are let go before the restore that follows.
 async fn recover_to(
     app: &App,
     job: &Job,
     target: OffsetDateTime,
     source: &Source,
-) -> Result<crate::storage::BackupRef, Error> {
+) -> Result<recover::Recovered, Error> {
     if target > OffsetDateTime::now_utc() {
         return Err(Error::InvalidArgument(format!(
             "{} is in the future",
@@ -568,7 +589,7 @@ async fn recover_to(
         )));
     }
     let _guard = app.pitr.lock.lock().await;
-    let info = match source {
+    match source {
         Source::Local => {
             let segment_size = app
                 .state
@@ -578,17 +599,21 @@ async fn recover_to(
             let store = PitrStore::new(&app.config.backup_dir);
             let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
             recover::authenticate(app, job, &store, &plan).await?;
-            recover::recover_to_backup(app, job, &store, &plan, target).await?
+            recover::recover(app, job, &store, &plan, target).await
         }
         Source::Offsite(name) => {
             let (spool, store, plan) = crate::offsite::pitr::fetch(app, job, name, target).await?;
             recover::authenticate(app, job, &store, &plan).await?;
-            let info = recover::recover_to_backup(app, job, &store, &plan, target).await;
+            let recovered = recover::recover(app, job, &store, &plan, target).await;
             drop(spool);
-            info?
+            recovered
         }
-    };
-    app.storage.resolve(&info.id, true)
+    }
+}
+
+/// What a point-in-time restore restores, in its messages and records.
+fn as_of(app: &App, target: OffsetDateTime) -> String {
+    format!("'{}' as of {}", app.config.database.name, rfc3339(target))
 }
 
 /// What a recovery to `target` needs, or why it cannot be done (`place`:
@@ -635,8 +660,12 @@ pub async fn restore_to_time(
     options: RestoreOptions,
     source: Source,
 ) -> Result<String, Error> {
-    let backup = recover_to(&app, &job, target, &source).await?;
-    let message = restore::run(app, job, backup.clone(), options).await?;
+    let recovered = recover_to(&app, &job, target, &source).await?;
+    let label = as_of(&app, target);
+    let restored =
+        restore::run_recovered(&app, &job, recovered.server.clone(), label, options).await;
+    recovered.remove(&app).await;
+    let message = restored?;
     Ok(format!(
         "point-in-time restore to {}: {message}{}",
         rfc3339(target),
@@ -651,8 +680,11 @@ pub async fn test_restore_to_time(
     target: OffsetDateTime,
     source: Source,
 ) -> Result<String, Error> {
-    let backup = recover_to(&app, &job, target, &source).await?;
-    let message = restore::test_restore(app, job, backup).await?;
+    let recovered = recover_to(&app, &job, target, &source).await?;
+    let label = as_of(&app, target);
+    let tested = restore::test_restore_recovered(&app, &job, recovered.server.clone(), label).await;
+    recovered.remove(&app).await;
+    let message = tested?;
     Ok(format!(
         "point-in-time test restore to {}: {message}{}",
         rfc3339(target),

@@ -2,11 +2,12 @@
 //! the database container's own image, on its own volume, with no network,
 //! gets the base backup and the WAL segments up to the target (through the
 //! archive API, the container created but not yet started), recovers to
-//! `recovery_target_time` and promotes. Its database is then dumped into an
-//! ordinary database backup, which goes through the ordinary verified
-//! restore (or test restore). The live server is not touched until that
-//! restore's swap; the scratch container and volume are always removed (a
-//! crash leaves a record in the agent's state; the next start removes them).
+//! `recovery_target_time` and promotes. Its database is then restored
+//! through the ordinary verified restore (or test restore), its dump
+//! streamed straight into the load: no file in between, the dump and the
+//! load at once. The live server is not touched until that restore's swap;
+//! the scratch container and volume are always removed (a crash leaves a
+//! record in the agent's state; the next start removes them).
 
 use std::collections::HashMap;
 use std::io;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mesbak_interface::{BackupInfo, Compression, Error};
+use mesbak_interface::{Compression, Error};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -23,13 +24,12 @@ use tokio::sync::mpsc;
 use super::chain::RecoveryPlan;
 use super::store::PitrStore;
 use crate::app::App;
-use crate::backup;
 use crate::docker::Docker;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
 use crate::postgres::{MAINTENANCE_DB, Server};
 use crate::process::Runner;
-use crate::storage::{Storage, open_backup};
+use crate::storage::open_backup;
 
 /// Label on scratch containers and volumes: the owning agent's state folder.
 pub const SCRATCH_LABEL: &str = "org.mesbak.pitr-scratch";
@@ -86,15 +86,33 @@ pub async fn authenticate(
     Ok(())
 }
 
-/// Recovers `plan` to `target` in a scratch cluster and dumps its database
-/// into a new database backup (`<db>_<target>_pitr.sql.gz.enc`).
-pub async fn recover_to_backup(
+/// A scratch cluster recovered to the target time, up and out of recovery.
+pub struct Recovered {
+    /// Its server, for the restore that moves its database over.
+    pub server: Server,
+    docker: Docker,
+    scratch: Scratch,
+}
+
+impl Recovered {
+    /// Removes the scratch cluster (its container and volume) and its record.
+    pub async fn remove(self, app: &App) {
+        self.server.release().await;
+        remove(&self.docker, &self.scratch).await;
+        let _ = app.state.update(|state| state.pitr_scratch = None);
+    }
+}
+
+/// Recovers `plan` to `target` in a scratch cluster, left running for the
+/// restore that follows ([`Recovered::remove`] afterwards; on failure it is
+/// removed here).
+pub async fn recover(
     app: &App,
     job: &Job,
     store: &PitrStore,
     plan: &RecoveryPlan,
     target: OffsetDateTime,
-) -> Result<BackupInfo, Error> {
+) -> Result<Recovered, Error> {
     let docker = app.docker().await?;
     let live = &app.config.database.container;
     let image = docker.image_of(live).await?;
@@ -193,17 +211,21 @@ pub async fn recover_to_backup(
             Err(other) => return Err(other.into_error(&plan.base.id)),
         };
         tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
-        job.set_stage(format!("saving the database as it was at {target_text}"));
-        let point = Storage::restore_point(target);
-        let info = backup::dump(app, job, &server, &point, Some("pitr"), backup::Shown::AsTheJob)
-                .await?;
-        server.release().await;
-        Ok(info)
+        Ok(server)
     }
     .await;
-    remove(&docker, &scratch).await;
-    let _ = app.state.update(|state| state.pitr_scratch = None);
-    result
+    match result {
+        Ok(server) => Ok(Recovered {
+            server,
+            docker,
+            scratch,
+        }),
+        Err(err) => {
+            remove(&docker, &scratch).await;
+            let _ = app.state.update(|state| state.pitr_scratch = None);
+            Err(err)
+        }
+    }
 }
 
 /// How waiting for the scratch cluster ended, when it did not promote.

@@ -7,7 +7,8 @@
 //!
 //! Sub-concerns: [`catalog`] (what the server holds), [`dump`] (reading a
 //! dump stream), [`roles`] and [`facts`] (what a dump leaves out and a
-//! backup carries), [`timescale`] (Timescale's logical backup procedure),
+//! backup carries), [`payload`] (a backup's SQL as pg_dump makes it),
+//! [`timescale`] (Timescale's logical backup procedure),
 //! [`credentials`] (the password, never in an environment) and
 //! [`session`] (a job's use of the server, left as found).
 
@@ -15,6 +16,7 @@ pub mod catalog;
 mod credentials;
 pub mod dump;
 pub mod facts;
+pub mod payload;
 pub mod roles;
 pub mod session;
 pub mod timescale;

@@ -10,12 +10,12 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::Plan;
+use super::plan::{Input, Plan};
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
+use crate::postgres::payload::{Payload, Piece};
 use crate::postgres::{DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_literal, timescale};
 use crate::process;
-use crate::storage::BackupRef;
 
 /// What a load cut short by `Cancel` leaves.
 pub const CANCELLED_LOAD: &str =
@@ -24,6 +24,8 @@ pub const CANCELLED_LOAD: &str =
 /// What a load did.
 pub struct Loaded {
     pub plain_bytes: u64,
+    /// Rows per table as the SQL itself holds them (its COPY data).
+    pub stream_rows: BTreeMap<String, u64>,
     /// Rows stored per table, as the server reported each COPY; None when
     /// the reports could not be matched to the dump's COPY statements.
     pub copied_rows: Option<BTreeMap<String, u64>>,
@@ -69,30 +71,22 @@ pub async fn create_database_like(
     server.execute(MAINTENANCE_DB, &statement).await.map(|_| ())
 }
 
-/// Streams the backup's SQL into `database` through psql with
-/// ON_ERROR_STOP, wrapped in TimescaleDB's prologue and epilogue when the
-/// backup has TimescaleDB, then updates the extension where planned. Stops
-/// with the job's cancelled error when `stop` (the job's token or a child
-/// of it) is cancelled.
+/// Streams the plan's SQL (a backup file, or a recovered cluster's live
+/// dump) into `database` through psql with ON_ERROR_STOP, wrapped in
+/// TimescaleDB's prologue and epilogue when it has TimescaleDB, then
+/// updates the extension where planned. Stops with the job's cancelled
+/// error when `stop` (the job's token or a child of it) is cancelled.
 pub async fn load(
     job: &Job,
     server: &Server,
-    backup: &BackupRef,
     plan: &Plan,
     timescale: Option<&timescale::RestorePlan>,
     database: &str,
     stop: &CancellationToken,
 ) -> Result<Loaded, Error> {
-    job.set_stage(format!("restoring {} into '{database}'", backup.id));
-    let file = backup.open()?;
-    job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
-    let mut reader = BackupReader::start(
-        backup.id.clone(),
-        file,
-        plan.key.clone(),
-        Some(backup.compression),
-        job.bytes_done.clone(),
-    );
+    let label = plan.label();
+    job.set_stage(format!("restoring {label} into '{database}'"));
+    let mut sql = Sql::open(job, plan).await?;
     let mut dump = DumpReader::default();
     let mut plain_bytes = 0u64;
     let spawned = server
@@ -136,17 +130,15 @@ pub async fn load(
     };
     let mut fed = stdin.write_all(prologue.as_bytes()).await.is_ok();
     while fed {
-        let block = tokio::select! {
-            block = reader.blocks.recv() => block,
-            _ = stop.cancelled() => {
+        let block = match sql.next(stop).await {
+            Piece::Block(block) => block,
+            Piece::End => break,
+            Piece::Cancelled => {
                 // psql is cut off; the caller drops the database it filled.
                 done.abort();
                 copy_reports.abort();
                 return Err(job.cancelled_error(CANCELLED_LOAD));
             }
-        };
-        let Some(block) = block else {
-            break;
         };
         // psql's output ends only when psql does: it stopped at an error
         // (ON_ERROR_STOP), so the rest of the dump would be fed to no one.
@@ -156,6 +148,10 @@ pub async fn load(
         }
         dump.feed(&block);
         plain_bytes += block.len() as u64;
+        if sql.counts_itself() {
+            job.bytes_done
+                .fetch_add(block.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         fed = stdin.write_all(&block).await.is_ok();
     }
     if fed {
@@ -163,33 +159,26 @@ pub async fn load(
     }
     let _ = stdin.shutdown().await;
     drop(stdin);
-    let read = if fed {
-        reader.finish().await.map(|_| ())
-    } else {
-        drop(reader);
-        Ok(())
-    };
+    // A source that stopped early (psql gave up) is not waited for.
+    let read = if fed { sql.finish().await } else { Ok(()) };
     let outcome = process::join(done).await?;
     let copy_reports = copy_reports.await.unwrap_or_default();
     outcome.check(|detail| {
         // The server's own words for ENOSPC ("could not extend file ...").
         if detail.contains("No space left on device") {
             Error::NoSpace(format!(
-                "the database server's disk became full while {} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry",
-                backup.id
+                "the database server's disk became full while {label} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry"
             ))
         } else {
             Error::Database(format!(
-                "psql stopped restoring {} into '{database}': {detail}",
-                backup.id
+                "psql stopped restoring {label} into '{database}': {detail}"
             ))
         }
     })?;
     read?;
     if !fed {
         return Err(Error::Database(format!(
-            "psql stopped reading while restoring {} into '{database}'",
-            backup.id
+            "psql stopped reading while restoring {label} into '{database}'"
         )));
     }
     if plan.from_metadata {
@@ -210,7 +199,70 @@ pub async fn load(
     Ok(Loaded {
         plain_bytes,
         copied_rows,
+        stream_rows: dump.table_rows,
     })
+}
+
+/// The SQL being read: a backup file decrypted (and decompressed) as it is
+/// read, or a recovered cluster's payload as pg_dump makes it.
+enum Sql<'a> {
+    File(BackupReader),
+    Live(Payload, &'a Server, &'a str),
+}
+
+impl<'a> Sql<'a> {
+    async fn open(job: &Job, plan: &'a Plan) -> Result<Sql<'a>, Error> {
+        Ok(match &plan.input {
+            Input::File { backup, key } => {
+                let file = backup.open()?;
+                job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
+                Sql::File(BackupReader::start(
+                    backup.id.clone(),
+                    file,
+                    key.clone(),
+                    Some(backup.compression),
+                    job.bytes_done.clone(),
+                ))
+            }
+            Input::Live {
+                server,
+                database,
+                described,
+                ..
+            } => {
+                // The size of the SQL is not known before pg_dump ends.
+                job.reset_bytes(0);
+                Sql::Live(
+                    Payload::start(server, database, described).await?,
+                    server,
+                    database,
+                )
+            }
+        })
+    }
+
+    /// Whether the job's bytes are counted here (a file's reader counts
+    /// the encrypted bytes it reads itself).
+    fn counts_itself(&self) -> bool {
+        matches!(self, Sql::Live(..))
+    }
+
+    async fn next(&mut self, stop: &CancellationToken) -> Piece {
+        match self {
+            Sql::File(reader) => tokio::select! {
+                block = reader.blocks.recv() => block.map_or(Piece::End, Piece::Block),
+                _ = stop.cancelled() => Piece::Cancelled,
+            },
+            Sql::Live(payload, ..) => payload.next(stop).await,
+        }
+    }
+
+    async fn finish(self) -> Result<(), Error> {
+        match self {
+            Sql::File(reader) => reader.finish().await.map(|_| ()),
+            Sql::Live(payload, server, database) => payload.finish(server, database).await,
+        }
+    }
 }
 
 /// Differences between expected and restored row counts, one phrase each.

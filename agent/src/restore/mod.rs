@@ -16,6 +16,11 @@
 //! it only decrypts (no decompression, a fraction of the load's time), and
 //! a damaged or foreign file must not stop the writers.
 //!
+//! The SQL comes from a backup file or, for a point-in-time restore, from
+//! a recovered scratch cluster's pg_dump streamed straight into the load
+//! ([`plan::Input`]); then the stream's own row counts are what psql's
+//! COPY reports must match.
+//!
 //! Every step goes through [`crate::postgres::Server`]: inside the database
 //! container when one is configured, so no port needs publishing.
 
@@ -46,6 +51,7 @@ pub use load::compare_rows;
 pub use previous::{drop_previous, rollback};
 pub use test_restore::{
     pick_backup as pick_test_restore_backup, require_database_backup, run as test_restore,
+    run_recovered as test_restore_recovered,
 };
 
 use journal::InProgress;
@@ -66,23 +72,45 @@ pub async fn run(
         return crate::ignition::restore(app, job, backup, options).await;
     }
     let plan = authenticate(&app, &job, &backup).await?;
+    run_planned(&app, &job, plan, options).await
+}
+
+/// Restores the configured database of a recovered cluster (`scratch`, a
+/// point-in-time recovery) over the live one: its dump streams straight
+/// into the load, through the same checks, safety backup and swap.
+pub async fn run_recovered(
+    app: &App,
+    job: &Job,
+    scratch: Server,
+    label: String,
+    options: RestoreOptions,
+) -> Result<String, Error> {
+    let plan = plan::live(app, scratch, label).await?;
+    run_planned(app, job, plan, options).await
+}
+
+async fn run_planned(
+    app: &App,
+    job: &Job,
+    plan: Plan,
+    options: RestoreOptions,
+) -> Result<String, Error> {
     let mut session = app.database_session().await?;
     let result = async {
-        session.ensure_up(&job).await?;
+        session.ensure_up(job).await?;
         let server = session.server.clone();
-        journal::recover(&app, &server).await?;
+        journal::recover(app, &server).await?;
         let live = &app.config.database.name;
         let live_exists = catalog::database_exists(&server, live).await?;
-        let timescale = preflight(&app, &job, &server, &plan, live_exists).await?;
+        let timescale = preflight(app, job, &server, &plan, live_exists).await?;
         if let Some(touched) = session.touched() {
-            stop_writers(&app, &job, touched).await?;
+            stop_writers(app, job, touched).await?;
         }
         let safety_backup = live_exists && options.skip_safety_backup != Some(true);
         restore_database(
-            &app,
-            &job,
+            app,
+            job,
             &server,
-            &backup,
             &plan,
             timescale.as_ref(),
             live_exists,
@@ -158,7 +186,6 @@ async fn restore_database(
     app: &App,
     job: &Job,
     server: &Server,
-    backup: &BackupRef,
     plan: &Plan,
     timescale: Option<&crate::postgres::timescale::RestorePlan>,
     live_exists: bool,
@@ -175,7 +202,7 @@ async fn restore_database(
             database: new_db.clone(),
             previous_name: Some(previous.clone()),
             live_name: live.clone(),
-            backup: backup.id.clone(),
+            backup: plan.label().to_owned(),
         }),
     )?;
     let state_dir = &app.config.state_dir;
@@ -184,7 +211,7 @@ async fn restore_database(
     let stop = job.cancel_token().child_token();
     let load = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
-        let loaded = load::load(job, server, backup, plan, timescale, &new_db, &stop).await?;
+        let loaded = load::load(job, server, plan, timescale, &new_db, &stop).await?;
         if plan.lacks_database_facts && live_exists {
             // The old stack's dump lacks the database's own settings,
             // grants and comment: keep the live database's, or the swap
@@ -196,11 +223,11 @@ async fn restore_database(
         job.set_stage("comparing row counts with the backup");
         // The server's own count of the rows each COPY stored; a full count
         // when the output could not be matched to the tables.
-        let restored = match loaded.copied_rows {
-            Some(rows) => rows,
+        let restored = match &loaded.copied_rows {
+            Some(rows) => rows.clone(),
             None => catalog::table_row_counts(server, &new_db).await?,
         };
-        let differences = compare_rows(&plan.expected, &restored);
+        let differences = compare_rows(plan.expected(&loaded), &restored);
         if !differences.is_empty() {
             return Err(Error::Integrity(format!(
                 "the restored copy does not match the backup ({}); the live database was not changed",
@@ -253,7 +280,7 @@ async fn restore_database(
                 name: previous.clone(),
                 live_name: live.clone(),
                 replaced_at: now_rfc3339(),
-                restored_backup: backup.id.clone(),
+                restored_backup: plan.label().to_owned(),
                 size_bytes,
             },
         )
@@ -286,13 +313,13 @@ async fn restore_database(
             older.join(", ")
         ));
     }
-    tracing::info!(job = job.id, file = %backup.id, database = %live, "database restored");
+    let label = plan.label();
+    tracing::info!(job = job.id, file = %label, database = %live, "database restored");
     Ok(if live_exists {
         format!(
-            "restored {} into '{live}'; the previous database is kept as '{previous}': `mesbakctl restore --rollback` puts it back (once), `mesbakctl restore --drop-previous {previous}` deletes it",
-            backup.id
+            "restored {label} into '{live}'; the previous database is kept as '{previous}': `mesbakctl restore --rollback` puts it back (once), `mesbakctl restore --drop-previous {previous}` deletes it"
         )
     } else {
-        format!("restored {} into the new database '{live}'", backup.id)
+        format!("restored {label} into the new database '{live}'")
     })
 }

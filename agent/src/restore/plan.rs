@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use mesbak_format::Key;
 use mesbak_interface::Error;
 
+use super::load::Loaded;
 use crate::app::App;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
+use crate::postgres::payload::{self, Described};
 use crate::postgres::{DumpReader, Server, catalog, timescale};
 use crate::storage::{BackupRef, human_bytes};
 
@@ -18,9 +20,10 @@ use crate::storage::{BackupRef, human_bytes};
 const MARGIN_MIN: u64 = 64 << 20;
 
 pub struct Plan {
-    /// Loaded once: both passes over the file share its derived key.
-    pub key: Key,
-    /// Row counts the restored database must have.
+    /// Where the SQL comes from.
+    pub input: Input,
+    /// Row counts the restored database must have (for a live dump: none
+    /// yet; its own counts, read as it streams, are the expectation).
     pub expected: BTreeMap<String, u64>,
     /// Whether `expected` comes from the metadata (then the file's own
     /// counts must agree with it too).
@@ -28,11 +31,69 @@ pub struct Plan {
     /// The backup's TimescaleDB version: `Some("")` when the dump has the
     /// extension but no recorded version; `None` without TimescaleDB.
     pub timescaledb: Option<String>,
-    /// The size of the backup file.
-    pub file_size: u64,
+    /// Room a copy takes when there is no live database to measure, and
+    /// what that figure is.
+    pub size_estimate: (u64, String),
     /// The payload lacks the database's own settings, grants and comment
     /// (an old stack's dump: pg_dump without `--create` leaves them out).
     pub lacks_database_facts: bool,
+}
+
+/// Where a restore's SQL comes from.
+pub enum Input {
+    /// A backup file, authenticated; both passes share its derived key.
+    File { backup: BackupRef, key: Key },
+    /// The database of a recovered scratch cluster, dumped while it loads
+    /// (a point-in-time restore): no file in between.
+    Live {
+        server: Server,
+        database: String,
+        described: Described,
+        /// What is restored, in messages and records.
+        label: String,
+    },
+}
+
+impl Plan {
+    /// The row counts the restored copy must have: the file's (from its
+    /// metadata, or read in the authentication pass), or for a live dump
+    /// the counts of the SQL that was loaded.
+    pub fn expected<'a>(&'a self, loaded: &'a Loaded) -> &'a BTreeMap<String, u64> {
+        match self.input {
+            Input::File { .. } => &self.expected,
+            Input::Live { .. } => &loaded.stream_rows,
+        }
+    }
+
+    /// The backup's id, or what a live dump is of.
+    pub fn label(&self) -> &str {
+        match &self.input {
+            Input::File { backup, .. } => &backup.id,
+            Input::Live { label, .. } => label,
+        }
+    }
+}
+
+/// The plan for restoring the configured database of a recovered cluster
+/// (`server`), dumped as it loads; `label` names it in messages.
+pub async fn live(app: &App, server: Server, label: String) -> Result<Plan, Error> {
+    let database = &app.config.database.name;
+    let described = payload::describe(&server, database).await?;
+    let size = catalog::database_size(&server, database).await?;
+    Ok(Plan {
+        expected: BTreeMap::new(),
+        from_metadata: false,
+        timescaledb: described.timescaledb.as_ref().map(|t| t.version.clone()),
+        size_estimate: (size, format!("the size of {label}")),
+        // The payload carries them.
+        lacks_database_facts: false,
+        input: Input::Live {
+            server,
+            database: database.clone(),
+            described,
+            label,
+        },
+    })
 }
 
 /// Authenticates every chunk before anything is touched. With metadata the
@@ -68,25 +129,39 @@ pub async fn authenticate(app: &App, job: &Job, backup: &BackupRef) -> Result<Pl
     reader.finish().await?;
     Ok(match metadata {
         Some(info) => Plan {
-            key,
             expected: info.table_rows,
             from_metadata: true,
             timescaledb: (!info.timescaledb_version.is_empty()).then_some(info.timescaledb_version),
-            file_size,
+            input: Input::File {
+                backup: backup.clone(),
+                key,
+            },
+            size_estimate: size_estimate(file_size),
             // Every backup the agent makes carries them.
             lacks_database_facts: false,
         },
         None => Plan {
-            key,
             expected: dump.table_rows,
             from_metadata: false,
             timescaledb: dump
                 .timescaledb
                 .then(|| dump.timescaledb_version.unwrap_or_default()),
-            file_size,
+            size_estimate: size_estimate(file_size),
             lacks_database_facts: !dump.database_facts,
+            input: Input::File {
+                backup: backup.clone(),
+                key,
+            },
         },
     })
+}
+
+/// Room a copy of a backup of `file_size` bytes takes on an empty server.
+fn size_estimate(file_size: u64) -> (u64, String) {
+    (
+        file_size.saturating_mul(4),
+        "four times the backup file".to_owned(),
+    )
 }
 
 /// The server-side checks before a restore or test restore creates its
@@ -124,10 +199,7 @@ async fn check_room(
             format!("the size of '{live}'"),
         )
     } else {
-        (
-            plan.file_size.saturating_mul(4),
-            "four times the backup file".to_owned(),
-        )
+        plan.size_estimate.clone()
     };
     let needed = size + (size / 10).max(MARGIN_MIN);
     let Some(free) = catalog::data_directory_free(server).await? else {

@@ -9,7 +9,7 @@ use mesbak_interface::{BackupKind, Error};
 
 use super::journal::{self, InProgress};
 use super::load::{compare_rows, create_database_like, load};
-use super::plan::{authenticate, preflight};
+use super::plan::{self, Plan, authenticate, preflight};
 use super::stamp;
 use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};
@@ -51,14 +51,40 @@ pub fn require_database_backup(backup: &BackupRef) -> Result<(), Error> {
 
 /// Restores into a scratch database, checks it, drops it, records the result.
 pub async fn run(app: Arc<App>, job: Arc<Job>, backup: BackupRef) -> Result<String, Error> {
-    let result = checks(&app, &job, &backup).await;
+    let result = async {
+        let plan = authenticate(&app, &job, &backup).await?;
+        checks(&app, &job, &plan).await
+    }
+    .await;
+    record(&app, &backup.id, result)
+}
+
+/// The test restore of a recovered cluster's database (`scratch`, a
+/// point-in-time recovery), its dump streamed straight into the load.
+pub async fn run_recovered(
+    app: &App,
+    job: &Job,
+    scratch: Server,
+    label: String,
+) -> Result<String, Error> {
+    let result = async {
+        let plan = plan::live(app, scratch, label.clone()).await?;
+        checks(app, job, &plan).await
+    }
+    .await;
+    record(app, &label, result)
+}
+
+/// Records a test restore's result (a cancelled one leaves the last real
+/// result standing).
+fn record(app: &App, label: &str, result: Result<String, Error>) -> Result<String, Error> {
     if matches!(result, Err(Error::Cancelled(_))) {
         // Neither passed nor failed: the last real result stands.
         return result;
     }
     let record = TestRestoreRecord {
         time: now_rfc3339(),
-        backup: backup.id.clone(),
+        backup: label.to_owned(),
         ok: result.is_ok(),
         message: match &result {
             Ok(message) => message.clone(),
@@ -70,8 +96,7 @@ pub async fn run(app: Arc<App>, job: Arc<Job>, backup: BackupRef) -> Result<Stri
     result
 }
 
-async fn checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Error> {
-    let plan = authenticate(app, job, backup).await?;
+async fn checks(app: &App, job: &Job, plan: &Plan) -> Result<String, Error> {
     let mut session = app.database_session().await?;
     let result = async {
         session.ensure_up(job).await?;
@@ -79,7 +104,7 @@ async fn checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Erro
         journal::recover(app, server).await?;
         let live = &app.config.database.name;
         let live_exists = catalog::database_exists(server, live).await?;
-        let timescale = preflight(app, job, server, &plan, live_exists).await?;
+        let timescale = preflight(app, job, server, plan, live_exists).await?;
         let scratch = format!("{live}_testrestore_{}", stamp());
         journal::save(
             app,
@@ -87,25 +112,26 @@ async fn checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Erro
                 database: scratch.clone(),
                 previous_name: None,
                 live_name: live.clone(),
-                backup: backup.id.clone(),
+                backup: plan.label().to_owned(),
             }),
         )?;
         let checked = async {
             create_database_like(server, &scratch, None).await?;
-            let plain_bytes = load(
+            let loaded = load(
                 job,
                 server,
-                backup,
-                &plan,
+                plan,
                 timescale.as_ref(),
                 &scratch,
                 &job.cancel_token(),
             )
-            .await?
-            .plain_bytes;
+            .await?;
             job.set_stage("checking the restored copy");
-            let checks = check_restored(app, server, &scratch, &plan.expected).await?;
-            Ok::<_, Error>(format!("{checks} ({} of SQL)", human_bytes(plain_bytes)))
+            let checks = check_restored(app, server, &scratch, plan.expected(&loaded)).await?;
+            Ok::<_, Error>(format!(
+                "{checks} ({} of SQL)",
+                human_bytes(loaded.plain_bytes)
+            ))
         }
         .await;
         journal::drop_database(app, server, &scratch).await?;
@@ -117,7 +143,10 @@ async fn checks(app: &App, job: &Job, backup: &BackupRef) -> Result<String, Erro
             format!("the test restore passed ({message})")
         })
         .await?;
-    Ok(format!("test restore of {} passed: {message}", backup.id))
+    Ok(format!(
+        "test restore of {} passed: {message}",
+        plan.label()
+    ))
 }
 
 /// Row counts (every table, TimescaleDB's chunks included), schemas and a
