@@ -37,6 +37,10 @@ pub enum Command {
         what: TargetArg,
     },
     /// List the backups, newest first (and the databases restores kept).
+    ///
+    /// The text shows the newest 50 and says how many there are in all;
+    /// `--all` shows every backup, `--limit N` the newest N. `--json` and
+    /// `--ids` (for scripts) list every backup unless `--limit N` is given.
     List {
         /// Print only the backup ids, one per line (for scripts and completion).
         #[arg(long, conflicts_with = "json")]
