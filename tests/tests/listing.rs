@@ -156,3 +156,23 @@ async fn pages_slice_the_listing_newest_first_and_say_the_total() {
     assert_eq!(page(0, 0).await, (60, vec![]));
     assert_eq!(page(0, u32::MAX).await, (60, ids.clone()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_past_one_page_is_asked_for_page_by_page() {
+    let bus = Bus::start();
+    let count = mesbak_interface::MAX_PAGE as usize + 2;
+    let (agent, ids) = agent_with_backups(&bus, count).await;
+    // The agent clamps a page to MAX_PAGE...
+    let (total, page) = agent
+        .proxy()
+        .await
+        .list_backups_page(0, u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(total as usize, count);
+    assert_eq!(page.len(), mesbak_interface::MAX_PAGE as usize);
+    // ...and mesbakctl asks again from where it ended.
+    let limit = count - 1;
+    let json = ctl(&bus, &["list", "--json", "--limit", &limit.to_string()]);
+    assert_eq!(json_ids(&json), ids[..limit]);
+}
