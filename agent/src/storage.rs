@@ -384,6 +384,18 @@ impl Storage {
             .collect())
     }
 
+    /// One page of [`Storage::list`] (see [`mesbak_interface::page_range`])
+    /// and how many backups there are: only the page is copied out of the
+    /// shared listing.
+    pub fn list_page(&self, first: u32, count: u32) -> Result<(u32, Vec<BackupInfo>), Error> {
+        let listing = self.shared_listing()?;
+        let page = listing[mesbak_interface::page_range(listing.len(), first, count)]
+            .iter()
+            .map(|l| l.info.clone())
+            .collect();
+        Ok((u32::try_from(listing.len()).unwrap_or(u32::MAX), page))
+    }
+
     /// Every backup, newest first (by time, not by text), each with what
     /// is wrong between the file and its metadata.
     pub fn list_checked(&self) -> Result<Vec<Listed>, Error> {

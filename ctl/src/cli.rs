@@ -37,6 +37,10 @@ pub enum Command {
         what: TargetArg,
     },
     /// List the backups, newest first (and the databases restores kept).
+    ///
+    /// The text shows the newest 50 and says how many there are in all;
+    /// `--all` shows every backup, `--limit N` the newest N. `--json` and
+    /// `--ids` (for scripts) list every backup unless `--limit N` is given.
     List {
         /// Print only the backup ids, one per line (for scripts and completion).
         #[arg(long, conflicts_with = "json")]
@@ -44,6 +48,13 @@ pub enum Command {
         /// List what off-site target NAME holds instead of the backup folder.
         #[arg(long, value_name = "NAME", conflicts_with = "ids")]
         offsite: Option<String>,
+        /// Show only the newest N backups (the text listing shows the newest
+        /// 50 unless --all; --json and --ids list every backup unless --limit).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "offsite")]
+        limit: Option<u32>,
+        /// Show every backup, not only the newest 50.
+        #[arg(long, conflicts_with_all = ["limit", "offsite"])]
+        all: bool,
     },
     /// Show whether backups are fresh and test restores pass, the running
     /// job, the databases restores kept and the off-site targets.
@@ -285,6 +296,24 @@ mod tests {
             panic!()
         };
         assert_eq!(args.drop_previous, Some(Some("mes_previous_1".into())));
+    }
+
+    #[test]
+    fn list_limits() {
+        let limit = |args: &[&str]| match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::List { limit, all, .. }) => Ok((limit, all)),
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => Err(err.kind()),
+        };
+        assert_eq!(limit(&["mesbakctl", "list"]), Ok((None, false)));
+        assert_eq!(limit(&["mesbakctl", "list", "--all"]), Ok((None, true)));
+        assert_eq!(
+            limit(&["mesbakctl", "list", "--limit", "2", "--json"]),
+            Ok((Some(2), false))
+        );
+        assert!(limit(&["mesbakctl", "list", "--limit", "0"]).is_err());
+        assert!(limit(&["mesbakctl", "list", "--limit", "2", "--all"]).is_err());
+        assert!(limit(&["mesbakctl", "list", "--all", "--offsite", "s3"]).is_err());
     }
 
     #[test]

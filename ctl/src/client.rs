@@ -323,9 +323,78 @@ pub async fn backup(target: BackupTarget, json: bool) -> Result<()> {
     follow(&conn, path, json).await
 }
 
-pub async fn list(json: bool, ids_only: bool) -> Result<()> {
+/// How many backups the text listing shows unless told otherwise.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+
+/// Which backups `list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    All,
+    Newest(u32),
+}
+
+impl Shown {
+    /// From `--limit N` and `--all`: without either, people see the newest
+    /// [`DEFAULT_LIST_LIMIT`] and scripts (`--json`, `--ids`) every backup,
+    /// as they always did.
+    pub fn of(limit: Option<u32>, all: bool, for_scripts: bool) -> Shown {
+        match limit {
+            Some(limit) => Shown::Newest(limit),
+            None if all || for_scripts => Shown::All,
+            None => Shown::Newest(DEFAULT_LIST_LIMIT),
+        }
+    }
+}
+
+/// The newest `limit` backups, a page at a time, and how many there are.
+async fn newest_backups(agent: &AgentProxy<'_>, limit: u32) -> Result<(usize, Vec<BackupInfo>)> {
+    let mut backups: Vec<BackupInfo> = Vec::new();
+    loop {
+        let have = u32::try_from(backups.len()).unwrap_or(u32::MAX);
+        let (total, page) = match agent.list_backups_page(have, limit - have).await {
+            Ok(answer) => answer,
+            Err(Error::ZBus(zbus::Error::MethodError(name, _, _)))
+                if name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod" =>
+            {
+                // An agent from before ListBackupsPage (not restarted yet).
+                let mut all = agent.list_backups().await.map_err(explain)?;
+                let total = all.len();
+                all.truncate(limit as usize);
+                return Ok((total, all));
+            }
+            Err(err) => return Err(explain(err)),
+        };
+        let ended = page.is_empty();
+        backups.extend(page);
+        if ended || backups.len() >= (limit.min(total) as usize) {
+            backups.truncate(limit as usize);
+            return Ok((total as usize, backups));
+        }
+    }
+}
+
+/// `n` with a comma between thousands: 3,000.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+pub async fn list(json: bool, ids_only: bool, shown: Shown) -> Result<()> {
     let (_conn, agent) = connect().await?;
-    let backups = agent.list_backups().await.map_err(explain)?;
+    let (total, backups) = match shown {
+        Shown::All => {
+            let backups = agent.list_backups().await.map_err(explain)?;
+            (backups.len(), backups)
+        }
+        Shown::Newest(limit) => newest_backups(&agent, limit).await?,
+    };
     if ids_only {
         for backup in &backups {
             outln!("{}", backup.id)?;
@@ -336,6 +405,13 @@ pub async fn list(json: bool, ids_only: bool) -> Result<()> {
         return outln!("{}", serde_json::to_string_pretty(&backups)?);
     }
     print_backups(&backups)?;
+    if backups.len() < total {
+        outln!(
+            "showing the newest {} of {} backups; `mesbakctl list --all` shows every one",
+            grouped(backups.len()),
+            grouped(total)
+        )?;
+    }
     let kept = agent.previous_databases().await.map_err(bus)?;
     if !kept.is_empty() {
         outln!()?;
@@ -1068,4 +1144,30 @@ async fn pitr_status(agent: &AgentProxy<'_>, json: bool) -> Result<()> {
         outln!("  ! last shipping failed: {}", status.last_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn people_see_the_newest_50_and_scripts_everything_unless_told() {
+        assert_eq!(
+            Shown::of(None, false, false),
+            Shown::Newest(DEFAULT_LIST_LIMIT)
+        );
+        assert_eq!(Shown::of(None, true, false), Shown::All);
+        assert_eq!(Shown::of(None, false, true), Shown::All, "--json, --ids");
+        assert_eq!(Shown::of(Some(2), false, true), Shown::Newest(2));
+        assert_eq!(Shown::of(Some(2), false, false), Shown::Newest(2));
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(50), "50");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(3000), "3,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
 }

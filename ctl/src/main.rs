@@ -85,7 +85,12 @@ async fn ask_agent(command: Command, json: bool) -> anyhow::Result<()> {
             offsite: Some(target),
             ..
         } => client::list_offsite(&target, json).await,
-        Command::List { ids, offsite: None } => client::list(json, ids).await,
+        Command::List {
+            ids,
+            offsite: None,
+            limit,
+            all,
+        } => client::list(json, ids, client::Shown::of(limit, all, json || ids)).await,
         Command::Status => client::status(json).await,
         Command::Jobs => client::jobs(json).await,
         Command::Wait { job } => client::wait(job.as_deref(), json).await,

@@ -30,6 +30,18 @@ pub const ERROR_PREFIX: &str = "org.mesbak.Agent1.Error";
 /// Members of this group may talk to the agent (bus policy); destructive
 /// calls additionally need uid 0.
 pub const CLIENT_GROUP: &str = "mesbak";
+/// The most backups one `ListBackupsPage` call returns; a larger count is
+/// clamped to it (ask again from where the page ended).
+pub const MAX_PAGE: u32 = 1000;
+/// Which positions of a listing of `total` items the page from `first` of
+/// at most `count` (clamped to [`MAX_PAGE`]) covers: empty when `first`
+/// is at or past the end, or `count` is 0.
+pub fn page_range(total: usize, first: u32, count: u32) -> std::ops::Range<usize> {
+    let start = usize::try_from(first).unwrap_or(usize::MAX).min(total);
+    let count = usize::try_from(count.min(MAX_PAGE)).unwrap_or(usize::MAX);
+    start..start.saturating_add(count).min(total)
+}
+
 /// The introspection data of the manager and job objects, as checked in.
 pub const INTROSPECTION_XML: &str = include_str!("../org.mesbak.Agent1.xml");
 
@@ -46,4 +58,33 @@ pub fn job_number(given: &str) -> Option<u64> {
         .unwrap_or(given)
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_slices_of_the_listing() {
+        assert_eq!(page_range(3000, 0, 50), 0..50);
+        assert_eq!(
+            page_range(3000, 2990, 50),
+            2990..3000,
+            "the last page is short"
+        );
+        assert_eq!(page_range(3, 0, 50), 0..3);
+        assert_eq!(page_range(3, 3, 50), 3..3, "first at the end: empty");
+        assert_eq!(
+            page_range(3, u32::MAX, u32::MAX),
+            3..3,
+            "first past the end: empty"
+        );
+        assert_eq!(page_range(3, 1, 0), 1..1, "count 0: only the total");
+        assert_eq!(page_range(0, 0, 50), 0..0);
+        assert_eq!(
+            page_range(5000, 10, u32::MAX),
+            10..10 + MAX_PAGE as usize,
+            "an absurd count is clamped"
+        );
+    }
 }

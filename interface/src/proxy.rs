@@ -21,6 +21,12 @@ pub trait Agent {
     /// Every backup in the backup folder, newest first.
     fn list_backups(&self) -> Result<Vec<BackupInfo>, Error>;
 
+    /// One page of `list_backups`: at most `count` backups (never more than
+    /// [`MAX_PAGE`](crate::MAX_PAGE)), newest first, from position `first`
+    /// (0 is the newest), and how many there are in all. A `first` at or
+    /// past the total gives an empty page; `count` 0 only the total.
+    fn list_backups_page(&self, first: u32, count: u32) -> Result<(u32, Vec<BackupInfo>), Error>;
+
     /// Authenticates a whole backup file (by id or path) without restoring it.
     fn verify(&self, backup: &str) -> Result<OwnedObjectPath, Error>;
 

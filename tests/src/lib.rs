@@ -28,6 +28,7 @@
 mod agent;
 mod bus;
 mod engine;
+mod fake;
 mod fingerprint;
 mod offsite;
 mod postgres;
@@ -44,6 +45,7 @@ pub use agent::{
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use engine::{Engine, PrivateEngine};
+pub use fake::{write_backup, write_sidecar};
 pub use fingerprint::{Fingerprint, Role, SequenceState, TableData};
 pub use offsite::{
     AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Rclone, S3Server, add_offsite, backup_folder_names,

@@ -113,6 +113,19 @@ impl Manager {
         self.app.storage.list()
     }
 
+    /// One page of `ListBackups`: at most `count` backups (and never more
+    /// than 1000), newest first, from position `first` (0 is the newest),
+    /// and `total`, how many there are. A `first` at or past `total` gives
+    /// an empty page; `count` 0 gives only the total.
+    #[zbus(out_args("total", "page"))]
+    async fn list_backups_page(
+        &self,
+        first: u32,
+        count: u32,
+    ) -> Result<(u32, Vec<BackupInfo>), Error> {
+        self.app.storage.list_page(first, count)
+    }
+
     /// Authenticates a whole backup file without restoring it.
     async fn verify(
         &self,
