@@ -8,7 +8,7 @@
 //! [`ship`] (collecting segments), [`base`] (base backups), [`chain`] (the
 //! catalog: window, gaps, what a recovery needs, retention), [`store`] (the
 //! files), [`recover`] (a scratch cluster recovered to the target time,
-//! then the ordinary verified restore).
+//! then the ordinary verified restore, its dump streamed into the load).
 
 mod base;
 pub mod chain;
