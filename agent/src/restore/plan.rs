@@ -48,7 +48,7 @@ pub enum Input {
     Live {
         server: Server,
         database: String,
-        described: Described,
+        described: Box<Described>,
         /// What is restored, in messages and records.
         label: String,
     },
@@ -90,7 +90,7 @@ pub async fn live(app: &App, server: Server, label: String) -> Result<Plan, Erro
         input: Input::Live {
             server,
             database: database.clone(),
-            described,
+            described: Box::new(described),
             label,
         },
     })
