@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const SHIP_INTERVAL: u64 = 10;
+/// A marker whose segment is not shipped within this counts as this.
+const RPO_GIVE_UP: Duration = Duration::from_secs(SHIP_INTERVAL * 6);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -43,6 +45,25 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// User + system CPU time of `pid`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: utime and stime are the
+    // 12th and 13th fields.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
 }
 
 fn ctl(bus: &Bus, args: &[&str]) -> String {
@@ -181,27 +202,41 @@ async fn bench(flavor: Flavor, seconds: u64) {
     };
     let wal_start = wal_lsn_bytes(&pg);
     let wal_files_start = wal_files(&config);
+    let cpu_start = cpu_time(agent.pid());
     let started = Instant::now();
     let mut rpo = Vec::new();
+    // Marker commits every 2 s; each one's RPO is the time until its
+    // segment appears in the backup folder (measured from before the
+    // commit: an upper bound).
+    let mut pending: Vec<(String, Instant)> = Vec::new();
     let mut marker = 0;
     let mut rss = 0;
+    let markers = |pending: &mut Vec<(String, Instant)>, rpo: &mut Vec<Duration>| {
+        pending.retain(|(segment, committed)| {
+            let waited = committed.elapsed();
+            let done = shipped(&config, segment) || waited > RPO_GIVE_UP;
+            if done {
+                rpo.push(waited);
+            }
+            !done
+        });
+    };
     while started.elapsed() < Duration::from_secs(seconds) {
-        // A marker commit; its segment must appear in the backup folder.
-        marker += 1;
-        let committed = Instant::now();
-        let segment = pg.psql(
-            "mes",
-            &format!(
-                "INSERT INTO public.rpo_marker (n) VALUES ({marker}); \
-                 SELECT pg_walfile_name(pg_current_wal_insert_lsn());"
-            ),
-        );
-        let deadline = committed + Duration::from_secs(SHIP_INTERVAL * 6);
-        while !shipped(&config, &segment) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() >= Duration::from_secs(2 * marker) {
+            marker += 1;
+            let committed = Instant::now();
+            let segment = pg.psql(
+                "mes",
+                &format!(
+                    "INSERT INTO public.rpo_marker (n) VALUES ({marker}); \
+                     SELECT pg_walfile_name(pg_current_wal_insert_lsn());"
+                ),
+            );
+            pending.push((segment, committed));
         }
-        rpo.push(committed.elapsed());
+        markers(&mut pending, &mut rpo);
         rss = rss.max(peak_rss_kib(agent.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let statements = writer.join().expect("the writer");
@@ -215,6 +250,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     let elapsed = started.elapsed();
     let wal_bytes = wal_lsn_bytes(&pg) - wal_start;
     let shipped_during = wal_files(&config).saturating_sub(wal_files_start);
+    let cpu = cpu_time(agent.pid()) - cpu_start;
     // The backlog at the end of the load: the agent's count at its last
     // round, and the server's archive folder counted now.
     let status: serde_json::Value =
@@ -230,6 +266,18 @@ async fn bench(flavor: Flavor, seconds: u64) {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(0);
+    // The markers still waiting are waited for (the load is over: their
+    // segments are in the backlog counted above).
+    while !pending.is_empty() {
+        markers(&mut pending, &mut rpo);
+        rss = rss.max(peak_rss_kib(agent.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(dir) = std::env::var_os("MESBAK_BENCH_AGENT_LOG") {
+        let copy = std::path::Path::new(&dir).join(format!("pitr-{flavor:?}.log"));
+        std::fs::copy(agent.log_path(), &copy).expect("copy the agent's log");
+        eprintln!("agent log: {}", copy.display());
+    }
     // What is left is shipped by a sync.
     let t = Instant::now();
     ctl(&bus, &["pitr", "sync"]);
@@ -273,6 +321,12 @@ async fn bench(flavor: Flavor, seconds: u64) {
         "  WAL shipped during the load      {:8.1} MiB  {:6.1} MiB/s ({shipped_during} segments)",
         mib(shipped_during * segment),
         mib(shipped_during * segment) / elapsed.as_secs_f64()
+    );
+    println!(
+        "  agent CPU during the load        {:8.1} s     {:6.0} ms per segment shipped ({:.0}% of one core)",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0 / shipped_during.max(1) as f64,
+        cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64()
     );
     println!(
         "  left in the server's archive     {backlog:8} file(s) at the end of the load \
