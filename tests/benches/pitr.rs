@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const SHIP_INTERVAL: u64 = 10;
+/// Load statements sent ahead of the one psql is running.
+const IN_FLIGHT: u64 = 3;
 /// A marker whose segment is not shipped within this counts as this.
 const RPO_GIVE_UP: Duration = Duration::from_secs(SHIP_INTERVAL * 6);
 
@@ -164,12 +166,29 @@ async fn bench(flavor: Flavor, seconds: u64) {
         .args(["exec", "-i", &c, "psql", "-U", "admin", "-d", "walload"])
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the load's psql");
+    // psql echoes each statement's number once it ran: the writer keeps at
+    // most a few ahead, so that stopping stops the load (pipes and docker
+    // would otherwise hold gigabytes of WAL to be).
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let done = done.clone();
+        let stdout = psql.stdout.take().expect("psql's stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if let Ok(n) = line.trim().parse() {
+                    done.store(n, Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let writer = {
         let stop = stop.clone();
+        let done = done.clone();
         let mut stdin = psql.stdin.take().expect("psql's stdin");
         std::thread::spawn(move || {
             // Statement k goes at start + k * pace (0: as fast as psql takes
@@ -187,12 +206,19 @@ async fn bench(flavor: Flavor, seconds: u64) {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                while statements > done.load(Ordering::Relaxed) + IN_FLIGHT {
+                    if stop.load(Ordering::Relaxed) {
+                        return statements;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 statements += 1;
                 let sql = if statements % truncate_every == 0 {
                     "TRUNCATE wal_load;\n"
                 } else {
                     LOAD_SQL
                 };
+                let sql = format!("{sql}\\echo {statements}\n");
                 if stdin.write_all(sql.as_bytes()).is_err() {
                     break; // psql is gone: its exit status tells why
                 }
@@ -242,6 +268,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     let statements = writer.join().expect("the writer");
     // Closed stdin: psql runs what the pipe still holds and ends.
     let out = psql.wait_with_output().expect("wait for the load's psql");
+    reader.join().expect("the load's reader");
     assert!(
         out.status.success(),
         "the write load failed: {}",
@@ -256,11 +283,20 @@ async fn bench(flavor: Flavor, seconds: u64) {
     let status: serde_json::Value =
         serde_json::from_str(&ctl(&bus, &["pitr", "status", "--json"])).unwrap();
     let waiting = status["waiting"].as_u64().unwrap_or(0);
-    let archive = status["archive_directory"].as_str().unwrap_or("").to_owned();
+    let archive = status["archive_directory"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let backlog: u64 = pg
         .engine()
         .docker()
-        .args(["exec", &c, "sh", "-c", "ls -- \"$1\" | grep -cE '^[0-9A-F]{24}$'; true"])
+        .args([
+            "exec",
+            &c,
+            "sh",
+            "-c",
+            "ls -- \"$1\" | grep -cE '^[0-9A-F]{24}$'; true",
+        ])
         .args(["mesbak", &archive])
         .output()
         .ok()
@@ -292,8 +328,8 @@ async fn bench(flavor: Flavor, seconds: u64) {
     let rpo_target = Duration::from_secs(SHIP_INTERVAL + 10);
     // Keeping up: what is left drains within the RPO target at the load's
     // pace, and no marker waited longer than that.
-    let keeps_up = mib(backlog * segment) <= rpo_target.as_secs_f64() * wal_rate
-        && worst <= rpo_target;
+    let keeps_up =
+        mib(backlog * segment) <= rpo_target.as_secs_f64() * wal_rate && worst <= rpo_target;
     println!(
         "pitr on {}: {:.0} s of load ({statements} statements of ~{:.1} MiB of WAL, paced at {}; load average {})",
         match flavor {

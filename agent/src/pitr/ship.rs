@@ -101,8 +101,7 @@ pub async fn ship(
     // The round holds the PITR lock: nothing else adds to the WAL folder,
     // one listing serves every file.
     let listing = store.wal(archiving.wal_segment_size);
-    let stored: std::collections::HashSet<&str> =
-        listing.iter().map(|f| f.name.as_str()).collect();
+    let stored: std::collections::HashSet<&str> = listing.iter().map(|f| f.name.as_str()).collect();
     let mut shipped = Vec::new();
     for file in &waiting {
         let path = format!("{}/{}", archiving.archive_directory, file.name);
