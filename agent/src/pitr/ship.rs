@@ -3,6 +3,12 @@
 //! compressed and encrypted into `pitr/wal/`, fsynced and committed, and
 //! only then removed from the server's folder. A crash in between finds the
 //! file shipped and only removes it: no segment is lost or counted twice.
+//!
+//! Cost (bench `pitr`, two cores): about 0.4 s of CPU per 16 MiB segment,
+//! half of it the file's own PBKDF2 key derivation (the format's per-file
+//! salt: 600,000 iterations for two output blocks), a third gzip, the rest
+//! SHA-256, AES and the exec stream; about 30 MiB/s of WAL at most beside
+//! a server writing flat out.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -150,9 +156,8 @@ pub async fn ship(
             done.files += 1;
         }
         // Shipped (now or by a round a crash cut short): the server's copy
-        // goes, with the next few in one exec (each exec costs the
-        // container a process start: under load that was a fifth of the
-        // time per segment).
+        // goes, with the next few in one exec (each exec starts a process
+        // in the container: 50 to 600 ms a segment on two busy cores).
         shipped.push(path);
         if shipped.len() >= REMOVE_BATCH {
             remove(docker, container, &mut shipped).await?;
