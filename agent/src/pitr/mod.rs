@@ -383,8 +383,15 @@ pub fn spawn_shipper(app: Arc<App>) {
                     tracing::info!(
                         files = shipped.files,
                         bytes = shipped.plain_bytes,
+                        waiting = shipped.waiting,
                         "WAL shipped"
-                    )
+                    );
+                    // Under a write load more was archived meanwhile: the
+                    // next round starts now rather than after an interval
+                    // (RPO is the round's length instead of interval + round).
+                    if shipped.waiting > 0 {
+                        ticker.reset_immediately();
+                    }
                 }
                 Ok(_) => {}
                 Err(err) => {

@@ -3,6 +3,12 @@
 //! compressed and encrypted into `pitr/wal/`, fsynced and committed, and
 //! only then removed from the server's folder. A crash in between finds the
 //! file shipped and only removes it: no segment is lost or counted twice.
+//!
+//! Cost (bench `pitr`, two cores): about 0.4 s of CPU per 16 MiB segment,
+//! half of it the file's own PBKDF2 key derivation (the format's per-file
+//! salt: 600,000 iterations for two output blocks), a third gzip, the rest
+//! SHA-256, AES and the exec stream; about 30 MiB/s of WAL at most beside
+//! a server writing flat out.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -17,6 +23,9 @@ use crate::app::App;
 use crate::pipeline::{BackupWriter, Codec};
 use crate::postgres::Server;
 use crate::process::{self, Runner};
+
+/// Shipped files removed from the server's folder per `rm`.
+const REMOVE_BATCH: usize = 16;
 
 /// What one shipping round did.
 #[derive(Debug, Default, Clone)]
@@ -95,12 +104,14 @@ pub async fn ship(
             "WAL shipping needs database.container".into(),
         ));
     };
+    // The round holds the PITR lock: nothing else adds to the WAL folder,
+    // one listing serves every file.
+    let listing = store.wal(archiving.wal_segment_size);
+    let stored: std::collections::HashSet<&str> = listing.iter().map(|f| f.name.as_str()).collect();
+    let mut shipped = Vec::new();
     for file in &waiting {
         let path = format!("{}/{}", archiving.archive_directory, file.name);
-        if store
-            .shipped(&file.name, archiving.wal_segment_size)
-            .is_none()
-        {
+        if !stored.contains(file.name.as_str()) {
             let (pending, handle) = store.create(
                 &store.wal_dir(),
                 &wal_file_name(&file.name, file.archived_at),
@@ -114,6 +125,7 @@ pub async fn ship(
                 },
                 Arc::new(AtomicU64::new(0)),
             );
+            let started = std::time::Instant::now();
             let argv = ["cat".to_owned(), path.clone()];
             let mut spawned = docker.exec(container, &argv, &[], false).await?;
             while let Some(block) = spawned.stdout.recv().await {
@@ -124,37 +136,69 @@ pub async fn ship(
             }
             drop(spawned.stdout);
             let outcome = process::join(spawned.done).await;
+            let read = started.elapsed();
             let written = writer.finish().await?;
+            let sealed = started.elapsed();
             outcome?.check(|detail| {
                 Error::Docker(format!(
                     "cannot read {path} in container '{container}': {detail}"
                 ))
             })?;
             pending.commit(None)?;
-            tracing::debug!(wal = %file.name, bytes = written.size, "WAL file shipped");
+            tracing::debug!(
+                wal = %file.name,
+                bytes = written.size,
+                read_ms = read.as_millis() as u64,
+                sealed_ms = sealed.as_millis() as u64,
+                committed_ms = started.elapsed().as_millis() as u64,
+                "WAL file shipped"
+            );
             done.files += 1;
         }
-        // Shipped (now or by a round a crash cut short): the server's copy goes.
-        let argv = [
-            "rm".to_owned(),
-            "-f".to_owned(),
-            "--".to_owned(),
-            path.clone(),
-        ];
-        let (_, outcome) = docker
-            .exec(container, &argv, &[], false)
-            .await?
-            .collect()
-            .await?;
-        outcome.check(|detail| {
-            Error::Docker(format!(
-                "cannot remove the shipped {path} from container '{container}': {detail}"
-            ))
-        })?;
+        // Shipped (now or by a round a crash cut short): the server's copy
+        // goes, with the next few in one exec (each exec starts a process
+        // in the container: 50 to 600 ms a segment on two busy cores).
+        shipped.push(path);
+        if shipped.len() >= REMOVE_BATCH {
+            remove(docker, container, &mut shipped).await?;
+        }
     }
+    remove(docker, container, &mut shipped).await?;
     done.waiting = list_archive(server, archiving)
         .await
         .map(|w| w.len())
         .unwrap_or(0);
     Ok(done)
+}
+
+/// Removes the shipped `paths` from the server's archive folder (only ever
+/// files whose copy is committed in the backup folder).
+async fn remove(
+    docker: &crate::docker::Docker,
+    container: &str,
+    paths: &mut Vec<String>,
+) -> Result<(), Error> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let removing = std::time::Instant::now();
+    let mut argv = vec!["rm".to_owned(), "-f".to_owned(), "--".to_owned()];
+    argv.append(paths);
+    let (_, outcome) = docker
+        .exec(container, &argv, &[], false)
+        .await?
+        .collect()
+        .await?;
+    outcome.check(|detail| {
+        Error::Docker(format!(
+            "cannot remove the shipped {} from container '{container}': {detail}",
+            argv[3..].join(", ")
+        ))
+    })?;
+    tracing::debug!(
+        files = argv.len() - 3,
+        rm_ms = removing.elapsed().as_millis() as u64,
+        "shipped WAL files removed from the archive"
+    );
+    Ok(())
 }
