@@ -595,6 +595,9 @@ async fn recover_to(
             rfc3339(target)
         )));
     }
+    // One key for both passes over the files: its cache spares the second
+    // PBKDF2 derivation of each.
+    let key = app.key()?;
     let _guard = app.pitr.lock.lock().await;
     match source {
         Source::Local => {
@@ -605,13 +608,13 @@ async fn recover_to(
                 .map_or(16 << 20, |a| a.wal_segment_size);
             let store = PitrStore::new(&app.config.backup_dir);
             let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
-            recover::authenticate(app, job, &store, &plan).await?;
-            recover::recover(app, job, &store, &plan, target).await
+            recover::authenticate(&key, job, &store, &plan).await?;
+            recover::recover(app, job, &key, &store, &plan, target).await
         }
         Source::Offsite(name) => {
             let (spool, store, plan) = crate::offsite::pitr::fetch(app, job, name, target).await?;
-            recover::authenticate(app, job, &store, &plan).await?;
-            let recovered = recover::recover(app, job, &store, &plan, target).await;
+            recover::authenticate(&key, job, &store, &plan).await?;
+            let recovered = recover::recover(app, job, &key, &store, &plan, target).await;
             drop(spool);
             recovered
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mesbak_format::Key;
 use mesbak_interface::{Compression, Error};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -46,14 +47,15 @@ pub struct Scratch {
 }
 
 /// Reads every chunk of the base backup and the segments: a damaged or
-/// missing file is found before anything is made.
+/// missing file is found before anything is made. Decryption alone
+/// authenticates every chunk (the gzip inside is checked as it is
+/// recovered); `key`'s cache keeps each file's derived key for that pass.
 pub async fn authenticate(
-    app: &App,
+    key: &Key,
     job: &Job,
     store: &PitrStore,
     plan: &RecoveryPlan,
 ) -> Result<(), Error> {
-    let key = app.key()?;
     let mut paths = vec![(plan.base.id.clone(), store.base_path(&plan.base))];
     paths.extend(
         plan.segments
@@ -73,15 +75,9 @@ pub async fn authenticate(
     ));
     for (id, path) in paths {
         let file = open_backup(&path)?;
-        BackupReader::start(
-            id,
-            file,
-            key.clone(),
-            Some(Compression::Gzip),
-            job.bytes_done.clone(),
-        )
-        .drain()
-        .await?;
+        BackupReader::start(id, file, key.clone(), None, job.bytes_done.clone())
+            .drain()
+            .await?;
     }
     Ok(())
 }
@@ -109,6 +105,7 @@ impl Recovered {
 pub async fn recover(
     app: &App,
     job: &Job,
+    key: &Key,
     store: &PitrStore,
     plan: &RecoveryPlan,
     target: OffsetDateTime,
@@ -179,12 +176,12 @@ pub async fn recover(
         };
         docker.create_container(&scratch.container, create(true)).await?;
         job.set_stage(format!("restoring the base backup {} into a scratch cluster", plan.base.id));
-        upload_base(app, job, &docker, &scratch.container, &data_dir, store, plan).await?;
+        upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan).await?;
         job.set_stage(format!(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
             plan.segments.len()
         ));
-        upload_wal(app, &docker, &scratch.container, &data_dir, store, plan).await?;
+        upload_wal(key, &docker, &scratch.container, &data_dir, store, plan).await?;
         let server = Server::new(
             &app.config,
             Runner::Container {
@@ -298,7 +295,7 @@ async fn wait_promoted(
 /// Extracts the base backup (a tar of the data directory) into the
 /// scratch container's data directory.
 async fn upload_base(
-    app: &App,
+    key: &Key,
     job: &Job,
     docker: &Docker,
     container: &str,
@@ -312,7 +309,7 @@ async fn upload_base(
     let mut reader = BackupReader::start(
         plan.base.id.clone(),
         file,
-        app.key()?,
+        key.clone(),
         Some(Compression::Gzip),
         job.bytes_done.clone(),
     );
@@ -342,14 +339,14 @@ async fn upload_base(
 /// Puts the WAL segments (decrypted) into `<data>/mesbak_restore_wal/` and
 /// a `recovery.signal`, as one tar stream.
 async fn upload_wal(
-    app: &App,
+    key: &Key,
     docker: &Docker,
     container: &str,
     data_dir: &str,
     store: &PitrStore,
     plan: &RecoveryPlan,
 ) -> Result<(), Error> {
-    let key = app.key()?;
+    let key = key.clone();
     let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
     let segments: Vec<_> = plan
         .segments
