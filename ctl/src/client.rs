@@ -775,7 +775,7 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         agent.drop_previous(name).await.map_err(explain)?
     } else if let Some(time) = &args.to_time {
         let time = target_time(time)?;
-        let preview = match &args.from {
+        let mut preview = match &args.from {
             Some(target) => {
                 agent
                     .preview("restore-to-time-from", &format!("{target}/{time}"))
@@ -784,6 +784,9 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
             None => agent.preview("restore-to-time", &time).await,
         }
         .map_err(explain)?;
+        if args.skip_safety_backup {
+            without_safety_backup(&mut preview);
+        }
         confirm(&preview, "Restore now?", args.yes, "restore --to-time")?;
         let options = RestoreOptions {
             skip_safety_backup: args.skip_safety_backup.then_some(true),
@@ -813,10 +816,7 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<()> {
         }
         .map_err(explain)?;
         if args.skip_safety_backup {
-            preview.retain(|line| !line.starts_with("A safety backup"));
-            preview.push(
-                "No safety backup of the current data is taken (--skip-safety-backup).".into(),
-            );
+            without_safety_backup(&mut preview);
         }
         confirm(&preview, "Restore now?", args.yes, "restore")?;
         let options = RestoreOptions {
@@ -1144,6 +1144,13 @@ async fn pitr_status(agent: &AgentProxy<'_>, json: bool) -> Result<()> {
         outln!("  ! last shipping failed: {}", status.last_error)?;
     }
     Ok(())
+}
+
+/// The confirmation of a restore with `--skip-safety-backup` says so
+/// instead of promising the safety backup.
+fn without_safety_backup(preview: &mut Vec<String>) {
+    preview.retain(|line| !line.starts_with("A safety backup"));
+    preview.push("No safety backup of the current data is taken (--skip-safety-backup).".into());
 }
 
 #[cfg(test)]
