@@ -103,6 +103,23 @@ impl Docker {
         }
     }
 
+    /// Runs `argv` in a running container to its end: its whole stdout (a
+    /// small output), or the error `fail` makes of its stderr's last lines.
+    pub async fn exec_output(
+        &self,
+        container: &str,
+        argv: &[String],
+        fail: impl FnOnce(String) -> Error,
+    ) -> Result<Vec<u8>, Error> {
+        let (out, outcome) = self
+            .exec(container, argv, &[], false)
+            .await?
+            .collect()
+            .await?;
+        outcome.check(fail)?;
+        Ok(out)
+    }
+
     /// Runs `argv` in a running container, streaming stdout; stderr is kept
     /// (its tail) for the error message and the exit code read at the end.
     pub async fn exec(

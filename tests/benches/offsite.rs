@@ -16,24 +16,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use mesbak_interface::{BackupInfo, BackupKind};
+use mesbak_tests::measure::*;
 use mesbak_tests::*;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// A value of the `/metrics` page.
 fn metric(port: u16, series: &str) -> f64 {

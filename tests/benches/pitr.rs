@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mesbak_interface::RestoreOptions;
+use mesbak_tests::measure::*;
 use mesbak_tests::*;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -37,42 +38,6 @@ const SHIP_INTERVAL: u64 = 10;
 const IN_FLIGHT: u64 = 3;
 /// A marker whose segment is not shipped within this counts as this.
 const RPO_GIVE_UP: Duration = Duration::from_secs(SHIP_INTERVAL * 6);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of `pid`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command's closing parenthesis: utime and stime are the
-    // 12th and 13th fields.
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
 
 fn ctl(bus: &Bus, args: &[&str]) -> String {
     let out = mesbakctl(bus).args(args).output().expect("run mesbakctl");
@@ -234,7 +199,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     };
     let wal_start = wal_lsn_bytes(&pg);
     let wal_files_start = wal_files(&config);
-    let cpu_start = cpu_time(agent.pid());
+    let cpu_start = cpu_seconds(agent.pid());
     let started = Instant::now();
     let mut rpo = Vec::new();
     // Marker commits every 2 s; each one's RPO is the time until its
@@ -284,7 +249,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     let load_end = Instant::now();
     let wal_bytes = wal_lsn_bytes(&pg) - wal_start;
     let shipped_during = wal_files(&config).saturating_sub(wal_files_start);
-    let cpu = cpu_time(agent.pid()) - cpu_start;
+    let cpu = cpu_seconds(agent.pid()) - cpu_start;
     // The backlog at the end of the load: the agent's count at its last
     // round, and the server's archive folder counted now.
     let status: serde_json::Value =
@@ -343,12 +308,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
             0 => "no pace".to_owned(),
             _ => format!("{rate} MiB/s"),
         },
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
     println!(
         "  WAL written                      {:8.1} MiB  {wal_rate:6.1} MiB/s (target >= 20)",
@@ -361,9 +321,9 @@ async fn bench(flavor: Flavor, seconds: u64) {
     );
     println!(
         "  agent CPU during the load        {:8.1} s     {:6.0} ms per segment shipped ({:.0}% of one core)",
-        cpu.as_secs_f64(),
-        cpu.as_secs_f64() * 1000.0 / shipped_during.max(1) as f64,
-        cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64()
+        cpu,
+        cpu * 1000.0 / shipped_during.max(1) as f64,
+        cpu * 100.0 / elapsed.as_secs_f64()
     );
     println!(
         "  left in the server's archive     {backlog:8} file(s) at the end of the load \

@@ -30,6 +30,7 @@ mod bus;
 mod engine;
 mod fake;
 mod fingerprint;
+pub mod measure;
 mod offsite;
 mod postgres;
 mod receiver;

@@ -213,16 +213,13 @@ async fn make_archive_directory(server: &Server, directory: &str) -> Result<(), 
         "mesbak".to_owned(),
         directory.to_owned(),
     ];
-    let (_, outcome) = docker
-        .exec(container, &argv, &[], false)
-        .await?
-        .collect()
+    docker
+        .exec_output(container, &argv, |detail| {
+            Error::Docker(format!(
+                "cannot create the WAL archive folder {directory} in container '{container}': {detail}; nothing was changed"
+            ))
+        })
         .await?;
-    outcome.check(|detail| {
-        Error::Docker(format!(
-            "cannot create the WAL archive folder {directory} in container '{container}': {detail}; nothing was changed"
-        ))
-    })?;
     Ok(())
 }
 

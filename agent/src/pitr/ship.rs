@@ -59,17 +59,14 @@ pub async fn list_archive(server: &Server, archiving: &Archiving) -> Result<Vec<
         "mesbak".to_owned(),
         archiving.archive_directory.clone(),
     ];
-    let (out, outcome) = docker
-        .exec(container, &argv, &[], false)
-        .await?
-        .collect()
+    let out = docker
+        .exec_output(container, &argv, |detail| {
+            Error::Docker(format!(
+                "cannot list the WAL archive folder {} in container '{container}': {detail}",
+                archiving.archive_directory
+            ))
+        })
         .await?;
-    outcome.check(|detail| {
-        Error::Docker(format!(
-            "cannot list the WAL archive folder {} in container '{container}': {detail}",
-            archiving.archive_directory
-        ))
-    })?;
     let mut files: Vec<Archived> = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|line| {
@@ -184,17 +181,14 @@ async fn remove(
     let removing = std::time::Instant::now();
     let mut argv = vec!["rm".to_owned(), "-f".to_owned(), "--".to_owned()];
     argv.append(paths);
-    let (_, outcome) = docker
-        .exec(container, &argv, &[], false)
-        .await?
-        .collect()
+    let files = argv[3..].join(", ");
+    docker
+        .exec_output(container, &argv, |detail| {
+            Error::Docker(format!(
+                "cannot remove the shipped {files} from container '{container}': {detail}"
+            ))
+        })
         .await?;
-    outcome.check(|detail| {
-        Error::Docker(format!(
-            "cannot remove the shipped {} from container '{container}': {detail}",
-            argv[3..].join(", ")
-        ))
-    })?;
     tracing::debug!(
         files = argv.len() - 3,
         rm_ms = removing.elapsed().as_millis() as u64,
