@@ -386,42 +386,29 @@ async fn bench(flavor: Flavor, seconds: u64) {
     // times (default 3): the machine is shared, single pairs scatter.
     let rounds = env_u64("MESBAK_BENCH_RESTORE_ROUNDS", 3).max(1);
     let (mut plain, mut pitr) = (Vec::new(), Vec::new());
+    let no_safety_backup = || RestoreOptions {
+        skip_safety_backup: Some(true),
+    };
     for _ in 0..rounds {
         let t = Instant::now();
         let job = agent
             .proxy()
             .await
-            .restore(
-                &dump_id,
-                RestoreOptions {
-                    skip_safety_backup: Some(true),
-                },
-            )
-            .await
-            .unwrap();
-        let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-        assert!(outcome.success, "{}", outcome.message);
-        plain.push(t.elapsed().as_secs_f64());
-        ctl(&bus, &["restore", "--drop-previous", "--yes"]);
+            .restore(&dump_id, no_safety_backup())
+            .await;
+        plain.push(finished(&agent, job.unwrap(), t).await);
         // Each restore writes its database's size in WAL: shipped now, or
         // the shipping round it starts would hold the next restore up
         // (a point-in-time restore takes the PITR lock) and count against it.
+        ctl(&bus, &["restore", "--drop-previous", "--yes"]);
         ctl(&bus, &["pitr", "sync"]);
         let t = Instant::now();
         let job = agent
             .proxy()
             .await
-            .restore_to_time(
-                &target,
-                RestoreOptions {
-                    skip_safety_backup: Some(true),
-                },
-            )
-            .await
-            .unwrap();
-        let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-        assert!(outcome.success, "{}", outcome.message);
-        pitr.push(t.elapsed().as_secs_f64());
+            .restore_to_time(&target, no_safety_backup())
+            .await;
+        pitr.push(finished(&agent, job.unwrap(), t).await);
         ctl(&bus, &["restore", "--drop-previous", "--yes"]);
         ctl(&bus, &["pitr", "sync"]);
     }
@@ -471,4 +458,11 @@ async fn bench(flavor: Flavor, seconds: u64) {
         median(&ratios),
         each(&ratios)
     );
+}
+
+/// Seconds from `started` until `job` succeeded.
+async fn finished(agent: &Agent, job: zbus::zvariant::OwnedObjectPath, started: Instant) -> f64 {
+    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
+    assert!(outcome.success, "{}", outcome.message);
+    started.elapsed().as_secs_f64()
 }
