@@ -757,6 +757,36 @@ pub async fn job_proxy(connection: &zbus::Connection, path: &str) -> JobProxy<'s
         .expect("build JobProxy")
 }
 
+/// The marker the agent writes when it pauses at `point`
+/// (`agent/src/fault_point.rs`, debug builds only); deleting it resumes.
+pub fn pause_marker(config: &AgentConfig, point: &str) -> PathBuf {
+    config.state_dir().join(format!("paused-at-{point}"))
+}
+
+/// Waits until the agent has paused `job` at `point`, failing when the job
+/// ends first or `within` passes.
+pub async fn wait_paused(
+    config: &AgentConfig,
+    point: &str,
+    job: &OwnedObjectPath,
+    agent: &Agent,
+    within: Duration,
+) {
+    let marker = pause_marker(config, point);
+    let deadline = Instant::now() + within;
+    let proxy = job_proxy(agent.connection(), job.as_str()).await;
+    while !marker.exists() {
+        assert_eq!(
+            proxy.state().await.unwrap_or_default(),
+            "running",
+            "the job ended before pausing at {point}: {}",
+            proxy.message().await.unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "never paused at {point}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to 120 s) until the job at `job` has handled `bytes` and its
 /// stage contains `stage`, to interrupt it there; panics if the job ends
 /// first.

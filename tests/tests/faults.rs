@@ -64,7 +64,7 @@
 //! `the_volume_filling_up_mid_...` about 40 s. The first private engine on a machine loads the test images
 //! (about 1 min); two slots let two such tests run at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -164,28 +164,6 @@ fn backup_ids(agent_config: &AgentConfig, kind: &str) -> Vec<String> {
     names
 }
 
-/// The marker the agent writes when it pauses at `point`
-/// (`agent/src/fault_point.rs`, debug builds only).
-fn pause_marker(config: &AgentConfig, point: &str) -> PathBuf {
-    config.state_dir().join(format!("paused-at-{point}"))
-}
-
-async fn wait_paused(config: &AgentConfig, point: &str, job: &OwnedObjectPath, agent: &Agent) {
-    let marker = pause_marker(config, point);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let proxy = job_proxy(agent.connection(), job.as_str()).await;
-    while !marker.exists() {
-        assert_eq!(
-            proxy.state().await.unwrap_or_default(),
-            "running",
-            "the job ended before pausing at {point}: {}",
-            proxy.message().await.unwrap_or_default()
-        );
-        assert!(Instant::now() < deadline, "never paused at {point}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn status_json(bus: &Bus) -> serde_json::Value {
     let out = mesbakctl(bus).args(["status", "--json"]).output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
@@ -228,6 +206,8 @@ fn no_panic_in(log: &str) {
 
 /// The unit's `TimeoutStopSec` (systemd/mesbak-agent.service).
 const TIMEOUT_STOP: Duration = Duration::from_secs(120);
+/// How long a job may take to reach the pause point a case stops it at.
+const PAUSE_WITHIN: Duration = Duration::from_secs(300);
 
 /// SIGTERM during a restore's load: the job is cancelled at its safe point,
 /// drops its new database and starts the writer again before the agent
@@ -375,7 +355,7 @@ async fn an_agent_killed_at_each_journaled_stage_of_a_restore_loses_nothing(flav
         p.agent.terminate().await;
         p.agent = Agent::spawn(&p.bus, &config).await;
         let job = start_restore(&p.agent, &p.backup_id).await;
-        wait_paused(&config, stage, &job, &p.agent).await;
+        wait_paused(&config, stage, &job, &p.agent, PAUSE_WITHIN).await;
         p.agent.kill9();
         std::fs::remove_file(pause_marker(&config, stage)).unwrap();
         assert!(
@@ -443,7 +423,7 @@ async fn a_failed_state_write_after_the_swap_still_reports_the_restore_done() {
     p.agent.terminate().await;
     p.agent = Agent::spawn(&p.bus, &config).await;
     let job = start_restore(&p.agent, &p.backup_id).await;
-    wait_paused(&config, "restore-swapped", &job, &p.agent).await;
+    wait_paused(&config, "restore-swapped", &job, &p.agent, PAUSE_WITHIN).await;
     let state = p.config.state_dir().join("state.json");
     let saved = p.config.state_dir().join("state.json.saved");
     if state.exists() {
@@ -684,7 +664,7 @@ async fn dockerd_restarted_mid_snapshot_restarts_the_gateway_and_loses_nothing()
     agent.terminate().await;
     let mut agent = Agent::spawn(&bus, &paused).await;
     let job = agent.proxy().await.backup("ignition").await.unwrap();
-    wait_paused(&paused, point, &job, &agent).await;
+    wait_paused(&paused, point, &job, &agent, PAUSE_WITHIN).await;
     assert!(!gateway.is_running(), "the gateway runs during the copy");
     engine.restart();
     std::fs::remove_file(pause_marker(&paused, point)).unwrap();
@@ -809,7 +789,7 @@ async fn the_volume_filling_up_mid_extraction_leaves_it_as_it_was() {
 
     let live = volume.fingerprint();
     let job = start_restore(&agent, &id).await;
-    wait_paused(&paused_config, point, &job, &agent).await;
+    wait_paused(&paused_config, point, &job, &agent, PAUSE_WITHIN).await;
     // Something else fills the disk after the room check: 2 MiB are left
     // for about 12 MB of files.
     disk.fill(2 << 20);
@@ -879,7 +859,7 @@ async fn the_database_disk_filling_up_mid_load_loses_nothing(flavor: Flavor) {
     agent.terminate().await;
     let agent = Agent::spawn(&bus, &paused).await;
     let job = start_restore(&agent, &id).await;
-    wait_paused(&paused, point, &job, &agent).await;
+    wait_paused(&paused, point, &job, &agent, PAUSE_WITHIN).await;
     // 32 MiB left (two WAL segments: the live database keeps working)
     // for a copy of a database of about 100 MB.
     disk.fill(32 << 20);

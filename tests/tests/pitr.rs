@@ -376,23 +376,19 @@ async fn an_agent_killed_while_shipping_or_recovering_loses_nothing(flavor: Flav
     let mut paused = config.clone();
     paused.env("MESBAK_TEST_PAUSE_AT", "restore-loaded");
     let mut agent = Agent::spawn(&bus, &paused).await;
-    let _job = agent
+    let job = agent
         .proxy()
         .await
         .restore_to_time(&time, mesbak_interface::RestoreOptions::default())
         .await
         .unwrap();
-    let marker = config.state_dir().join("paused-at-restore-loaded");
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "never paused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(300);
+    wait_paused(&config, "restore-loaded", &job, &agent, within).await;
     assert_eq!(scratch(&label), 1, "the scratch cluster serves the load");
     let copies = "SELECT count(*) FROM pg_database WHERE datname LIKE 'mes_restore_%'";
     assert_eq!(pg.psql("postgres", copies).trim(), "1", "the loaded copy");
     agent.kill9();
-    std::fs::remove_file(&marker).unwrap();
+    std::fs::remove_file(pause_marker(&config, "restore-loaded")).unwrap();
     let _agent = Agent::spawn(&bus, &config).await;
     assert_eq!(
         scratch(&label),
@@ -673,12 +669,9 @@ async fn an_agent_killed_during_a_base_backup_leaves_no_partial_one(flavor: Flav
     paused.env("MESBAK_TEST_PAUSE_AT", "pitr-base-streaming");
     let mut agent = Agent::spawn(&bus, &paused).await;
     let job = agent.proxy().await.pitr_base_backup().await.unwrap();
-    let marker = config.state_dir().join("paused-at-pitr-base-streaming");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "never paused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(120);
+    wait_paused(&config, "pitr-base-streaming", &job, &agent, within).await;
+    let marker = pause_marker(&config, "pitr-base-streaming");
     let base_dir = config.backup_dir().join("pitr/base");
     assert_eq!(hidden_files(&base_dir).len(), 1, "the partial base backup");
     agent.kill9();
