@@ -9,7 +9,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerStateStatusEnum, ExecConfig};
 use bollard::query_parameters::{StartContainerOptions, StopContainerOptionsBuilder};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use mesbak_interface::Error;
 use tokio::sync::mpsc;
 
@@ -17,6 +17,8 @@ use crate::process::{Outcome, Spawned, StderrTail};
 
 /// Generous: archive downloads and long execs are single requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The most of an exec's output handed on as one block.
+const COALESCE: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct Docker {
@@ -172,8 +174,12 @@ impl Docker {
             // feeding a process that is gone.
             let mut check = tokio::time::interval(Duration::from_secs(1));
             let mut exited = false;
+            // A frame read while gathering a block that is not its data.
+            let mut held: Option<Option<Result<bollard::container::LogOutput, BollardError>>> = None;
             loop {
-                let frame = if exited {
+                let frame = if let Some(frame) = held.take() {
+                    frame
+                } else if exited {
                     tokio::time::timeout(Duration::from_millis(500), output.next())
                         .await
                         .unwrap_or(None)
@@ -192,6 +198,32 @@ impl Docker {
                 let Some(frame) = frame else { break };
                 match frame {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
+                        // The engine frames every write of the process (pg_dump
+                        // writes 4 KiB at a time): what has already arrived
+                        // goes on as one block, not a send and a write each.
+                        let mut block = bytes::BytesMut::new();
+                        let mut message = message;
+                        while block.len() + message.len() < COALESCE {
+                            let next = match output.next().now_or_never() {
+                                Some(Some(Ok(bollard::container::LogOutput::StdOut { message: more }))) => more,
+                                Some(Some(Ok(bollard::container::LogOutput::StdErr { message: err }))) => {
+                                    stderr.push(&err);
+                                    continue;
+                                }
+                                other => {
+                                    held = other;
+                                    break;
+                                }
+                            };
+                            block.extend_from_slice(&message);
+                            message = next;
+                        }
+                        let message = if block.is_empty() {
+                            message
+                        } else {
+                            block.extend_from_slice(&message);
+                            block.freeze()
+                        };
                         if !reader_gone && stdout_tx.send(message).await.is_err() {
                             // The consumer failed; drain so the process ends.
                             reader_gone = true;
@@ -209,15 +241,23 @@ impl Docker {
                 }
             }
             drop(stdout_tx);
-            // The stream ending is not success: ask for the exit code.
+            // The stream ending is not success: ask for the exit code. The
+            // engine marks the exec ended a moment after its output closes;
+            // most execs are short queries, so ask again soon, then less often.
             let mut exit_code = None;
-            for _ in 0..50 {
+            let mut pause = Duration::from_millis(2);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
                 let inspect = api.inspect_exec(&exec_id).await.map_err(unreachable)?;
                 if inspect.running != Some(true) {
                     exit_code = inspect.exit_code;
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
             }
             Ok(Outcome {
                 exit_code: exit_code.unwrap_or(-1),

@@ -349,10 +349,6 @@ pub async fn sync(
     Ok(Some(summary))
 }
 
-/// Fetches what a recovery to `target_time` needs from target `name` into
-/// a spool laid out as the backup folder's `pitr/`: the base backup
-/// (checked against the SHA-256 of its metadata) and its WAL segments. The
-/// caller authenticates every file before it is used.
 /// The base backups (from their metadata) and WAL files target `name`
 /// holds; a base backup whose metadata cannot be read is not used.
 async fn chain_held(target: &Target, name: &str) -> Result<(Vec<BaseInfo>, Vec<WalFile>), Error> {
@@ -395,12 +391,34 @@ pub async fn window(app: &App, name: &str) -> Result<Window, Error> {
     Ok(crate::pitr::chain::window(&bases, &wal))
 }
 
+/// An off-site target's later WAL segments, fetched into the spool only if
+/// the recovery reaches them.
+pub struct LaterWal {
+    target: Target,
+    store: PitrStore,
+}
+
+impl LaterWal {
+    pub async fn fetch(&self, files: &[WalFile]) -> Result<(), Error> {
+        let progress = AtomicU64::new(0);
+        for file in files {
+            download(&self.target, &wal_key(file), &self.store.wal_path(file), &progress).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fetches what a recovery to `target_time` needs from target `name` into
+/// a spool laid out as the backup folder's `pitr/`: the base backup
+/// (checked against the SHA-256 of its metadata) and its WAL segments; the
+/// rest of the chain on demand ([`LaterWal`]). The caller authenticates
+/// every file before it is used.
 pub async fn fetch(
     app: &App,
     job: &Job,
     name: &str,
     target_time: OffsetDateTime,
-) -> Result<(Spool, PitrStore, RecoveryPlan), Error> {
+) -> Result<(Spool, PitrStore, RecoveryPlan, LaterWal), Error> {
     let target = super::read::open(app, name)?;
     job.set_stage(format!(
         "reading what off-site target '{name}' holds for point-in-time recovery"
@@ -462,7 +480,11 @@ pub async fn fetch(
         .await?;
     }
     tracing::info!(job = job.id, target_name = %name, base = %plan.base.id, segments = plan.segments.len(), "fetched the PITR files from off-site");
-    Ok((spool, store, plan))
+    let later = LaterWal {
+        target,
+        store: store.clone(),
+    };
+    Ok((spool, store, plan, later))
 }
 
 /// Reads `key` into a new private file at `path`, synced.

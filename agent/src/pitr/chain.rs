@@ -233,11 +233,19 @@ pub fn window(bases: &[BaseInfo], wal: &[WalFile]) -> Window {
 
 /// What a point-in-time restore to `target` uses: the newest base backup
 /// finished by then and the segments from its start up to the first one
-/// archived at or after `target` (which holds `target`'s commits).
+/// archived at or after `target`, which normally holds the last commits
+/// before `target`. Normally: a segment is archived after it is written
+/// full, so the next one may begin before `target` (by up to the second
+/// an archive time is rounded to, or by much more when archiving lagged
+/// and caught up in a burst). The rest of the chain is `later`, fed to
+/// the recovery only while it has not yet reached `target`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryPlan {
     pub base: BaseInfo,
     pub segments: Vec<WalFile>,
+    /// The segments after `segments`, in order, up to the chain's end or
+    /// its first gap.
+    pub later: Vec<WalFile>,
 }
 
 pub fn plan_recovery(
@@ -258,13 +266,17 @@ pub fn plan_recovery(
         let mut segments = Vec::new();
         while let Some(file) = chain.get(&number) {
             segments.push((*file).clone());
+            number += 1;
             if file.archived_at >= target {
+                let later = (number..)
+                    .map_while(|n| chain.get(&n).map(|f| (*f).clone()))
+                    .collect();
                 return Some(RecoveryPlan {
                     base: base.clone(),
                     segments,
+                    later,
                 });
             }
-            number += 1;
         }
     }
     None
@@ -421,6 +433,11 @@ mod tests {
         let plan = plan_recovery(&bases, &files, at("2026-12-01T10:00:30Z")).unwrap();
         let names: Vec<&str> = plan.segments.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [segment_name(1, 3, SEG), segment_name(1, 4, SEG)]);
+        let later: Vec<&str> = plan.later.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(later, [segment_name(1, 5, SEG)], "the rest of the chain");
+        let files = [files[0].clone(), files[1].clone(), wal(6, "2026-12-01T10:02:00Z")];
+        let plan = plan_recovery(&bases, &files, at("2026-12-01T10:00:30Z")).unwrap();
+        assert!(plan.later.is_empty(), "not past a gap");
         assert!(plan_recovery(&bases, &files, at("2026-12-01T10:05:00Z")).is_none());
         assert!(plan_recovery(&bases, &files, at("2026-12-01T09:00:00Z")).is_none());
     }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use mesbak_interface::{Error, PitrBase, PitrStatus, RestoreOptions};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
@@ -579,8 +580,8 @@ pub enum Source {
     Offsite(String),
 }
 
-/// Plans and authenticates a recovery to `target`, then recovers a
-/// scratch cluster to that moment. The files are only needed until then:
+/// Plans a recovery to `target`, then recovers a scratch cluster to that
+/// moment (every file authenticated before it starts). The files are only needed until then:
 /// the PITR lock (retention, shipping's removals) and an off-site spool
 /// are let go before the restore that follows.
 async fn recover_to(
@@ -608,13 +609,13 @@ async fn recover_to(
                 .map_or(16 << 20, |a| a.wal_segment_size);
             let store = PitrStore::new(&app.config.backup_dir);
             let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
-            recover::authenticate(&key, job, &store, &plan).await?;
-            recover::recover(app, job, &key, &store, &plan, target).await
+            recover::recover(app, job, &key, &store, &plan, target, None).await
         }
         Source::Offsite(name) => {
-            let (spool, store, plan) = crate::offsite::pitr::fetch(app, job, name, target).await?;
-            recover::authenticate(&key, job, &store, &plan).await?;
-            let recovered = recover::recover(app, job, &key, &store, &plan, target).await;
+            let (spool, store, plan, later) =
+                crate::offsite::pitr::fetch(app, job, name, target).await?;
+            let recovered =
+                recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
             drop(spool);
             recovered
         }
@@ -672,10 +673,9 @@ pub async fn restore_to_time(
 ) -> Result<String, Error> {
     let recovered = recover_to(&app, &job, target, &source).await?;
     let label = as_of(&app, target);
-    let restored =
-        restore::run_recovered(&app, &job, recovered.server.clone(), label, options).await;
-    recovered.remove(&app).await;
-    let message = restored?;
+    let (scratch, dumped) = (recovered.server.clone(), CancellationToken::new());
+    let restored = restore::run_recovered(&app, &job, scratch, dumped.clone(), label, options);
+    let message = recovered.remove_once(&app, &dumped, restored).await?;
     Ok(format!(
         "point-in-time restore to {}: {message}{}",
         rfc3339(target),
@@ -692,9 +692,9 @@ pub async fn test_restore_to_time(
 ) -> Result<String, Error> {
     let recovered = recover_to(&app, &job, target, &source).await?;
     let label = as_of(&app, target);
-    let tested = restore::test_restore_recovered(&app, &job, recovered.server.clone(), label).await;
-    recovered.remove(&app).await;
-    let message = tested?;
+    let (scratch, dumped) = (recovered.server.clone(), CancellationToken::new());
+    let tested = restore::test_restore_recovered(&app, &job, scratch, dumped.clone(), label);
+    let message = recovered.remove_once(&app, &dumped, tested).await?;
     Ok(format!(
         "point-in-time test restore to {}: {message}{}",
         rfc3339(target),

@@ -22,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::chain::RecoveryPlan;
+use super::chain::{RecoveryPlan, WalFile, WalKind};
 use super::store::PitrStore;
 use crate::app::App;
 use crate::docker::Docker;
 use crate::jobs::Job;
+use crate::offsite::pitr::LaterWal;
 use crate::pipeline::BackupReader;
 use crate::postgres::{MAINTENANCE_DB, Server};
 use crate::process::Runner;
@@ -39,8 +41,8 @@ pub const SCRATCH_LABEL: &str = "org.mesbak.pitr-scratch";
 const RESTORE_WAL: &str = "mesbak_restore_wal";
 /// How long recovery may take.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How often the scratch cluster is asked whether it has promoted.
-const PROMOTION_POLL: Duration = Duration::from_millis(200);
+/// How often the scratch cluster is asked how far it has replayed.
+const REPLAY_POLL: Duration = Duration::from_millis(200);
 
 /// A scratch container and its volume, recorded before they are made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,37 +51,23 @@ pub struct Scratch {
     pub volume: String,
 }
 
-/// Reads every chunk of the base backup and the segments: a damaged or
-/// missing file is found before anything is made. Decryption alone
-/// authenticates every chunk (the gzip inside is checked as it is
-/// recovered); `key`'s cache keeps each file's derived key for that pass.
-pub async fn authenticate(
+/// Authenticates WAL segments: every chunk decrypted (the gzip inside is
+/// checked as it is recovered); `key`'s cache keeps each file's derived
+/// key for the upload that follows.
+async fn authenticate(
     key: &Key,
     job: &Job,
     store: &PitrStore,
-    plan: &RecoveryPlan,
+    segments: &[WalFile],
 ) -> Result<(), Error> {
-    let mut paths = vec![(plan.base.id.clone(), store.base_path(&plan.base))];
-    paths.extend(
-        plan.segments
-            .iter()
-            .map(|s| (s.name.clone(), store.wal_path(s))),
-    );
-    let total: u64 = paths
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    job.reset_bytes(total);
-    job.set_stage(format!(
-        "authenticating the base backup {} and {} WAL segments",
-        plan.base.id,
-        plan.segments.len()
-    ));
     // Each file has its own salt, so each costs a PBKDF2 derivation (a
     // quarter of a CPU-second): as many files at once as there are cores.
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut checks = futures_util::stream::iter(paths)
+    let files: Vec<_> = segments
+        .iter()
+        .map(|s| (s.name.clone(), store.wal_path(s)))
+        .collect();
+    let mut checks = futures_util::stream::iter(files)
         .map(|(id, path)| {
             let progress = job.bytes_done.clone();
             async move {
@@ -96,7 +84,8 @@ pub async fn authenticate(
     Ok(())
 }
 
-/// A scratch cluster recovered to the target time, up and out of recovery.
+/// A scratch cluster recovered to the target time, its replay stopped
+/// there (a hot standby that is read, never written).
 pub struct Recovered {
     /// Its server, for the restore that moves its database over.
     pub server: Server,
@@ -105,6 +94,27 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// Runs `work` (a restore reading this cluster's dump) and removes the
+    /// cluster as soon as `dumped` is cancelled (the dump was read to its
+    /// end) or `work` ends: the removal overlaps the rest of the restore.
+    pub async fn remove_once<T>(
+        self,
+        app: &App,
+        dumped: &CancellationToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let work = async {
+            let out = work.await;
+            dumped.cancel();
+            out
+        };
+        let removal = async {
+            dumped.cancelled().await;
+            self.remove(app).await;
+        };
+        tokio::join!(work, removal).0
+    }
+
     /// Removes the scratch cluster (its container and volume) and its record.
     pub async fn remove(self, app: &App) {
         self.server.release().await;
@@ -113,9 +123,17 @@ impl Recovered {
     }
 }
 
-/// Recovers `plan` to `target` in a scratch cluster, left running for the
+/// Recovers `plan` to `target` in a scratch cluster, left standing for the
 /// restore that follows ([`Recovered::remove`] afterwards; on failure it is
-/// removed here).
+/// removed here). Every file is authenticated before the cluster starts:
+/// the base backup as it is unpacked into the throwaway volume, the
+/// segments beside that; later segments as they are fed (fetched into
+/// `store` first from `more`, an off-site target, when given).
+///
+/// The cluster runs as a standby that pauses at the target: it never ends
+/// recovery by itself, so the recovery is fed segment by segment until it
+/// has passed `target` (the first commit after it) or replayed the whole
+/// chain, and it is never restarted.
 pub async fn recover(
     app: &App,
     job: &Job,
@@ -123,6 +141,7 @@ pub async fn recover(
     store: &PitrStore,
     plan: &RecoveryPlan,
     target: OffsetDateTime,
+    more: Option<&LaterWal>,
 ) -> Result<Recovered, Error> {
     let docker = app.docker().await?;
     let live = &app.config.database.container;
@@ -158,44 +177,63 @@ pub async fn recover(
                 "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
             ))
             .expect("formatting a time");
-        let create = |with_target: bool| {
-            let mut cmd = vec![
-                "postgres".to_owned(),
-                "-c".to_owned(),
-                format!("restore_command=cp {data_dir}/{RESTORE_WAL}/%f %p"),
-                "-c".to_owned(),
-                "archive_mode=off".to_owned(),
-                "-c".to_owned(),
-                "recovery_target_action=promote".to_owned(),
-            ];
-            if with_target {
-                cmd.extend(["-c".to_owned(), format!("recovery_target_time={target_pg}")]);
-            }
-            bollard::models::ContainerCreateBody {
-                image: Some(image.clone()),
-                cmd: Some(cmd),
-                labels: Some(labels.clone()),
-                network_disabled: Some(true),
-                host_config: Some(bollard::models::HostConfig {
-                    binds: Some(
-                        std::iter::once(format!("{}:{data_dir}", scratch.volume))
-                            .chain(readonly.iter().cloned())
-                            .collect(),
-                    ),
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
+        let settings = [
+            // A segment not fed yet is not an error: the standby waits.
+            format!("restore_command=test -f {data_dir}/{RESTORE_WAL}/%f && cp {data_dir}/{RESTORE_WAL}/%f %p"),
+            "archive_mode=off".to_owned(),
+            "hot_standby=on".to_owned(),
+            format!("recovery_target_time={target_pg}"),
+            "recovery_target_action=pause".to_owned(),
+            "wal_retrieve_retry_interval=1s".to_owned(),
+        ];
+        let create = bollard::models::ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: Some(
+                std::iter::once("postgres".to_owned())
+                    .chain(settings.into_iter().flat_map(|s| ["-c".to_owned(), s]))
+                    .collect(),
+            ),
+            labels: Some(labels.clone()),
+            network_disabled: Some(true),
+            host_config: Some(bollard::models::HostConfig {
+                binds: Some(
+                    std::iter::once(format!("{}:{data_dir}", scratch.volume))
+                        .chain(readonly.iter().cloned())
+                        .collect(),
+                ),
+                network_mode: Some("none".into()),
                 ..Default::default()
-            }
+            }),
+            ..Default::default()
         };
-        docker.create_container(&scratch.container, create(true)).await?;
-        job.set_stage(format!("restoring the base backup {} into a scratch cluster", plan.base.id));
-        upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan).await?;
+        docker.create_container(&scratch.container, create).await?;
+        let sizes = std::iter::once(store.base_path(&plan.base))
+            .chain(plan.segments.iter().map(|s| store.wal_path(s)))
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|m| m.len());
+        job.reset_bytes(sizes.sum());
+        job.set_stage(format!(
+            "unpacking the base backup {} into a scratch cluster and authenticating {} WAL segments",
+            plan.base.id,
+            plan.segments.len()
+        ));
+        tokio::try_join!(
+            upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan),
+            authenticate(key, job, store, &plan.segments),
+        )?;
+        let feed = Feed {
+            key,
+            docker: &docker,
+            container: &scratch.container,
+            data_dir: &data_dir,
+            store,
+            segment_size: plan.base.wal_segment_size,
+        };
+        feed.upload(&plan.segments, true).await?;
         job.set_stage(format!(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
             plan.segments.len()
         ));
-        upload_wal(key, &docker, &scratch.container, &data_dir, store, plan).await?;
         let server = Server::new(
             &app.config,
             Runner::Container {
@@ -205,22 +243,7 @@ pub async fn recover(
             None,
         );
         docker.start(&scratch.container).await?;
-        let reached = match wait_promoted(&docker, &server, &scratch.container).await {
-            Ok(reached) => reached,
-            // Recovery ran out of WAL before a commit after the target: the
-            // segments reach past the target (their archive times say so),
-            // so their end is the state at the target. Recover to it.
-            Err(Outcome::EndedBeforeTarget) => {
-                docker.remove_container(&scratch.container).await?;
-                docker.create_container(&scratch.container, create(false)).await?;
-                docker.start(&scratch.container).await?;
-                wait_promoted(&docker, &server, &scratch.container)
-                    .await
-                    .map_err(|outcome| outcome.into_error(&plan.base.id))?;
-                format!("no commit between {target_text} and the end of the shipped WAL: recovered to its end")
-            }
-            Err(other) => return Err(other.into_error(&plan.base.id)),
-        };
+        let reached = replay(&feed, &server, plan, &target_text, more).await?;
         tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
         Ok(server)
     }
@@ -239,70 +262,122 @@ pub async fn recover(
     }
 }
 
-/// How waiting for the scratch cluster ended, when it did not promote.
-enum Outcome {
-    EndedBeforeTarget,
-    Stopped(String),
-    TimedOut(String),
+/// Where the scratch cluster's replay stands.
+#[derive(Deserialize)]
+struct Replay {
+    /// Paused at the target (or, unexpectedly, out of recovery).
+    stopped: bool,
+    /// The standby replayed what it has and waits for the next segment.
+    waiting: bool,
+    /// The end of the last record replayed, as a byte position.
+    replayed: String,
 }
 
-impl Outcome {
-    fn into_error(self, base: &str) -> Error {
-        match self {
-            Outcome::EndedBeforeTarget => Error::Integrity(format!(
-                "recovery from {base} ran out of WAL before the target time; a segment is missing"
-            )),
-            Outcome::Stopped(log) => Error::Database(format!(
-                "the scratch cluster stopped during recovery from {base}: {log}"
-            )),
-            Outcome::TimedOut(log) => Error::Database(format!(
-                "the scratch cluster did not finish recovering from {base} within an hour: {log}"
-            )),
+const REPLAY_STATE: &str = "SELECT pg_catalog.json_build_object(\
+    'stopped', CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() ELSE true END, \
+    'waiting', EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup' AND wait_event = 'RecoveryRetrieveRetryInterval'), \
+    'replayed', COALESCE((pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_catalog.pg_lsn)::text, '0'))";
+
+/// How many later segments go to the recovery at a time.
+const FEED_BATCH: usize = 16;
+/// How long the scratch cluster may show no sign of progress before it
+/// starts answering.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Waits while the scratch cluster replays, feeding it `plan.later` a
+/// batch at a time whenever it has replayed everything it was given, until
+/// it pauses at the target or has replayed the whole chain. Returns what
+/// its log says of where recovery stopped.
+async fn replay(
+    feed: &Feed<'_>,
+    server: &Server,
+    plan: &RecoveryPlan,
+    target_text: &str,
+    more: Option<&LaterWal>,
+) -> Result<String, Error> {
+    let base = &plan.base.id;
+    let deadline = tokio::time::Instant::now() + RECOVERY_TIMEOUT;
+    let mut later = plan.later.as_slice();
+    let mut last_fed = plan.segments.last().cloned();
+    let mut quiet = (String::new(), tokio::time::Instant::now());
+    loop {
+        if !feed.docker.is_running(feed.container).await.unwrap_or(false) {
+            let log = feed.docker.logs_tail(feed.container, 30).await;
+            return Err(Error::Database(format!(
+                "the scratch cluster stopped during recovery from {base}: {}",
+                crate::process::last_lines(&log, 3)
+            )));
         }
+        match server.query_value::<Replay>(MAINTENANCE_DB, REPLAY_STATE).await {
+            Ok(state) if state.stopped => {
+                let log = feed.docker.logs_tail(feed.container, 200).await;
+                return Ok(log
+                    .lines()
+                    .find(|l| l.contains("recovery stopping"))
+                    .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim().to_owned())
+                    .unwrap_or_else(|| format!("paused at {target_text}")));
+            }
+            Ok(state) if state.waiting => {
+                // Everything fed is replayed, as far as it goes: into the
+                // last segment fed, or a file in between is damaged.
+                let replayed: u64 = state.replayed.parse().unwrap_or(0);
+                if let Some(last) = &last_fed {
+                    let starts = segment_start(last, feed.segment_size);
+                    if replayed < starts {
+                        return Err(Error::Integrity(format!(
+                            "recovery from {base} stopped at byte {replayed} of the WAL, before segment {} it was given: a WAL file is damaged; nothing was changed",
+                            last.name
+                        )));
+                    }
+                }
+                if later.is_empty() {
+                    // No commit after the target in the shipped WAL: its
+                    // end is the state at the target.
+                    return Ok(format!(
+                        "no commit between {target_text} and the end of the shipped WAL: recovered to its end"
+                    ));
+                }
+                let (batch, rest) = later.split_at(later.len().min(FEED_BATCH));
+                if let Some(remote) = more {
+                    remote.fetch(batch).await?;
+                }
+                feed.upload(batch, false).await?;
+                last_fed = batch.last().cloned();
+                later = rest;
+                continue;
+            }
+            Ok(_) => quiet.1 = tokio::time::Instant::now(),
+            Err(_) => {
+                // Not answering yet (replaying to a consistent state): its
+                // log must move.
+                let tail = feed.docker.logs_tail(feed.container, 3).await;
+                if tail != quiet.0 {
+                    quiet = (tail, tokio::time::Instant::now());
+                } else if quiet.1.elapsed() >= STALL {
+                    return Err(Error::Database(format!(
+                        "the scratch cluster made no progress recovering from {base} for {} s: {}",
+                        STALL.as_secs(),
+                        crate::process::last_lines(&quiet.0, 3)
+                    )));
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let log = feed.docker.logs_tail(feed.container, 30).await;
+            return Err(Error::Database(format!(
+                "the scratch cluster did not finish recovering from {base} within an hour: {}",
+                crate::process::last_lines(&log, 3)
+            )));
+        }
+        tokio::time::sleep(REPLAY_POLL).await;
     }
 }
 
-/// Waits until the scratch cluster accepts connections out of recovery.
-/// Returns what its log says of where recovery stopped.
-async fn wait_promoted(
-    docker: &Docker,
-    server: &Server,
-    container: &str,
-) -> Result<String, Outcome> {
-    let deadline = tokio::time::Instant::now() + RECOVERY_TIMEOUT;
-    loop {
-        let running = docker.is_running(container).await.unwrap_or(false);
-        if !running {
-            let log = docker.logs_tail(container, 30).await;
-            return Err(
-                if log.contains("recovery ended before configured recovery target was reached") {
-                    Outcome::EndedBeforeTarget
-                } else {
-                    Outcome::Stopped(crate::process::last_lines(&log, 3))
-                },
-            );
-        }
-        let promoted: Result<bool, Error> = server
-            .query_value(MAINTENANCE_DB, "SELECT NOT pg_catalog.pg_is_in_recovery()")
-            .await;
-        if matches!(promoted, Ok(true)) {
-            let log = docker.logs_tail(container, 200).await;
-            let reached = log
-                .lines()
-                .find(|l| l.contains("recovery stopping"))
-                .or_else(|| {
-                    log.lines()
-                        .find(|l| l.contains("archive recovery complete"))
-                })
-                .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim().to_owned())
-                .unwrap_or_else(|| "recovery complete".to_owned());
-            return Ok(reached);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let log = docker.logs_tail(container, 30).await;
-            return Err(Outcome::TimedOut(crate::process::last_lines(&log, 3)));
-        }
-        tokio::time::sleep(PROMOTION_POLL).await;
+/// The byte position where `segment` begins in the WAL.
+fn segment_start(segment: &WalFile, segment_size: u64) -> u64 {
+    match segment.kind {
+        WalKind::Segment { number, .. } => number * segment_size,
+        _ => 0,
     }
 }
 
@@ -319,7 +394,6 @@ async fn upload_base(
 ) -> Result<(), Error> {
     let path = store.base_path(&plan.base);
     let file = open_backup(&path)?;
-    job.reset_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
     let mut reader = BackupReader::start(
         plan.base.id.clone(),
         file,
@@ -350,81 +424,93 @@ async fn upload_base(
     uploaded
 }
 
-/// Puts the WAL segments (decrypted) into `<data>/mesbak_restore_wal/` and
-/// a `recovery.signal`, as one tar stream.
-async fn upload_wal(
-    key: &Key,
-    docker: &Docker,
-    container: &str,
-    data_dir: &str,
-    store: &PitrStore,
-    plan: &RecoveryPlan,
-) -> Result<(), Error> {
-    let key = key.clone();
-    let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
-    let segments: Vec<_> = plan
-        .segments
-        .iter()
-        .map(|s| (s.name.clone(), store.wal_path(s)))
-        .collect();
-    let size = plan.base.wal_segment_size;
-    let produce = tokio::spawn(async move {
-        let result = async {
-            let directory = tar_header(&format!("{RESTORE_WAL}/"), 0, tar::EntryType::Directory)?;
-            let _ = sender.send(Ok(directory)).await;
-            for (name, path) in segments {
-                let header = tar_header(
-                    &format!("{RESTORE_WAL}/{name}"),
-                    size,
-                    tar::EntryType::Regular,
-                )?;
-                if sender.send(Ok(header)).await.is_err() {
-                    return Ok(());
+/// What feeding WAL segments to the scratch cluster needs.
+struct Feed<'a> {
+    key: &'a Key,
+    docker: &'a Docker,
+    container: &'a str,
+    data_dir: &'a str,
+    store: &'a PitrStore,
+    segment_size: u64,
+}
+
+impl Feed<'_> {
+    /// Puts `segments` (decrypted) into `<data>/mesbak_restore_wal/`, and
+    /// with `first` the `standby.signal` that makes the cluster a standby,
+    /// as one tar stream. A segment's name is in the archive only once its
+    /// data is whole (the restore command tests for it), and a damaged file
+    /// fails the stream before the recovery can read it.
+    async fn upload(&self, segments: &[WalFile], first: bool) -> Result<(), Error> {
+        let key = self.key.clone();
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+        let segments: Vec<_> = segments
+            .iter()
+            .map(|s| (s.name.clone(), self.store.wal_path(s)))
+            .collect();
+        let size = self.segment_size;
+        let produce = tokio::spawn(async move {
+            let result = async {
+                if first {
+                    let directory =
+                        tar_header(&format!("{RESTORE_WAL}/"), 0, tar::EntryType::Directory)?;
+                    let _ = sender.send(Ok(directory)).await;
                 }
-                let mut reader = BackupReader::start(
-                    name.clone(),
-                    open_backup(&path)?,
-                    key.clone(),
-                    Some(Compression::Gzip),
-                    Arc::new(Default::default()),
-                );
-                let mut sent = 0u64;
-                while let Some(block) = reader.blocks.recv().await {
-                    sent += block.len() as u64;
-                    if sender.send(Ok(block)).await.is_err() {
+                for (name, path) in segments {
+                    let header = tar_header(
+                        &format!("{RESTORE_WAL}/{name}"),
+                        size,
+                        tar::EntryType::Regular,
+                    )?;
+                    if sender.send(Ok(header)).await.is_err() {
                         return Ok(());
                     }
+                    let mut reader = BackupReader::start(
+                        name.clone(),
+                        open_backup(&path)?,
+                        key.clone(),
+                        Some(Compression::Gzip),
+                        Arc::new(Default::default()),
+                    );
+                    let mut sent = 0u64;
+                    while let Some(block) = reader.blocks.recv().await {
+                        sent += block.len() as u64;
+                        if sender.send(Ok(block)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    reader.finish().await?;
+                    let padding = tar_padding(sent);
+                    if padding > 0 {
+                        let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
+                    }
+                    if sent != size {
+                        return Err(Error::Integrity(format!(
+                            "WAL segment {name} holds {sent} bytes, not {size}"
+                        )));
+                    }
                 }
-                reader.finish().await?;
-                let padding = tar_padding(sent);
-                if padding > 0 {
-                    let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
+                if first {
+                    let signal = tar_header("standby.signal", 0, tar::EntryType::Regular)?;
+                    let _ = sender.send(Ok(signal)).await;
                 }
-                if sent != size {
-                    return Err(Error::Integrity(format!(
-                        "WAL segment {name} holds {sent} bytes, not {size}"
-                    )));
-                }
+                let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
+                Ok::<_, Error>(())
             }
-            let signal = tar_header("recovery.signal", 0, tar::EntryType::Regular)?;
-            let _ = sender.send(Ok(signal)).await;
-            let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(err) = &result {
-            let _ = sender.send(Err(io::Error::other(err.message()))).await;
-        }
-        result
-    });
-    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
-    let uploaded = docker.upload(container, data_dir, body).await;
-    produce
-        .await
-        .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))??;
-    uploaded
+            .await;
+            if let Err(err) = &result {
+                let _ = sender.send(Err(io::Error::other(err.message()))).await;
+            }
+            result
+        });
+        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        let uploaded = self.docker.upload(self.container, self.data_dir, body).await;
+        produce
+            .await
+            .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))??;
+        uploaded
+    }
 }
 
 /// A ustar header for `name` of `size` bytes, owned by root (the image's

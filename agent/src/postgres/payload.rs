@@ -22,6 +22,10 @@ pub struct Described {
     pub timescaledb: Option<Installed>,
     /// Sentences for the job: what a restore by hand must know.
     pub warnings: Vec<String>,
+    /// The server is a standby (a recovered scratch cluster paused at its
+    /// target): its unlogged tables cannot be read, and hold no rows a
+    /// recovery would keep anyway.
+    in_recovery: bool,
     prologue: String,
     epilogue: String,
 }
@@ -35,13 +39,17 @@ pub async fn describe(server: &Server, database: &str) -> Result<Described, Erro
             server.runner.describe()
         ))
     });
-    let (roles, server_version, timescaledb, facts) = tokio::join!(
+    let in_recovery =
+        server.query_value::<bool>(super::MAINTENANCE_DB, "SELECT pg_catalog.pg_is_in_recovery()");
+    let (roles, server_version, timescaledb, facts, in_recovery) = tokio::join!(
         roles,
         catalog::server_version(server),
         timescale::installed(server, database),
         facts::read(server, database),
+        in_recovery,
     );
     let (server_version, timescaledb, facts) = (server_version?, timescaledb?, facts?);
+    let in_recovery = in_recovery?;
     let mut prologue = roles_prelude(&roles?);
     let mut epilogue = String::new();
     let mut warnings = Vec::new();
@@ -61,6 +69,7 @@ pub async fn describe(server: &Server, database: &str) -> Result<Described, Erro
         server_version,
         timescaledb,
         warnings,
+        in_recovery,
         prologue,
         epilogue,
     })
@@ -90,7 +99,11 @@ impl Payload {
         database: &str,
         described: &Described,
     ) -> Result<Payload, Error> {
-        let dump = server.spawn("pg_dump", &["-d", database], false).await?;
+        let mut args = vec!["-d", database];
+        if described.in_recovery {
+            args.push("--no-unlogged-table-data");
+        }
+        let dump = server.spawn("pg_dump", &args, false).await?;
         Ok(Payload {
             prologue: Some(Bytes::from(described.prologue.clone())),
             dump,

@@ -207,7 +207,7 @@ pub async fn load(
 /// read, or a recovered cluster's payload as pg_dump makes it.
 enum Sql<'a> {
     File(BackupReader),
-    Live(Payload, &'a Server, &'a str),
+    Live(Payload, &'a Server, &'a str, &'a CancellationToken),
 }
 
 impl<'a> Sql<'a> {
@@ -228,6 +228,7 @@ impl<'a> Sql<'a> {
                 server,
                 database,
                 described,
+                dumped,
                 ..
             } => {
                 // The size of the SQL is not known before pg_dump ends.
@@ -236,6 +237,7 @@ impl<'a> Sql<'a> {
                     Payload::start(server, database, described).await?,
                     server,
                     database,
+                    dumped,
                 )
             }
         })
@@ -260,7 +262,11 @@ impl<'a> Sql<'a> {
     async fn finish(self) -> Result<(), Error> {
         match self {
             Sql::File(reader) => reader.finish().await.map(|_| ()),
-            Sql::Live(payload, server, database) => payload.finish(server, database).await,
+            Sql::Live(payload, server, database, dumped) => {
+                let finished = payload.finish(server, database).await;
+                dumped.cancel();
+                finished
+            }
         }
     }
 }

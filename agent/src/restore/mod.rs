@@ -77,15 +77,17 @@ pub async fn run(
 
 /// Restores the configured database of a recovered cluster (`scratch`, a
 /// point-in-time recovery) over the live one: its dump streams straight
-/// into the load, through the same checks, safety backup and swap.
+/// into the load, through the same checks, safety backup and swap;
+/// `dumped` is cancelled once the dump has been read to its end.
 pub async fn run_recovered(
     app: &App,
     job: &Job,
     scratch: Server,
+    dumped: CancellationToken,
     label: String,
     options: RestoreOptions,
 ) -> Result<String, Error> {
-    let plan = plan::live(app, scratch, label).await?;
+    let plan = plan::live(app, scratch, dumped, label).await?;
     run_planned(app, job, plan, options).await
 }
 

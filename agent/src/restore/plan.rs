@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use mesbak_format::Key;
 use mesbak_interface::Error;
+use tokio_util::sync::CancellationToken;
 
 use super::load::Loaded;
 use crate::app::App;
@@ -51,6 +52,9 @@ pub enum Input {
         described: Box<Described>,
         /// What is restored, in messages and records.
         label: String,
+        /// Cancelled once the dump has been read to its end: the cluster
+        /// may then go while the restore finishes.
+        dumped: CancellationToken,
     },
 }
 
@@ -76,7 +80,12 @@ impl Plan {
 
 /// The plan for restoring the configured database of a recovered cluster
 /// (`server`), dumped as it loads; `label` names it in messages.
-pub async fn live(app: &App, server: Server, label: String) -> Result<Plan, Error> {
+pub async fn live(
+    app: &App,
+    server: Server,
+    dumped: CancellationToken,
+    label: String,
+) -> Result<Plan, Error> {
     let database = &app.config.database.name;
     let described = payload::describe(&server, database).await?;
     let size = catalog::database_size(&server, database).await?;
@@ -92,6 +101,7 @@ pub async fn live(app: &App, server: Server, label: String) -> Result<Plan, Erro
             database: database.clone(),
             described: Box::new(described),
             label,
+            dumped,
         },
     })
 }

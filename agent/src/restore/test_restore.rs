@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mesbak_interface::{BackupKind, Error};
+use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, InProgress};
 use super::load::{compare_rows, create_database_like, load};
@@ -65,10 +66,11 @@ pub async fn run_recovered(
     app: &App,
     job: &Job,
     scratch: Server,
+    dumped: CancellationToken,
     label: String,
 ) -> Result<String, Error> {
     let result = async {
-        let plan = plan::live(app, scratch, label.clone()).await?;
+        let plan = plan::live(app, scratch, dumped, label.clone()).await?;
         checks(app, job, &plan).await
     }
     .await;
