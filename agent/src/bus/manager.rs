@@ -46,7 +46,8 @@ impl Manager {
             require_root(uid, what)?;
         }
         let job = self.app.jobs.begin(operation, target, uid)?;
-        let future = work(self.app.clone(), job.clone());
+        // Boxed: the method call's own future stays small whatever the job.
+        let future = Box::pin(work(self.app.clone(), job.clone()));
         launch(self.app.clone(), conn, job, future).await
     }
 

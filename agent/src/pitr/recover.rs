@@ -103,11 +103,13 @@ impl Recovered {
         dumped: &CancellationToken,
         work: impl std::future::Future<Output = T>,
     ) -> T {
-        let work = async {
+        // Boxed: a whole restore beside the removal is too big for a
+        // worker's stack.
+        let work = Box::pin(async {
             let out = work.await;
             dumped.cancel();
             out
-        };
+        });
         let removal = async {
             dumped.cancelled().await;
             self.remove(app).await;
@@ -218,8 +220,8 @@ pub async fn recover(
             plan.segments.len()
         ));
         tokio::try_join!(
-            upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan),
-            authenticate(key, job, store, &plan.segments),
+            Box::pin(upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan)),
+            Box::pin(authenticate(key, job, store, &plan.segments)),
         )?;
         let feed = Feed {
             key,
