@@ -175,7 +175,8 @@ impl Docker {
             let mut check = tokio::time::interval(Duration::from_secs(1));
             let mut exited = false;
             // A frame read while gathering a block that is not its data.
-            let mut held: Option<Option<Result<bollard::container::LogOutput, BollardError>>> = None;
+            let mut held: Option<Option<Result<bollard::container::LogOutput, BollardError>>> =
+                None;
             loop {
                 let frame = if let Some(frame) = held.take() {
                     frame
@@ -205,8 +206,12 @@ impl Docker {
                         let mut message = message;
                         while block.len() + message.len() < COALESCE {
                             let next = match output.next().now_or_never() {
-                                Some(Some(Ok(bollard::container::LogOutput::StdOut { message: more }))) => more,
-                                Some(Some(Ok(bollard::container::LogOutput::StdErr { message: err }))) => {
+                                Some(Some(Ok(bollard::container::LogOutput::StdOut {
+                                    message: more,
+                                }))) => more,
+                                Some(Some(Ok(bollard::container::LogOutput::StdErr {
+                                    message: err,
+                                }))) => {
                                     stderr.push(&err);
                                     continue;
                                 }

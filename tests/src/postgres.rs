@@ -651,13 +651,19 @@ impl Postgres {
              if [ $fill -gt 0 ]; then head -c ${{fill}}M /dev/zero > /var/lib/postgresql/data/mesbak-test-filler; fi; \
              sync; avail"
         );
-        run(
+        self.exec(&script, "fill the data disk");
+    }
+
+    /// Runs a shell script in the server's container, as root.
+    pub fn exec(&self, script: &str, what: &str) -> String {
+        let out = run(
             self.engine
                 .docker()
-                .args(["exec", &self.name, "sh", "-c", &script]),
+                .args(["exec", "-u", "0", &self.name, "sh", "-c", script]),
             None,
         )
-        .unwrap_or_else(|err| panic!("cannot fill the data disk of {}: {err:#}", self.name));
+        .unwrap_or_else(|err| panic!("cannot {what} in {}: {err:#}", self.name));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Size of `db` on disk, in bytes.

@@ -773,7 +773,59 @@ async fn the_database_restarted_under_shipping_loses_no_segment(flavor: Flavor) 
     drop(agent);
 }
 
+/// Archiving that failed for a while and then caught up stores its backlog
+/// in one burst, every segment with about the same (later) archive time:
+/// the first segment archived after the target is then not the last one
+/// holding commits before it. The recovery goes on into the later
+/// segments until it passes the target; the restore gives exactly the
+/// database at the target, not the one at the end of that first segment.
+async fn a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    // No timed segment switches: only the test's.
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    let folder = pg.psql(
+        "postgres",
+        "SELECT current_setting('data_directory') || '/mesbak_wal';",
+    );
+    // The archive folder refuses the server: its segments wait in pg_wal.
+    pg.exec(&format!("chmod 000 '{folder}'"), "close the archive folder");
+    write_moment(&pg, 1);
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_moment(&pg, 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = (now(), pg.fingerprint("mes"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    write_moment(&pg, 3);
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    let failing = "SELECT failed_count > 0 AND last_failed_wal > coalesce(last_archived_wal, '') FROM pg_stat_archiver;";
+    let by = std::time::Instant::now() + Duration::from_secs(30);
+    while pg.psql("postgres", failing) != "t" {
+        assert!(std::time::Instant::now() < by, "archiving did not fail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Open again: the backlog is archived at once, after `time`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pg.exec(&format!("chmod 700 '{folder}'"), "open the archive folder");
+    switch_segments(&pg, 1, "open");
+    ok(&bus, &["pitr", "sync"]);
+    assert_chain_whole(&bus, &config, "after the backlog");
+    let out = ok(&bus, &["restore", "--to-time", &time, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &expected,
+        "restored into the backlog",
+    );
+    drop(agent);
+}
+
 on_both_servers!(
+    a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time,
     point_in_time_restore_goes_back_to_each_moment,
     a_gap_in_the_chain_is_found_and_refused_past_it,
     a_new_server_is_restored_from_base_backup_and_wal_alone,

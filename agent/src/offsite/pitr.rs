@@ -402,7 +402,13 @@ impl LaterWal {
     pub async fn fetch(&self, files: &[WalFile]) -> Result<(), Error> {
         let progress = AtomicU64::new(0);
         for file in files {
-            download(&self.target, &wal_key(file), &self.store.wal_path(file), &progress).await?;
+            download(
+                &self.target,
+                &wal_key(file),
+                &self.store.wal_path(file),
+                &progress,
+            )
+            .await?;
         }
         Ok(())
     }

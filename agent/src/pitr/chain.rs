@@ -435,7 +435,11 @@ mod tests {
         assert_eq!(names, [segment_name(1, 3, SEG), segment_name(1, 4, SEG)]);
         let later: Vec<&str> = plan.later.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(later, [segment_name(1, 5, SEG)], "the rest of the chain");
-        let files = [files[0].clone(), files[1].clone(), wal(6, "2026-12-01T10:02:00Z")];
+        let files = [
+            files[0].clone(),
+            files[1].clone(),
+            wal(6, "2026-12-01T10:02:00Z"),
+        ];
         let plan = plan_recovery(&bases, &files, at("2026-12-01T10:00:30Z")).unwrap();
         assert!(plan.later.is_empty(), "not past a gap");
         assert!(plan_recovery(&bases, &files, at("2026-12-01T10:05:00Z")).is_none());

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use mesbak_interface::{Error, PitrBase, PitrStatus, RestoreOptions};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};

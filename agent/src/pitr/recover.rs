@@ -303,14 +303,22 @@ async fn replay(
     let mut last_fed = plan.segments.last().cloned();
     let mut quiet = (String::new(), tokio::time::Instant::now());
     loop {
-        if !feed.docker.is_running(feed.container).await.unwrap_or(false) {
+        if !feed
+            .docker
+            .is_running(feed.container)
+            .await
+            .unwrap_or(false)
+        {
             let log = feed.docker.logs_tail(feed.container, 30).await;
             return Err(Error::Database(format!(
                 "the scratch cluster stopped during recovery from {base}: {}",
                 crate::process::last_lines(&log, 3)
             )));
         }
-        match server.query_value::<Replay>(MAINTENANCE_DB, REPLAY_STATE).await {
+        match server
+            .query_value::<Replay>(MAINTENANCE_DB, REPLAY_STATE)
+            .await
+        {
             Ok(state) if state.stopped => {
                 let log = feed.docker.logs_tail(feed.container, 200).await;
                 return Ok(log
@@ -326,9 +334,12 @@ async fn replay(
                 if let Some(last) = &last_fed {
                     let starts = segment_start(last, feed.segment_size);
                     if replayed < starts {
+                        let log = feed.docker.logs_tail(feed.container, 40).await;
+                        tracing::warn!(base = %base, replayed, log = %log, "recovery stopped before the last segment it was given");
                         return Err(Error::Integrity(format!(
-                            "recovery from {base} stopped at byte {replayed} of the WAL, before segment {} it was given: a WAL file is damaged; nothing was changed",
-                            last.name
+                            "recovery from {base} stopped at byte {replayed} of the WAL, before segment {} it was given: a WAL file is damaged; nothing was changed ({})",
+                            last.name,
+                            crate::process::last_lines(&log, 3)
                         )));
                     }
                 }
@@ -443,6 +454,33 @@ impl Feed<'_> {
     /// data is whole (the restore command tests for it), and a damaged file
     /// fails the stream before the recovery can read it.
     async fn upload(&self, segments: &[WalFile], first: bool) -> Result<(), Error> {
+        // Before the cluster starts, the image's entry point gives the data
+        // directory to its server's user; afterwards the files must be that
+        // user's from the start.
+        let owner = if first {
+            (0, 0)
+        } else {
+            let argv = ["stat", "-c", "%u %g", self.data_dir].map(str::to_owned);
+            let out = self
+                .docker
+                .exec_output(self.container, &argv, |detail| {
+                    Error::Docker(format!(
+                        "cannot read the owner of the scratch cluster's data directory: {detail}"
+                    ))
+                })
+                .await?;
+            let out = String::from_utf8_lossy(&out);
+            let mut ids = out.split_whitespace().map(|id| id.parse::<u64>().ok());
+            match (ids.next().flatten(), ids.next().flatten()) {
+                (Some(uid), Some(gid)) => (uid, gid),
+                _ => {
+                    return Err(Error::Docker(format!(
+                        "the scratch cluster's data directory has no readable owner ('{}')",
+                        out.trim()
+                    )));
+                }
+            }
+        };
         let key = self.key.clone();
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
         let segments: Vec<_> = segments
@@ -453,8 +491,12 @@ impl Feed<'_> {
         let produce = tokio::spawn(async move {
             let result = async {
                 if first {
-                    let directory =
-                        tar_header(&format!("{RESTORE_WAL}/"), 0, tar::EntryType::Directory)?;
+                    let directory = tar_header(
+                        &format!("{RESTORE_WAL}/"),
+                        0,
+                        tar::EntryType::Directory,
+                        owner,
+                    )?;
                     let _ = sender.send(Ok(directory)).await;
                 }
                 for (name, path) in segments {
@@ -462,6 +504,7 @@ impl Feed<'_> {
                         &format!("{RESTORE_WAL}/{name}"),
                         size,
                         tar::EntryType::Regular,
+                        owner,
                     )?;
                     if sender.send(Ok(header)).await.is_err() {
                         return Ok(());
@@ -492,7 +535,7 @@ impl Feed<'_> {
                     }
                 }
                 if first {
-                    let signal = tar_header("standby.signal", 0, tar::EntryType::Regular)?;
+                    let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, owner)?;
                     let _ = sender.send(Ok(signal)).await;
                 }
                 let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
@@ -507,7 +550,10 @@ impl Feed<'_> {
         let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|item| (item, receiver))
         });
-        let uploaded = self.docker.upload(self.container, self.data_dir, body).await;
+        let uploaded = self
+            .docker
+            .upload(self.container, self.data_dir, body)
+            .await;
         produce
             .await
             .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))??;
@@ -515,9 +561,13 @@ impl Feed<'_> {
     }
 }
 
-/// A ustar header for `name` of `size` bytes, owned by root (the image's
-/// entry point gives the data directory to its server's user).
-fn tar_header(name: &str, size: u64, kind: tar::EntryType) -> Result<Bytes, Error> {
+/// A ustar header for `name` of `size` bytes, owned by `owner` (uid, gid).
+fn tar_header(
+    name: &str,
+    size: u64,
+    kind: tar::EntryType,
+    (uid, gid): (u64, u64),
+) -> Result<Bytes, Error> {
     let mut header = tar::Header::new_ustar();
     header
         .set_path(name)
@@ -529,8 +579,8 @@ fn tar_header(name: &str, size: u64, kind: tar::EntryType) -> Result<Bytes, Erro
     } else {
         0o600
     });
-    header.set_uid(0);
-    header.set_gid(0);
+    header.set_uid(uid);
+    header.set_gid(gid);
     header.set_mtime(0);
     header.set_cksum();
     Ok(Bytes::copy_from_slice(header.as_bytes()))

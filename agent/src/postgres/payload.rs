@@ -39,8 +39,10 @@ pub async fn describe(server: &Server, database: &str) -> Result<Described, Erro
             server.runner.describe()
         ))
     });
-    let in_recovery =
-        server.query_value::<bool>(super::MAINTENANCE_DB, "SELECT pg_catalog.pg_is_in_recovery()");
+    let in_recovery = server.query_value::<bool>(
+        super::MAINTENANCE_DB,
+        "SELECT pg_catalog.pg_is_in_recovery()",
+    );
     let (roles, server_version, timescaledb, facts, in_recovery) = tokio::join!(
         roles,
         catalog::server_version(server),
