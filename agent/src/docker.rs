@@ -18,7 +18,7 @@ use crate::process::{Outcome, Spawned, StderrTail};
 /// Generous: archive downloads and long execs are single requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The most of an exec's output handed on as one block.
-const COALESCE: usize = 256 * 1024;
+const COALESCE: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Docker {

@@ -237,16 +237,26 @@ pub fn window(bases: &[BaseInfo], wal: &[WalFile]) -> Window {
 /// before `target`. Normally: a segment is archived after it is written
 /// full, so the next one may begin before `target` (by up to the second
 /// an archive time is rounded to, or by much more when archiving lagged
-/// and caught up in a burst). The rest of the chain is `later`, fed to
-/// the recovery only while it has not yet reached `target`.
+/// and caught up in a burst). The segments after it are `later`, fed to
+/// the recovery only while it has not yet passed `target`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryPlan {
     pub base: BaseInfo,
     pub segments: Vec<WalFile>,
-    /// The segments after `segments`, in order, up to the chain's end or
-    /// its first gap.
+    /// The segments after `segments`, in order, that may still hold a
+    /// commit before `target`: those archived within [`LATER_HORIZON`] of
+    /// it, and any archived in one burst with the one before (a backlog
+    /// archived at once, however late); up to the chain's end or a gap.
     pub later: Vec<WalFile>,
 }
+
+/// How long after the target a segment's archive time may be and it is
+/// still fed to a recovery that has not passed the target. Beyond it (and
+/// outside a burst) the recovery ends at the end of what it was given: a
+/// quiet server would otherwise have every later segment read.
+pub const LATER_HORIZON: time::Duration = time::Duration::minutes(10);
+/// Segments archived within this of the one before belong to one burst.
+const BURST: time::Duration = time::Duration::seconds(2);
 
 pub fn plan_recovery(
     bases: &[BaseInfo],
@@ -268,8 +278,16 @@ pub fn plan_recovery(
             segments.push((*file).clone());
             number += 1;
             if file.archived_at >= target {
+                let mut previous = file.archived_at;
                 let later = (number..)
-                    .map_while(|n| chain.get(&n).map(|f| (*f).clone()))
+                    .map_while(|n| chain.get(&n))
+                    .take_while(|f| {
+                        let near = f.archived_at <= target + LATER_HORIZON
+                            || f.archived_at - previous < BURST;
+                        previous = f.archived_at;
+                        near
+                    })
+                    .map(|f| (*f).clone())
                     .collect();
                 return Some(RecoveryPlan {
                     base: base.clone(),
@@ -435,6 +453,38 @@ mod tests {
         assert_eq!(names, [segment_name(1, 3, SEG), segment_name(1, 4, SEG)]);
         let later: Vec<&str> = plan.later.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(later, [segment_name(1, 5, SEG)], "the rest of the chain");
+        // Far after the target: only a burst with the one before is fed.
+        let files = [
+            wal(3, "2026-12-01T10:00:05Z"),
+            wal(4, "2026-12-01T10:01:00Z"),
+            wal(5, "2026-12-01T10:05:00Z"),
+            wal(6, "2026-12-01T11:00:00Z"),
+            wal(7, "2026-12-01T11:00:01Z"),
+            wal(8, "2026-12-01T11:01:00Z"),
+        ];
+        let plan = plan_recovery(&bases, &files, at("2026-12-01T10:00:30Z")).unwrap();
+        assert_eq!(
+            plan.later.len(),
+            1,
+            "within ten minutes only: {:?}",
+            plan.later
+        );
+        let plan = plan_recovery(&bases, &files, at("2026-12-01T10:04:30Z")).unwrap();
+        assert!(plan.later.is_empty(), "an hour later, not in a burst");
+        let late = [
+            wal(3, "2026-12-01T10:00:05Z"),
+            wal(4, "2026-12-01T12:00:00Z"),
+            wal(5, "2026-12-01T12:00:00Z"),
+            wal(6, "2026-12-01T12:00:01Z"),
+            wal(7, "2026-12-01T12:01:00Z"),
+        ];
+        let plan = plan_recovery(&bases, &late, at("2026-12-01T10:00:30Z")).unwrap();
+        let later: Vec<&str> = plan.later.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            later,
+            [segment_name(1, 5, SEG), segment_name(1, 6, SEG)],
+            "a backlog archived in one burst, hours late"
+        );
         let files = [
             files[0].clone(),
             files[1].clone(),

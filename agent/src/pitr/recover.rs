@@ -186,7 +186,7 @@ pub async fn recover(
             "hot_standby=on".to_owned(),
             format!("recovery_target_time={target_pg}"),
             "recovery_target_action=pause".to_owned(),
-            "wal_retrieve_retry_interval=1s".to_owned(),
+            format!("wal_retrieve_retry_interval={}ms", RETRY.as_millis()),
         ];
         let create = bollard::models::ContainerCreateBody {
             image: Some(image.clone()),
@@ -280,8 +280,11 @@ const REPLAY_STATE: &str = "SELECT pg_catalog.json_build_object(\
     'waiting', EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup' AND wait_event = 'RecoveryRetrieveRetryInterval'), \
     'replayed', COALESCE((pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_catalog.pg_lsn)::text, '0'))";
 
-/// How many later segments go to the recovery at a time.
+/// How many later segments go to the recovery at a time, at most: one
+/// first (the next commit is usually in it), twice as many each time after.
 const FEED_BATCH: usize = 16;
+/// How soon the standby looks again for a segment it did not have.
+const RETRY: Duration = Duration::from_millis(200);
 /// How long the scratch cluster may show no sign of progress before it
 /// starts answering.
 const STALL: Duration = Duration::from_secs(120);
@@ -301,6 +304,10 @@ async fn replay(
     let deadline = tokio::time::Instant::now() + RECOVERY_TIMEOUT;
     let mut later = plan.later.as_slice();
     let mut last_fed = plan.segments.last().cloned();
+    let mut batch_size = 1;
+    // When the last batch went in, and how far the replay stood then: the
+    // standby may still be in its wait from before it.
+    let mut fed: Option<(tokio::time::Instant, String)> = None;
     let mut quiet = (String::new(), tokio::time::Instant::now());
     loop {
         if !feed
@@ -327,7 +334,12 @@ async fn replay(
                     .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim().to_owned())
                     .unwrap_or_else(|| format!("paused at {target_text}")));
             }
-            Ok(state) if state.waiting => {
+            Ok(state)
+                if state.waiting
+                    && !fed.as_ref().is_some_and(|(at, replayed)| {
+                        *replayed == state.replayed && at.elapsed() < RETRY * 3
+                    }) =>
+            {
                 // Everything fed is replayed, as far as it goes: into the
                 // last segment fed, or a file in between is damaged.
                 let replayed: u64 = state.replayed.parse().unwrap_or(0);
@@ -350,13 +362,15 @@ async fn replay(
                         "no commit between {target_text} and the end of the shipped WAL: recovered to its end"
                     ));
                 }
-                let (batch, rest) = later.split_at(later.len().min(FEED_BATCH));
+                let (batch, rest) = later.split_at(later.len().min(batch_size));
                 if let Some(remote) = more {
                     remote.fetch(batch).await?;
                 }
                 feed.upload(batch, false).await?;
                 last_fed = batch.last().cloned();
                 later = rest;
+                batch_size = (batch_size * 2).min(FEED_BATCH);
+                fed = Some((tokio::time::Instant::now(), state.replayed));
                 continue;
             }
             Ok(_) => quiet.1 = tokio::time::Instant::now(),
