@@ -160,7 +160,8 @@ impl Docker {
         let bollard::exec::StartExecResults::Attached { mut output, input } = started else {
             return Err(Error::Docker("Docker detached an attached exec".into()));
         };
-        let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(32);
+        // Blocks of up to COALESCE bytes: at most 1 MiB waits here.
+        let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(16);
         let api = self.api.clone();
         let exec_id = created.id.clone();
         let program = argv.first().cloned().unwrap_or_default();

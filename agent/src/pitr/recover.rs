@@ -61,8 +61,9 @@ async fn authenticate(
     segments: &[WalFile],
 ) -> Result<(), Error> {
     // Each file has its own salt, so each costs a PBKDF2 derivation (a
-    // quarter of a CPU-second): as many files at once as there are cores.
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // quarter of a CPU-second): as many files at once as there are cores
+    // besides the one unpacking the base backup.
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1);
     let files: Vec<_> = segments
         .iter()
         .map(|s| (s.name.clone(), store.wal_path(s)))
