@@ -1,13 +1,20 @@
 //! Point-in-time recovery into a scratch cluster: a throwaway container of
 //! the database container's own image, on its own volume, with no network,
 //! gets the base backup and the WAL segments up to the target (through the
-//! archive API, the container created but not yet started), recovers to
-//! `recovery_target_time` and promotes. Its database is then restored
-//! through the ordinary verified restore (or test restore), its dump
-//! streamed straight into the load: no file in between, the dump and the
-//! load at once. The live server is not touched until that restore's swap;
-//! the scratch container and volume are always removed (a crash leaves a
-//! record in the agent's state; the next start removes them).
+//! archive API, the container created but not yet started; every file
+//! authenticated before it starts) and runs as a standby with
+//! `recovery_target_time` that pauses at the target. A standby never ends
+//! recovery by itself: when it has replayed what it was given without
+//! passing the target, it is fed the next segments (a backlog archived late
+//! in one burst holds commits before the target past the first segment
+//! archived after it), and at the end of the chain its state is the state
+//! at the target. Its database is then restored through the ordinary
+//! verified restore (or test restore), read from the paused standby, its
+//! dump streamed straight into the load: no file in between, the dump and
+//! the load at once. The live server is not touched until that restore's
+//! swap; the scratch container and volume are always removed, as soon as
+//! the dump has been read (a crash leaves a record in the agent's state;
+//! the next start removes them).
 
 use std::collections::HashMap;
 use std::io;
