@@ -200,9 +200,10 @@ impl Docker {
                 let Some(frame) = frame else { break };
                 match frame {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
-                        // The engine frames every write of the process (pg_dump
-                        // writes 4 KiB at a time): what has already arrived
-                        // goes on as one block, not a send and a write each.
+                        // The engine frames what it reads from the process
+                        // (about 28 KiB at a time from pg_dump): what has
+                        // already arrived goes on as one block, not a send and
+                        // a write each.
                         let mut block = bytes::BytesMut::new();
                         let mut message = message;
                         while block.len() + message.len() < COALESCE {
