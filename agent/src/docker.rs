@@ -20,6 +20,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The most of an exec's output handed on as one block.
 const COALESCE: usize = 64 * 1024;
 
+/// Where a tar stream for [`Docker::upload_from`] is sent.
+pub type TarSender = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
 #[derive(Clone)]
 pub struct Docker {
     api: bollard::Docker,
@@ -470,6 +473,32 @@ impl Docker {
             .upload_to_container(container, Some(options), bollard::body_try_stream(tar))
             .await
             .map_err(|err| container_error(container, err))
+    }
+
+    /// Uploads into `path` in `container` the tar stream that `produce`
+    /// sends, `produce` running in a task of its own; a producer that meets
+    /// an error sends it into the stream, so the engine refuses the archive.
+    /// Returns what the producer returned and the upload's result.
+    pub async fn upload_from<T, Fut>(
+        &self,
+        container: &str,
+        path: &str,
+        produce: impl FnOnce(TarSender) -> Fut,
+    ) -> (Result<T, Error>, Result<(), Error>)
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+        let producer = tokio::spawn(produce(sender));
+        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        let uploaded = self.upload(container, path, body).await;
+        let produced = producer
+            .await
+            .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")));
+        (produced, uploaded)
     }
 
     /// Creates the named volume `name` with `labels`.

@@ -8,13 +8,12 @@ use bytes::Bytes;
 use mesbak_format::Key;
 use mesbak_interface::{Error, RestoreOptions};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
 use super::helper::{random_id, run_script};
 use super::recovery::{Record, clean_staging, save_record};
 use super::tar::{RootAttrs, TarWalker, root_archive};
 use super::{Copy, MOUNT, output_ready, quoted, start_gateways};
-use crate::docker::Docker;
+use crate::docker::{Docker, TarSender};
 use crate::pipeline::BackupReader;
 use crate::process::last_lines;
 use crate::recovery::Touched;
@@ -231,11 +230,10 @@ impl Copy<'_> {
             Some(backup.compression),
             self.job.bytes_done.clone(),
         );
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
         let id = backup.id.clone();
         let cancel = self.job.cancel_token();
         let cancelled = self.job.cancelled_error("the staged files were removed");
-        let forward = tokio::spawn(async move {
+        let forward = |sender: TarSender| async move {
             let mut walker = TarWalker::default();
             let mut damage = None;
             loop {
@@ -266,17 +264,12 @@ impl Copy<'_> {
                 let _ = sender.send(Err(io::Error::other(err.message()))).await;
             }
             (walker, read)
-        });
-        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        });
-        let uploaded = self
+        };
+        let (forwarded, uploaded) = self
             .docker
-            .upload(self.helper, &format!("{MOUNT}/{staging}"), body)
+            .upload_from(self.helper, &format!("{MOUNT}/{staging}"), forward)
             .await;
-        let (walker, read) = forward
-            .await
-            .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))?;
+        let (walker, read) = forwarded?;
         read?;
         uploaded.map_err(|err| {
             // Docker passes the extraction's ENOSPC on as a refusal (500)

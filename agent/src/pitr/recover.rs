@@ -28,13 +28,12 @@ use mesbak_interface::{Compression, Error};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{RecoveryPlan, WalFile, WalKind};
 use super::store::PitrStore;
 use crate::app::App;
-use crate::docker::Docker;
+use crate::docker::{Docker, TarSender};
 use crate::jobs::Job;
 use crate::offsite::pitr::LaterWal;
 use crate::pipeline::BackupReader;
@@ -238,6 +237,7 @@ pub async fn recover(
             data_dir: &data_dir,
             store,
             segment_size: plan.base.wal_segment_size,
+            owner: tokio::sync::OnceCell::new(),
         };
         feed.upload(&plan.segments, true).await?;
         job.set_stage(format!(
@@ -280,13 +280,13 @@ struct Replay {
     /// The standby replayed what it has and waits for the next segment.
     waiting: bool,
     /// The end of the last record replayed, as a byte position.
-    replayed: String,
+    replayed: u64,
 }
 
 const REPLAY_STATE: &str = "SELECT pg_catalog.json_build_object(\
     'stopped', CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() ELSE true END, \
     'waiting', EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup' AND wait_event = 'RecoveryRetrieveRetryInterval'), \
-    'replayed', COALESCE((pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_catalog.pg_lsn)::text, '0'))";
+    'replayed', COALESCE((pg_catalog.pg_last_wal_replay_lsn() - '0/0'::pg_catalog.pg_lsn)::bigint, 0))";
 
 /// How many later segments go to the recovery at a time, at most: one
 /// first (the next commit is usually in it), twice as many each time after.
@@ -315,7 +315,7 @@ async fn replay(
     let mut batch_size = 1;
     // When the last batch went in, and how far the replay stood then: the
     // standby may still be in its wait from before it.
-    let mut fed: Option<(tokio::time::Instant, String)> = None;
+    let mut fed: Option<(tokio::time::Instant, u64)> = None;
     let mut quiet = (String::new(), tokio::time::Instant::now());
     loop {
         if !feed
@@ -350,7 +350,7 @@ async fn replay(
             {
                 // Everything fed is replayed, as far as it goes: into the
                 // last segment fed, or a file in between is damaged.
-                let replayed: u64 = state.replayed.parse().unwrap_or(0);
+                let replayed = state.replayed;
                 if let Some(last) = &last_fed {
                     let starts = segment_start(last, feed.segment_size);
                     if replayed < starts {
@@ -436,26 +436,21 @@ async fn upload_base(
         Some(Compression::Gzip),
         job.bytes_done.clone(),
     );
-    let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
-    let forward = tokio::spawn(async move {
-        while let Some(block) = reader.blocks.recv().await {
-            if sender.send(Ok(block)).await.is_err() {
-                break;
+    let (read, uploaded) = docker
+        .upload_from(container, data_dir, |sender| async move {
+            while let Some(block) = reader.blocks.recv().await {
+                if sender.send(Ok(block)).await.is_err() {
+                    break;
+                }
             }
-        }
-        let read = reader.finish().await;
-        if let Err(err) = &read {
-            let _ = sender.send(Err(io::Error::other(err.message()))).await;
-        }
-        read
-    });
-    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
-    let uploaded = docker.upload(container, data_dir, body).await;
-    forward
-        .await
-        .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))??;
+            let read = reader.finish().await;
+            if let Err(err) = &read {
+                let _ = sender.send(Err(io::Error::other(err.message()))).await;
+            }
+            read
+        })
+        .await;
+    read??;
     uploaded
 }
 
@@ -467,14 +462,38 @@ struct Feed<'a> {
     data_dir: &'a str,
     store: &'a PitrStore,
     segment_size: u64,
+    /// The data directory's owner (uid, gid), read once the cluster runs.
+    owner: tokio::sync::OnceCell<(u64, u64)>,
 }
 
 impl Feed<'_> {
+    async fn data_dir_owner(&self) -> Result<(u64, u64), Error> {
+        let argv = ["stat", "-c", "%u %g", self.data_dir].map(str::to_owned);
+        let out = self
+            .docker
+            .exec_output(self.container, &argv, |detail| {
+                Error::Docker(format!(
+                    "cannot read the owner of the scratch cluster's data directory: {detail}"
+                ))
+            })
+            .await?;
+        let out = String::from_utf8_lossy(&out);
+        let mut ids = out.split_whitespace().map(|id| id.parse::<u64>().ok());
+        match (ids.next().flatten(), ids.next().flatten()) {
+            (Some(uid), Some(gid)) => Ok((uid, gid)),
+            _ => Err(Error::Docker(format!(
+                "the scratch cluster's data directory has no readable owner ('{}')",
+                out.trim()
+            ))),
+        }
+    }
+
     /// Puts `segments` (decrypted) into `<data>/mesbak_restore_wal/`, and
     /// with `first` the `standby.signal` that makes the cluster a standby,
-    /// as one tar stream. A segment's name is in the archive only once its
-    /// data is whole (the restore command tests for it), and a damaged file
-    /// fails the stream before the recovery can read it.
+    /// as one tar stream. A segment copied while still being written is
+    /// shorter than a segment, which a standby takes as not there yet. A
+    /// damaged file never gets in whole: each chunk is authenticated
+    /// before it is sent, and a file that ends early fails the stream.
     async fn upload(&self, segments: &[WalFile], first: bool) -> Result<(), Error> {
         // Before the cluster starts, the image's entry point gives the data
         // directory to its server's user; afterwards the files must be that
@@ -482,35 +501,15 @@ impl Feed<'_> {
         let owner = if first {
             (0, 0)
         } else {
-            let argv = ["stat", "-c", "%u %g", self.data_dir].map(str::to_owned);
-            let out = self
-                .docker
-                .exec_output(self.container, &argv, |detail| {
-                    Error::Docker(format!(
-                        "cannot read the owner of the scratch cluster's data directory: {detail}"
-                    ))
-                })
-                .await?;
-            let out = String::from_utf8_lossy(&out);
-            let mut ids = out.split_whitespace().map(|id| id.parse::<u64>().ok());
-            match (ids.next().flatten(), ids.next().flatten()) {
-                (Some(uid), Some(gid)) => (uid, gid),
-                _ => {
-                    return Err(Error::Docker(format!(
-                        "the scratch cluster's data directory has no readable owner ('{}')",
-                        out.trim()
-                    )));
-                }
-            }
+            *self.owner.get_or_try_init(|| self.data_dir_owner()).await?
         };
         let key = self.key.clone();
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(8);
         let segments: Vec<_> = segments
             .iter()
             .map(|s| (s.name.clone(), self.store.wal_path(s)))
             .collect();
         let size = self.segment_size;
-        let produce = tokio::spawn(async move {
+        let produce = |sender: TarSender| async move {
             let result = async {
                 if first {
                     let directory = tar_header(
@@ -568,17 +567,12 @@ impl Feed<'_> {
                 let _ = sender.send(Err(io::Error::other(err.message()))).await;
             }
             result
-        });
-        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        });
-        let uploaded = self
+        };
+        let (produced, uploaded) = self
             .docker
-            .upload(self.container, self.data_dir, body)
+            .upload_from(self.container, self.data_dir, produce)
             .await;
-        produce
-            .await
-            .map_err(|err| Error::Failed(format!("internal error while restoring: {err}")))??;
+        produced??;
         uploaded
     }
 }
