@@ -1,8 +1,10 @@
 //! Point-in-time recovery into a scratch cluster: a throwaway container of
 //! the database container's own image, on its own volume, with no network,
-//! gets the base backup and the WAL segments up to the target (through the
-//! archive API, the container created but not yet started; every file
-//! authenticated before it starts) and runs as a standby with
+//! gets the base backup and the first window of WAL segments up to the
+//! target (through the archive API, the container created but not yet
+//! started; every file authenticated before it starts; the next windows
+//! as the replay reaches them, the replayed segments removed) and runs as
+//! a standby with
 //! `recovery_target_time` that pauses at the target. A standby never ends
 //! recovery by itself: when it has replayed what it was given without
 //! passing the target, it is fed the next segments (a backlog archived late
@@ -45,7 +47,8 @@ use crate::storage::open_backup;
 pub const SCRATCH_LABEL: &str = "org.mesbak.pitr-scratch";
 /// Where the recovery reads WAL segments from, inside the data directory.
 const RESTORE_WAL: &str = "mesbak_restore_wal";
-/// How long recovery may take.
+/// How long recovery may go without replaying anything (a long chain
+/// takes as long as it takes).
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often the scratch cluster is asked how far it has replayed.
 const REPLAY_POLL: Duration = Duration::from_millis(200);
@@ -239,7 +242,11 @@ pub async fn recover(
             segment_size: plan.base.wal_segment_size,
             owner: tokio::sync::OnceCell::new(),
         };
-        feed.upload(&plan.segments, true).await?;
+        // Only a window of the segments goes in before the start; the rest
+        // follow as the replay reaches them (a week after the base backup is
+        // some 10,000 segments, 160 GiB unpacked).
+        let window = plan.segments.len().min(feed.ahead());
+        feed.upload(&plan.segments[..window], true).await?;
         job.set_stage(format!(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
             plan.segments.len()
@@ -253,7 +260,7 @@ pub async fn recover(
             None,
         );
         docker.start(&scratch.container).await?;
-        let reached = replay(&feed, &server, plan, &target_text, more).await?;
+        let reached = replay(&feed, &server, plan, window, &target_text, more).await?;
         tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
         Ok(server)
     }
@@ -291,31 +298,45 @@ const REPLAY_STATE: &str = "SELECT pg_catalog.json_build_object(\
 /// How many later segments go to the recovery at a time, at most: one
 /// first (the next commit is usually in it), twice as many each time after.
 const FEED_BATCH: usize = 16;
+/// How much WAL the scratch volume holds ahead of the replay, at most: the
+/// segments up to the target are fed in windows of this, the replayed ones
+/// removed (a restore a week after the base backup must not need the
+/// week's WAL on disk at once).
+const FEED_AHEAD_BYTES: u64 = 512 << 20;
 /// How soon the standby looks again for a segment it did not have.
 const RETRY: Duration = Duration::from_millis(200);
 /// How long the scratch cluster may show no sign of progress before it
 /// starts answering.
 const STALL: Duration = Duration::from_secs(120);
 
-/// Waits while the scratch cluster replays, feeding it `plan.later` a
-/// batch at a time whenever it has replayed everything it was given, until
-/// it pauses at the target or has replayed the whole chain. Returns what
+/// Waits while the scratch cluster replays, feeding it the rest of
+/// `plan.segments` (the first `fed` went in before the start) whenever
+/// less than half a window is left ahead of the replay, and `plan.later`
+/// a batch at a time whenever it has replayed everything it was given,
+/// until it pauses at the target or has replayed the whole chain. Replayed
+/// segments are removed from the scratch volume as it goes. Returns what
 /// its log says of where recovery stopped.
 async fn replay(
     feed: &Feed<'_>,
     server: &Server,
     plan: &RecoveryPlan,
+    fed: usize,
     target_text: &str,
     more: Option<&LaterWal>,
 ) -> Result<String, Error> {
     let base = &plan.base.id;
-    let deadline = tokio::time::Instant::now() + RECOVERY_TIMEOUT;
+    // The last replay position and when it was reached.
+    let mut progress = (0u64, tokio::time::Instant::now());
+    let mut due = &plan.segments[fed..];
     let mut later = plan.later.as_slice();
-    let mut last_fed = plan.segments.last().cloned();
+    // The segments in the scratch volume not yet known to be replayed.
+    let mut given: std::collections::VecDeque<WalFile> =
+        plan.segments[..fed].iter().cloned().collect();
+    let mut last_fed = plan.segments[..fed].last().cloned();
     let mut batch_size = 1;
     // When the last batch went in, and how far the replay stood then: the
     // standby may still be in its wait from before it.
-    let mut fed: Option<(tokio::time::Instant, u64)> = None;
+    let mut fed_at: Option<(tokio::time::Instant, u64)> = None;
     let mut quiet = (String::new(), tokio::time::Instant::now());
     loop {
         if !feed
@@ -330,11 +351,14 @@ async fn replay(
                 crate::process::last_lines(&log, 3)
             )));
         }
-        match server
+        let state = server
             .query_value::<Replay>(MAINTENANCE_DB, REPLAY_STATE)
-            .await
-        {
-            Ok(state) if state.stopped => {
+            .await;
+        if let Ok(state) = &state {
+            if state.replayed != progress.0 {
+                progress = (state.replayed, tokio::time::Instant::now());
+            }
+            if state.stopped {
                 let log = feed.docker.logs_tail(feed.container, 200).await;
                 return Ok(log
                     .lines()
@@ -342,9 +366,22 @@ async fn replay(
                     .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim().to_owned())
                     .unwrap_or_else(|| format!("paused at {target_text}")));
             }
+            let ahead = feed.replayed(&mut given, state.replayed).await?;
+            if !due.is_empty() && ahead <= feed.ahead() / 2 {
+                let (batch, rest) = due.split_at(due.len().min(feed.ahead() - ahead));
+                feed.upload(batch, false).await?;
+                given.extend(batch.iter().cloned());
+                last_fed = batch.last().cloned();
+                due = rest;
+                fed_at = Some((tokio::time::Instant::now(), state.replayed));
+                quiet.1 = tokio::time::Instant::now();
+                continue;
+            }
+        }
+        match state {
             Ok(state)
                 if state.waiting
-                    && !fed.as_ref().is_some_and(|(at, replayed)| {
+                    && !fed_at.as_ref().is_some_and(|(at, replayed)| {
                         *replayed == state.replayed && at.elapsed() < RETRY * 3
                     }) =>
             {
@@ -363,23 +400,27 @@ async fn replay(
                         )));
                     }
                 }
-                if later.is_empty() {
+                if !due.is_empty() {
+                    // Fed above as soon as the replay gets this far.
+                } else if later.is_empty() {
                     // No commit after the target in the shipped WAL: its
                     // end is the state at the target.
                     return Ok(format!(
                         "no commit between {target_text} and the end of the shipped WAL: recovered to its end"
                     ));
+                } else {
+                    let (batch, rest) = later.split_at(later.len().min(batch_size));
+                    if let Some(remote) = more {
+                        remote.fetch(batch).await?;
+                    }
+                    feed.upload(batch, false).await?;
+                    given.extend(batch.iter().cloned());
+                    last_fed = batch.last().cloned();
+                    later = rest;
+                    batch_size = (batch_size * 2).min(FEED_BATCH);
+                    fed_at = Some((tokio::time::Instant::now(), state.replayed));
+                    continue;
                 }
-                let (batch, rest) = later.split_at(later.len().min(batch_size));
-                if let Some(remote) = more {
-                    remote.fetch(batch).await?;
-                }
-                feed.upload(batch, false).await?;
-                last_fed = batch.last().cloned();
-                later = rest;
-                batch_size = (batch_size * 2).min(FEED_BATCH);
-                fed = Some((tokio::time::Instant::now(), state.replayed));
-                continue;
             }
             Ok(_) => quiet.1 = tokio::time::Instant::now(),
             Err(_) => {
@@ -397,10 +438,10 @@ async fn replay(
                 }
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        if progress.1.elapsed() >= RECOVERY_TIMEOUT {
             let log = feed.docker.logs_tail(feed.container, 30).await;
             return Err(Error::Database(format!(
-                "the scratch cluster did not finish recovering from {base} within an hour: {}",
+                "the scratch cluster replayed nothing for an hour recovering from {base}: {}",
                 crate::process::last_lines(&log, 3)
             )));
         }
@@ -467,6 +508,49 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
+    /// How many segments the scratch volume holds ahead of the replay.
+    fn ahead(&self) -> usize {
+        (FEED_AHEAD_BYTES / self.segment_size.max(1)).max(2) as usize
+    }
+
+    /// Drops the segments of `given` the replay has passed (`replayed`, a
+    /// byte position) and removes them from the scratch volume, a quarter
+    /// window at a time (each removal is an exec); the standby has its own
+    /// copy of a segment from the moment it asked for it. Returns how
+    /// many are left ahead of the replay.
+    async fn replayed(
+        &self,
+        given: &mut std::collections::VecDeque<WalFile>,
+        replayed: u64,
+    ) -> Result<usize, Error> {
+        let passed = given
+            .iter()
+            .take_while(|s| segment_start(s, self.segment_size) + self.segment_size <= replayed)
+            .count();
+        if passed > 0 && passed >= self.ahead() / 4 {
+            let mut argv = vec!["rm".to_owned(), "-f".to_owned(), "--".to_owned()];
+            argv.extend(
+                given
+                    .drain(..passed)
+                    .map(|s| format!("{}/{RESTORE_WAL}/{}", self.data_dir, s.name)),
+            );
+            self.docker
+                .exec_output(self.container, &argv, |detail| {
+                    Error::Docker(format!(
+                        "cannot remove replayed WAL segments from the scratch cluster: {detail}"
+                    ))
+                })
+                .await?;
+            tracing::debug!(
+                removed = passed,
+                ahead = given.len(),
+                "replayed WAL segments removed from the scratch volume"
+            );
+            return Ok(given.len());
+        }
+        Ok(given.len() - passed)
+    }
+
     async fn data_dir_owner(&self) -> Result<(u64, u64), Error> {
         let argv = ["stat", "-c", "%u %g", self.data_dir].map(str::to_owned);
         let out = self
