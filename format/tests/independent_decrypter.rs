@@ -460,3 +460,81 @@ fn python_rejects_trailing_data_reordered_chunks_and_foreign_files() {
     std::fs::write(&path, b"\x1f\x8b\x08\x00 not encrypted").unwrap();
     fixture.assert_rejects(&path, "not a mesbak backup file");
 }
+
+/// The worked examples of FORMAT.md 6, taken from the document itself (its
+/// hex blocks, in order) with the payloads the text gives: the Rust reader
+/// and the Python decrypter both turn them back into those payloads.
+#[test]
+fn the_documents_worked_examples_decrypt() {
+    let fixture = Fixture::new();
+    let expected: [(u8, &[u8]); 6] = [
+        (2, b"hello\n"),
+        (2, b"hello, mesbak\n"),
+        (2, b""),
+        (1, b"hello\n"),
+        (1, b"hello, mesbak\n"),
+        (1, b""),
+    ];
+    let document =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../FORMAT.md"))
+            .unwrap();
+    let examples = hex_blocks(&document);
+    assert_eq!(examples.len(), expected.len(), "hex blocks in FORMAT.md");
+    let key = Key::from_secret(b"correct horse battery staple\n").unwrap();
+    let key_file = fixture.path("horse.key");
+    std::fs::write(&key_file, b"correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (i, (file, (version, payload))) in examples.iter().zip(expected).enumerate() {
+        assert_eq!(file[8], version, "example {i}");
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut mesbak_format::Decryptor::new(&file[..], &key).unwrap(),
+            &mut plain,
+        )
+        .unwrap();
+        assert_eq!(plain, payload, "example {i} in Rust");
+        let input = fixture.path(&format!("example-{i}.enc"));
+        std::fs::write(&input, file).unwrap();
+        let output = fixture.path(&format!("example-{i}.out"));
+        let run = Command::new(PYTHON)
+            .arg(script())
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg(&input)
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "example {i}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            payload,
+            "example {i} in Python"
+        );
+    }
+}
+
+/// The contents of the code blocks that hold only hex: dump lines
+/// (`0010  b2 53 ...`) or lines of hex digits.
+fn hex_blocks(document: &str) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    for block in document.split("```").skip(1).step_by(2) {
+        let mut hex = String::new();
+        let mut only_hex = !block.trim().is_empty();
+        for line in block.lines().filter(|line| !line.trim().is_empty()) {
+            let digits = match line.split_once("  ") {
+                Some((offset, bytes)) if offset.len() == 4 => bytes.replace(' ', ""),
+                _ => line.trim().to_owned(),
+            };
+            only_hex &= digits.bytes().all(|b| b.is_ascii_hexdigit());
+            hex.push_str(&digits);
+        }
+        if only_hex {
+            blocks.push(hex::decode(&hex).expect("an even number of hex digits"));
+        }
+    }
+    blocks
+}
