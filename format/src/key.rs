@@ -58,9 +58,9 @@ pub enum KeyError {
 /// The secret key material. Trailing whitespace (the newline editors add) is
 /// not part of the key.
 ///
-/// Clones share one [`Shared`]: the key salt of the files they write and
-/// the PBKDF2 results already computed, so a process that keeps one `Key`
-/// pays for PBKDF2 once per key salt, not once per file.
+/// Clones share the key salt of the files they write and the PBKDF2
+/// results already computed, so a process that keeps one `Key` pays for
+/// PBKDF2 once per key salt, not once per file.
 #[derive(Clone)]
 pub struct Key {
     material: Zeroizing<Vec<u8>>,
