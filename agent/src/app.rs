@@ -52,6 +52,8 @@ pub struct App {
     problems: Mutex<Vec<String>>,
     /// The last status judgement (see [`App::status`]).
     judged: Mutex<Option<Judged>>,
+    /// The key last read (see [`App::key`]).
+    key: Mutex<Option<Key>>,
 }
 
 /// Numbers judgements across every `App` of the process, so a number
@@ -114,6 +116,7 @@ impl App {
             docker: tokio::sync::Mutex::new(None),
             problems: Mutex::new(problems),
             judged: Mutex::new(None),
+            key: Mutex::new(None),
         })
     }
 
@@ -136,15 +139,32 @@ impl App {
     }
 
     /// The encryption key: `BACKUP_ENCRYPTION_KEY`, else the key file.
+    ///
+    /// Read (and its file checked) on every call, so a changed or removed
+    /// key file counts at once; but while the key stays the same, the `Key`
+    /// handed out is the one read first, so every file the agent writes
+    /// shares its key salt and the agent runs PBKDF2 once, not once per job
+    /// or WAL shipping round (format version 2, FORMAT.md 3).
     pub fn key(&self) -> Result<Key, Error> {
         let key = match Key::from_env() {
             Some(key) => key,
             None => Key::from_file(&self.config.encryption.key_file),
         };
-        key.map_err(|err: KeyError| {
+        let key = key.map_err(|err: KeyError| {
             let have_backups = !self.storage.list().unwrap_or_default().is_empty();
             Error::Config(key_advice(&err, have_backups))
-        })
+        })?;
+        let mut kept = self
+            .key
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match kept.as_ref() {
+            Some(earlier) if earlier.same_secret(&key) => Ok(earlier.clone()),
+            _ => {
+                *kept = Some(key.clone());
+                Ok(key)
+            }
+        }
     }
 
     /// Where database programs run, and how to reach the server.
@@ -310,5 +330,50 @@ impl App {
             pitr,
             generation: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn key_salt(key: &Key) -> Vec<u8> {
+        let file = mesbak_format::Encryptor::new(Vec::new(), key)
+            .unwrap()
+            .finish()
+            .unwrap();
+        file[14..30].to_vec()
+    }
+
+    #[test]
+    fn the_same_key_read_again_keeps_its_key_salt_and_a_new_one_does_not() {
+        if std::env::var_os(mesbak_format::ENV_KEY_VAR).is_some() {
+            // The key comes from the environment, not from the file below.
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let key_file = tmp.path().join("backup.key");
+        let write_key = |text: &[u8]| {
+            std::fs::write(&key_file, text).unwrap();
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write_key(b"first key\n");
+        let mut config = Config {
+            backup_dir: tmp.path().join("backups"),
+            state_dir: tmp.path().join("state"),
+            ..Default::default()
+        };
+        config.encryption.key_file = key_file.clone();
+        let app = App::new(config).unwrap();
+        let salt = key_salt(&app.key().unwrap());
+        assert_eq!(key_salt(&app.key().unwrap()), salt);
+        write_key(b"second key\n");
+        let second = app.key().unwrap();
+        assert_ne!(key_salt(&second), salt);
+        assert_eq!(key_salt(&app.key().unwrap()), key_salt(&second));
+        std::fs::remove_file(&key_file).unwrap();
+        assert!(app.key().is_err(), "a removed key file counts at once");
     }
 }

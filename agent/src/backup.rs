@@ -204,8 +204,9 @@ pub async fn dump(
         }
         Shown::Beside(stop) => (Arc::default(), stop.clone()),
     };
-    // The writer derives the file's key (PBKDF2) while the roles, versions
-    // and database facts are read.
+    // The writer derives the file's key (PBKDF2 on the agent's first file,
+    // HKDF from then on) while the roles, versions and database facts are
+    // read.
     let writer = BackupWriter::start(file, key, codec, progress);
     let described = payload::describe(server, database).await?;
     for warning in &described.warnings {

@@ -3,7 +3,7 @@ use std::io::{self, Read};
 use openssl::symm::{Cipher, Crypter, Mode};
 use zeroize::Zeroizing;
 
-use crate::header::{HEADER_LEN, Header, read_full};
+use crate::header::{Header, read_full};
 use crate::{FormatError, Key, TAG_LEN, chunk_nonce};
 
 /// Decrypts a backup file. The key is checked against the header before any
@@ -12,7 +12,8 @@ use crate::{FormatError, Key, TAG_LEN, chunk_nonce};
 pub struct Decryptor<R: Read> {
     inner: R,
     header: Header,
-    header_bytes: [u8; HEADER_LEN],
+    /// The header's exact bytes, the associated data of every chunk.
+    header_bytes: Vec<u8>,
     cipher_key: Zeroizing<[u8; 32]>,
     chunk_size: usize,
     /// One sealed chunk plus one byte of look-ahead: a chunk is the last one
@@ -55,11 +56,12 @@ impl<R: Read> Decryptor<R> {
     /// before any data is read.
     pub fn new(mut inner: R, key: &Key) -> Result<Self, FormatError> {
         let (header, header_bytes) = Header::read_from(&mut inner)?;
-        let derived = key.derive(&header.salt, header.kdf_iterations);
+        let derived = key.derive(&header.kdf, header.kdf_iterations);
         if !openssl::memcmp::eq(&derived.key_check, &header.key_check) {
             return Err(FormatError::WrongKey);
         }
         let chunk_size = header.chunk_size as usize;
+        let offset = header_bytes.len() as u64;
         Ok(Decryptor {
             inner,
             header,
@@ -72,7 +74,7 @@ impl<R: Read> Decryptor<R> {
             plaintext_len: 0,
             position: 0,
             next_index: 0,
-            offset: HEADER_LEN as u64,
+            offset,
             finished: false,
             failure: None,
         })

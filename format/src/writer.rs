@@ -3,7 +3,7 @@ use std::io::{self, Write};
 use openssl::symm::{Cipher, Crypter, Mode};
 use zeroize::Zeroizing;
 
-use crate::header::{DEFAULT_CHUNK_SIZE, DEFAULT_KDF_ITERATIONS, HEADER_LEN, Header, SALT_LEN};
+use crate::header::{DEFAULT_CHUNK_SIZE, DEFAULT_KDF_ITERATIONS, Header, Kdf, SALT_LEN};
 use crate::{FormatError, Key, TAG_LEN, chunk_nonce};
 
 /// Tunables of a file being written. The defaults are what mesbak writes;
@@ -28,7 +28,8 @@ impl Default for EncryptOptions {
 /// truncated.
 pub struct Encryptor<W: Write> {
     inner: W,
-    header: [u8; HEADER_LEN],
+    /// The header's bytes, the associated data of every chunk.
+    header: Vec<u8>,
     cipher_key: Zeroizing<[u8; 32]>,
     plaintext: Zeroizing<Vec<u8>>,
     sealed: Vec<u8>,
@@ -41,10 +42,38 @@ impl<W: Write> Encryptor<W> {
         Encryptor::with_options(inner, key, EncryptOptions::default())
     }
 
-    pub fn with_options(
+    /// Writes a format version 2 file: the key salt is `key`'s own (the
+    /// same for every file it writes, so PBKDF2 runs once per `Key`), the
+    /// file salt fresh from the random generator, so every file has its own
+    /// AES key.
+    pub fn with_options(inner: W, key: &Key, options: EncryptOptions) -> Result<Self, FormatError> {
+        let key_salt = key.writer_key_salt()?;
+        let kdf = Kdf::Pbkdf2Hkdf {
+            key_salt,
+            file_salt: random_salt()?,
+        };
+        Encryptor::with_kdf(inner, key, options, kdf)
+    }
+
+    /// Writes a format version 1 file (one PBKDF2 per file), which mesbak
+    /// no longer writes; for tests that hold readers to old files.
+    #[doc(hidden)]
+    pub fn with_options_v1(
+        inner: W,
+        key: &Key,
+        options: EncryptOptions,
+    ) -> Result<Self, FormatError> {
+        let kdf = Kdf::Pbkdf2 {
+            salt: random_salt()?,
+        };
+        Encryptor::with_kdf(inner, key, options, kdf)
+    }
+
+    fn with_kdf(
         mut inner: W,
         key: &Key,
         options: EncryptOptions,
+        kdf: Kdf,
     ) -> Result<Self, FormatError> {
         assert!(
             options.chunk_size > 0 && options.chunk_size <= crate::MAX_CHUNK_SIZE,
@@ -54,12 +83,10 @@ impl<W: Write> Encryptor<W> {
             options.kdf_iterations > 0,
             "KDF iterations must be positive"
         );
-        let mut salt = [0u8; SALT_LEN];
-        openssl::rand::rand_bytes(&mut salt).map_err(io::Error::other)?;
-        let derived = key.derive(&salt, options.kdf_iterations);
+        let derived = key.derive(&kdf, options.kdf_iterations);
         let header = Header {
+            kdf,
             kdf_iterations: options.kdf_iterations,
-            salt,
             chunk_size: options.chunk_size,
             key_check: derived.key_check,
         }
@@ -134,4 +161,10 @@ impl<W: Write> Write for Encryptor<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+fn random_salt() -> io::Result<[u8; SALT_LEN]> {
+    let mut salt = [0u8; SALT_LEN];
+    openssl::rand::rand_bytes(&mut salt).map_err(io::Error::other)?;
+    Ok(salt)
 }

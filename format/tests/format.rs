@@ -4,7 +4,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use mesbak_format::{
-    Decryptor, EncryptOptions, Encryptor, FormatError, HEADER_LEN, Key, KeyError, TAG_LEN, verify,
+    Decryptor, EncryptOptions, Encryptor, FormatError, HEADER_LEN_V1, HEADER_LEN_V2, Header, Kdf,
+    Key, KeyError, TAG_LEN, verify,
 };
 use proptest::prelude::*;
 
@@ -26,8 +27,25 @@ fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The files mesbak writes: format version 2.
+const HEADER_LEN: usize = HEADER_LEN_V2;
+
 fn encrypt(data: &[u8], options: EncryptOptions) -> Vec<u8> {
-    let mut writer = Encryptor::with_options(Vec::new(), &key(), options).unwrap();
+    encrypt_with(&key(), data, options)
+}
+
+fn encrypt_with(key: &Key, data: &[u8], options: EncryptOptions) -> Vec<u8> {
+    let writer = Encryptor::with_options(Vec::new(), key, options).unwrap();
+    feed(writer, data)
+}
+
+/// A format version 1 file, as mesbak wrote before version 2.
+fn encrypt_v1(data: &[u8], options: EncryptOptions) -> Vec<u8> {
+    let writer = Encryptor::with_options_v1(Vec::new(), &key(), options).unwrap();
+    feed(writer, data)
+}
+
+fn feed(mut writer: Encryptor<Vec<u8>>, data: &[u8]) -> Vec<u8> {
     // Uneven writes exercise the chunk boundary logic.
     for piece in data.chunks(777) {
         writer.write_all(piece).unwrap();
@@ -108,11 +126,14 @@ fn a_flipped_byte_anywhere_is_detected() {
     let positions = [
         0,                  // magic
         8,                  // version
+        9,                  // KDF id
         12,                 // KDF iterations
-        20,                 // salt
-        33,                 // chunk size
-        40,                 // key check
-        53,                 // header CRC
+        20,                 // key salt
+        36,                 // file salt
+        46,                 // cipher id
+        48,                 // chunk size
+        60,                 // key check
+        69,                 // header CRC
         chunk_start(0),     // first chunk, first byte
         chunk_start(2) + 9, // middle chunk
         chunk_start(3) - 1, // a tag
@@ -259,16 +280,206 @@ fn not_a_backup_and_future_versions_are_named() {
     ));
     assert!(matches!(decrypt(b"", &key()), Err(FormatError::NotMesbak)));
     let mut file = encrypt(b"hello", FAST);
-    file[8] = 2;
+    file[8] = 3;
     let err = decrypt(&file, &key()).unwrap_err();
-    assert!(matches!(err, FormatError::UnsupportedVersion(2)), "{err:?}");
-    assert!(err.to_string().contains("version 2"));
+    assert!(matches!(err, FormatError::UnsupportedVersion(3)), "{err:?}");
+    assert!(err.to_string().contains("version 3"));
 }
 
 #[test]
 fn verify_reports_the_plaintext_length() {
     let file = encrypt(&payload(12345), FAST);
     assert_eq!(verify(&file[..], &key()).unwrap(), 12345);
+}
+
+fn header(file: &[u8]) -> Header {
+    Header::read_from(&mut &file[..]).unwrap().0
+}
+
+#[test]
+fn mesbak_writes_version_2() {
+    let file = encrypt(b"hello", FAST);
+    let header = header(&file);
+    assert_eq!(header.version(), 2);
+    assert_eq!(header.encoded_len(), HEADER_LEN_V2);
+    assert_eq!(file[8..10], [2, 2]);
+    assert_eq!(file.len(), HEADER_LEN_V2 + 5 + TAG_LEN);
+}
+
+#[test]
+fn files_written_with_one_key_share_the_key_salt_and_nothing_else() {
+    let key = key();
+    let data = payload(3000);
+    let a = encrypt_with(&key, &data, FAST);
+    // A clone writes with the same key salt, as the agent's threads do.
+    let b = encrypt_with(&key.clone(), &data, FAST);
+    let (
+        Kdf::Pbkdf2Hkdf {
+            key_salt: ka,
+            file_salt: fa,
+        },
+        Kdf::Pbkdf2Hkdf {
+            key_salt: kb,
+            file_salt: fb,
+        },
+    ) = (header(&a).kdf, header(&b).kdf)
+    else {
+        panic!("not version 2 files");
+    };
+    assert_eq!(ka, kb);
+    assert_ne!(fa, fb);
+    // The same key check (it comes from the key salt alone)...
+    assert_eq!(header(&a).key_check, header(&b).key_check);
+    // ...but other AES keys: the same plaintext under the same nonces
+    // encrypts differently, in every chunk.
+    for i in 0..3 {
+        let chunk = chunk_start(i)..chunk_start(i + 1).min(a.len());
+        assert_ne!(a[chunk.clone()], b[chunk], "chunk {i}");
+    }
+    assert_eq!(decrypt(&a, &key).unwrap(), data);
+    assert_eq!(decrypt(&b, &key).unwrap(), data);
+    // Another Key (another process) draws its own key salt.
+    let c = encrypt_with(
+        &Key::from_secret(b"correct horse battery staple").unwrap(),
+        &data,
+        FAST,
+    );
+    let Kdf::Pbkdf2Hkdf { key_salt: kc, .. } = header(&c).kdf else {
+        panic!("not a version 2 file");
+    };
+    assert_ne!(kc, ka);
+}
+
+#[test]
+fn a_swapped_file_salt_fails_every_chunk() {
+    // Another file's salt, the CRC fixed up: the header still parses and
+    // the key check still matches, but the AES key and the AAD are not the
+    // file's.
+    let a = encrypt(&payload(2000), FAST);
+    let b = encrypt(&payload(2000), FAST);
+    let mut forged = a.clone();
+    forged[30..46].copy_from_slice(&b[30..46]);
+    let crc = crc32fast::hash(&forged[..67]);
+    forged[67..71].copy_from_slice(&crc.to_be_bytes());
+    let err = decrypt(&forged, &key()).unwrap_err();
+    assert!(
+        matches!(err, FormatError::CorruptChunk { index: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn every_version_2_header_byte_is_authenticated() {
+    let file = encrypt(&payload(1500), FAST);
+    for position in 0..HEADER_LEN_V2 {
+        for mask in [0x01, 0x80] {
+            let mut damaged = file.clone();
+            damaged[position] ^= mask;
+            assert!(
+                decrypt(&damaged, &key()).is_err(),
+                "flip {mask:#x} at {position} accepted"
+            );
+            // With the CRC fixed up, the key check or a chunk's tag fails.
+            if (9..67).contains(&position) {
+                let crc = crc32fast::hash(&damaged[..67]);
+                damaged[67..71].copy_from_slice(&crc.to_be_bytes());
+                let err = decrypt(&damaged, &key()).unwrap_err();
+                assert!(
+                    !matches!(err, FormatError::CorruptHeader("checksum mismatch")),
+                    "flip {mask:#x} at {position}: {err:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_key_is_reported_from_a_version_2_header_alone() {
+    let key = key();
+    let file = encrypt_with(&key, &payload(100), FAST);
+    // A second file of the same key salt: the other key's master, once
+    // derived, must not make the check pass either.
+    let second = encrypt_with(&key, &payload(100), FAST);
+    let other = Key::from_secret(b"another key").unwrap();
+    for file in [&file, &second] {
+        let err = Decryptor::new(&file[..HEADER_LEN_V2], &other)
+            .err()
+            .unwrap();
+        assert!(matches!(err, FormatError::WrongKey), "{err:?}");
+    }
+}
+
+#[test]
+fn version_1_files_still_decrypt() {
+    let chunk = FAST.chunk_size as usize;
+    for len in [0, 1, chunk, 3 * chunk + 5] {
+        let data = payload(len);
+        let file = encrypt_v1(&data, FAST);
+        assert_eq!(header(&file).version(), 1);
+        assert_eq!(file[8..10], [1, 1]);
+        let chunks = if len == 0 { 1 } else { len.div_ceil(chunk) };
+        assert_eq!(file.len(), HEADER_LEN_V1 + len + chunks * TAG_LEN);
+        assert_eq!(decrypt(&file, &key()).unwrap(), data, "length {len}");
+        assert_eq!(verify(&file[..], &key()).unwrap(), len as u64);
+    }
+    let file = encrypt_v1(&payload(10), FAST);
+    let other = Key::from_secret(b"another key").unwrap();
+    let err = Decryptor::new(&file[..HEADER_LEN_V1], &other)
+        .err()
+        .unwrap();
+    assert!(matches!(err, FormatError::WrongKey), "{err:?}");
+}
+
+#[test]
+fn version_1_damage_is_still_detected_and_located() {
+    let v1_chunk = |i: usize| HEADER_LEN_V1 + i * (FAST.chunk_size as usize + TAG_LEN);
+    let file = encrypt_v1(&payload(3 * FAST.chunk_size as usize + 10), FAST);
+    for position in 0..HEADER_LEN_V1 {
+        let mut damaged = file.clone();
+        damaged[position] ^= 0x10;
+        assert!(decrypt(&damaged, &key()).is_err(), "flip at {position}");
+    }
+    let mut damaged = file.clone();
+    damaged[v1_chunk(2) + 7] ^= 1;
+    let err = decrypt(&damaged, &key()).unwrap_err();
+    assert!(
+        matches!(err, FormatError::CorruptChunk { index: 2, offset } if offset == v1_chunk(2) as u64),
+        "{err:?}"
+    );
+    let err = decrypt(&file[..v1_chunk(3)], &key()).unwrap_err();
+    assert!(
+        matches!(err, FormatError::Truncated { offset } if offset == v1_chunk(3) as u64),
+        "{err:?}"
+    );
+    let mut trailing = file.clone();
+    trailing.push(0);
+    assert!(decrypt(&trailing, &key()).is_err());
+}
+
+#[test]
+fn two_hundred_files_with_default_options_cost_one_pbkdf2() {
+    // 600,000 iterations are about a quarter of a CPU-second: two hundred
+    // files with a PBKDF2 each would take 50 s to write and as long again
+    // to read with a fresh Key. One per Key takes well under a second; the
+    // bound leaves room for a loaded machine.
+    let started = std::time::Instant::now();
+    let writer_key = key();
+    let files: Vec<_> = (0..200)
+        .map(|i| {
+            let mut writer = Encryptor::new(Vec::new(), &writer_key).unwrap();
+            writer.write_all(format!("segment {i}").as_bytes()).unwrap();
+            writer.finish().unwrap()
+        })
+        .collect();
+    let reader_key = key();
+    for (i, file) in files.iter().enumerate() {
+        assert_eq!(
+            decrypt(file, &reader_key).unwrap(),
+            format!("segment {i}").as_bytes()
+        );
+    }
+    let took = started.elapsed();
+    assert!(took.as_secs_f64() < 10.0, "200 files took {took:?}");
 }
 
 fn key_file(contents: &[u8], mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -351,6 +562,9 @@ proptest! {
         let options = EncryptOptions { chunk_size, kdf_iterations: 1 };
         let file = encrypt(&data, options);
         prop_assert_eq!(file.len(), sealed_len(len, chunk_size as usize));
+        prop_assert_eq!(&decrypt(&file, &key()).unwrap(), &data);
+        let file = encrypt_v1(&data, options);
+        prop_assert_eq!(file.len(), sealed_len(len, chunk_size as usize) - HEADER_LEN_V2 + HEADER_LEN_V1);
         prop_assert_eq!(decrypt(&file, &key()).unwrap(), data);
     }
 

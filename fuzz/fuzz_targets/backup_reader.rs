@@ -5,7 +5,8 @@
 //! - 0: the input is a whole file (skipped when its header asks for more
 //!   than a cheap key derivation);
 //! - 1: a valid header for the key, then the input as the chunks;
-//! - 2: the input is a plaintext; it is encrypted (small chunks), the file
+//! - 2: the input is a plaintext; it is encrypted (small chunks, format
+//!   version 1 when the chunk-size byte's high bit is set, else 2), the file
 //!   damaged as the input's last bytes say (flips and a cut), and then
 //!   read: the result must be the plaintext exactly, or an error when the
 //!   file was changed.
@@ -16,7 +17,7 @@ use std::io::Read;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mesbak_format::{Decryptor, EncryptOptions, Encryptor, HEADER_LEN, Header, Key};
+use mesbak_format::{Decryptor, EncryptOptions, Encryptor, Header, Key};
 
 fn key() -> &'static Key {
     static KEY: OnceLock<Key> = OnceLock::new();
@@ -30,8 +31,13 @@ fn options(chunk_size: u32) -> EncryptOptions {
     }
 }
 
-fn encrypt(plain: &[u8], chunk_size: u32) -> Vec<u8> {
-    let mut encryptor = Encryptor::with_options(Vec::new(), key(), options(chunk_size)).unwrap();
+fn encrypt(plain: &[u8], chunk_size: u32, v1: bool) -> Vec<u8> {
+    let mut encryptor = if v1 {
+        Encryptor::with_options_v1(Vec::new(), key(), options(chunk_size))
+    } else {
+        Encryptor::with_options(Vec::new(), key(), options(chunk_size))
+    }
+    .unwrap();
     std::io::Write::write_all(&mut encryptor, plain).unwrap();
     encryptor.finish().unwrap()
 }
@@ -68,8 +74,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = decrypt(rest, 4096);
         }
         1 => {
-            let prefix = encrypt(b"", 64);
-            let mut file = prefix[..HEADER_LEN].to_vec();
+            let prefix = encrypt(b"", 64, false);
+            let header_len = Header::read_from(&mut &prefix[..]).unwrap().0.encoded_len();
+            let mut file = prefix[..header_len].to_vec();
             file.extend_from_slice(rest);
             // Random chunks never authenticate.
             assert!(decrypt(&file, 100).is_err());
@@ -80,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
             let chunk_size = u32::from(rest[0] % 64) + 1;
+            let v1 = rest[0] & 0x80 != 0;
             let flips = usize::from(rest[1] % 4);
             let cut = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
             let rest = &rest[4..];
@@ -87,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
             let (edits, plain) = rest.split_at(flips * 3);
-            let original = encrypt(plain, chunk_size);
+            let original = encrypt(plain, chunk_size, v1);
             let mut file = original.clone();
             for edit in edits.chunks(3) {
                 let at = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % file.len();

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Decrypt a mesbak backup file without mesbak.
 
-An independent implementation of FORMAT.md (format version 1), written from
-that document and not from the Rust code, so that a test can hold the two to
+An independent implementation of FORMAT.md (format versions 1 and 2), written
+from that document and not from the Rust code, so that a test can hold the two to
 each other and a plant can recover its data with nothing but Python 3 and the
 `cryptography` package (Debian: apt-get install python3-cryptography).
 
@@ -27,9 +27,18 @@ import zlib
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"\x89MESBAK\n"
-HEADER_LEN = 55
+# Per format version (FORMAT.md 2): header length, KDF id, offsets of the
+# PBKDF2 salt, of the file salt (version 2 only) and of the cipher id; the
+# chunk size, key check and CRC follow the cipher id in both.
+LAYOUT = {
+    1: {"length": 55, "kdf": 1, "salt": 14, "file_salt": None, "cipher": 30},
+    2: {"length": 71, "kdf": 2, "salt": 14, "file_salt": 30, "cipher": 46},
+}
+FILE_KEY_INFO = b"mesbak v2 file key"
 TAG_LEN = 16
 MAX_ITERATIONS = 100_000_000
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -80,30 +89,54 @@ def load_key(key_file):
 
 
 def read_header(stream):
-    """Reads and checks the 55-byte header (FORMAT.md 2), in the order given there."""
+    """Reads and checks the header (FORMAT.md 2), in the order given there.
+    Returns its bytes and fields."""
     header = read_up_to(stream, len(MAGIC))
     if header != MAGIC:
         raise Failure("not a mesbak backup file (it does not start with the mesbak header)")
-    header += read_up_to(stream, HEADER_LEN - len(MAGIC))
+    header += read_up_to(stream, 1)
     if len(header) < 9:
         raise Failure("truncated: the file ends inside its header")
-    if header[8] != 1:
-        raise Failure(f"unsupported format version {header[8]}; this tool reads version 1")
-    if len(header) < HEADER_LEN:
+    layout = LAYOUT.get(header[8])
+    if layout is None:
+        raise Failure(f"unsupported format version {header[8]}; this tool reads versions 1 and 2")
+    length = layout["length"]
+    header += read_up_to(stream, length - len(header))
+    if len(header) < length:
         raise Failure(f"truncated: the file ends inside its header (at byte {len(header)})")
-    if zlib.crc32(header[:51]) != int.from_bytes(header[51:55], "big"):
+    if zlib.crc32(header[:length - 4]) != int.from_bytes(header[length - 4:], "big"):
         raise Failure("damaged header: its CRC-32 does not match")
-    if header[9] != 1:
+    cipher = layout["cipher"]
+    if header[9] != layout["kdf"]:
         raise Failure(f"unsupported key derivation function id {header[9]}")
-    if header[30] != 1:
-        raise Failure(f"unsupported cipher id {header[30]}")
+    if header[cipher] != 1:
+        raise Failure(f"unsupported cipher id {header[cipher]}")
     iterations = int.from_bytes(header[10:14], "big")
-    chunk_size = int.from_bytes(header[31:35], "big")
+    chunk_size = int.from_bytes(header[cipher + 1:cipher + 5], "big")
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise Failure(f"damaged header: KDF iteration count {iterations} out of range")
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise Failure(f"damaged header: chunk size {chunk_size} out of range")
-    return header, iterations, chunk_size
+    file_salt = layout["file_salt"]
+    return {
+        "bytes": header,
+        "iterations": iterations,
+        "salt": header[14:30],
+        "file_salt": None if file_salt is None else header[file_salt:file_salt + 16],
+        "chunk_size": chunk_size,
+        "key_check": header[cipher + 5:cipher + 21],
+    }
+
+
+def file_key(key, header):
+    """The file's AES key (FORMAT.md 3), after checking the key check."""
+    derived = hashlib.pbkdf2_hmac("sha256", key, header["salt"], header["iterations"], 48)
+    if not hmac.compare_digest(derived[32:48], header["key_check"]):
+        raise Failure("wrong key: this backup was encrypted with a different key")
+    if header["file_salt"] is None:
+        return derived[:32]
+    hkdf = HKDF(algorithm=SHA256(), length=32, salt=header["file_salt"], info=FILE_KEY_INFO)
+    return hkdf.derive(derived[:32])
 
 
 def nonce(index, final):
@@ -121,15 +154,13 @@ def authenticates(aead, index, final, chunk, header):
 def decrypt_stream(stream, key, open_output):
     """Checks the header and key, then calls open_output() and writes every
     authenticated chunk to what it returns."""
-    header, iterations, chunk_size = read_header(stream)
-    derived = hashlib.pbkdf2_hmac("sha256", key, header[14:30], iterations, 48)
-    if not hmac.compare_digest(derived[32:48], header[35:51]):
-        raise Failure("wrong key: this backup was encrypted with a different key")
-    aead = AESGCM(derived[:32])
-    sealed_len = chunk_size + TAG_LEN
+    fields = read_header(stream)
+    aead = AESGCM(file_key(key, fields))
+    header = fields["bytes"]
+    sealed_len = fields["chunk_size"] + TAG_LEN
 
     out = open_output()
-    index, offset, carried = 0, HEADER_LEN, b""
+    index, offset, carried = 0, len(header), b""
     while True:
         chunk = carried + read_up_to(stream, sealed_len - len(carried))
         if len(chunk) == sealed_len:

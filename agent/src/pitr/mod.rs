@@ -597,7 +597,8 @@ async fn recover_to(
         )));
     }
     // One key for both passes over the files: its cache spares the second
-    // PBKDF2 derivation of each.
+    // PBKDF2 derivation of each version 1 file, and runs it once per key
+    // salt for version 2 files (once per agent run that shipped them).
     let key = app.key()?;
     let _guard = app.pitr.lock.lock().await;
     match source {

@@ -61,17 +61,19 @@ pub struct Scratch {
 }
 
 /// Authenticates WAL segments: every chunk decrypted (the gzip inside is
-/// checked as it is recovered); `key`'s cache keeps each file's derived
-/// key for the upload that follows.
+/// checked as it is recovered); `key`'s cache keeps the PBKDF2 results
+/// for the upload that follows.
 async fn authenticate(
     key: &Key,
     job: &Job,
     store: &PitrStore,
     segments: &[WalFile],
 ) -> Result<(), Error> {
-    // Each file has its own salt, so each costs a PBKDF2 derivation (a
-    // quarter of a CPU-second): as many files at once as there are cores
-    // besides the one unpacking the base backup.
+    // A version 1 file (shipped before format version 2) has its own salt,
+    // so each costs a PBKDF2 derivation (a quarter of a CPU-second); version
+    // 2 files cost one per key salt (per agent run that shipped them), then
+    // the data: as many files at once as there are cores besides the one
+    // unpacking the base backup.
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1);
     let files: Vec<_> = segments
         .iter()
