@@ -349,10 +349,11 @@ mod tests {
 
     #[test]
     fn the_same_key_read_again_keeps_its_key_salt_and_a_new_one_does_not() {
-        if std::env::var_os(mesbak_format::ENV_KEY_VAR).is_some() {
-            // The key comes from the environment, not from the file below.
-            return;
-        }
+        assert!(
+            std::env::var_os(mesbak_format::ENV_KEY_VAR).is_none(),
+            "unset {} to run this test: the key would come from it, not from the file below",
+            mesbak_format::ENV_KEY_VAR
+        );
         let tmp = tempfile::tempdir().unwrap();
         let key_file = tmp.path().join("backup.key");
         let write_key = |text: &[u8]| {
