@@ -1,10 +1,9 @@
 //! What many small files cost with one key, as WAL shipping writes them
 //! (one file per segment) and a point-in-time restore reads them back.
-//! Measures, asserts nothing (format.rs holds the one-PBKDF2-per-Key
-//! property); run by hand:
+//! A measurement (format.rs holds the one-PBKDF2-per-Key property):
 //!
 //! ```text
-//! MESBAK_FILES=1000 cargo test -p mesbak-format --test many_files -- --ignored --nocapture
+//! MESBAK_FILES=1000 cargo bench -p mesbak-format --bench many_files
 //! ```
 
 use std::io::{Read, Write};
@@ -12,9 +11,7 @@ use std::time::Instant;
 
 use mesbak_format::{Decryptor, Encryptor, Key};
 
-#[test]
-#[ignore = "a measurement, not a check (seconds; it took minutes with format version 1)"]
-fn write_and_read_many_small_files_with_one_key() {
+fn main() {
     let files: usize = std::env::var("MESBAK_FILES")
         .ok()
         .and_then(|n| n.parse().ok())
