@@ -13,7 +13,7 @@ use super::load::Loaded;
 use crate::app::App;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
-use crate::postgres::payload::{self, Described};
+use crate::postgres::payload::{self, Payload};
 use crate::postgres::{DumpReader, Server, catalog, timescale};
 use crate::storage::{BackupRef, human_bytes};
 
@@ -49,7 +49,10 @@ pub enum Input {
     Live {
         server: Server,
         database: String,
-        described: Box<Described>,
+        /// pg_dump, started as soon as the cluster is recovered so that its
+        /// start (reading the catalog, a second with TimescaleDB's chunks)
+        /// overlaps the live server's preparations; taken by the load.
+        payload: std::sync::Mutex<Option<Payload>>,
         /// What is restored, in messages and records.
         label: String,
         /// Cancelled once the dump has been read to its end: the cluster
@@ -88,7 +91,11 @@ pub async fn live(
 ) -> Result<Plan, Error> {
     let database = &app.config.database.name;
     let described = payload::describe(&server, database).await?;
-    let size = catalog::database_size(&server, database).await?;
+    let (size, started) = tokio::join!(
+        catalog::database_size(&server, database),
+        Payload::start(&server, database, &described)
+    );
+    let (size, started) = (size?, started?);
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
@@ -99,7 +106,7 @@ pub async fn live(
         input: Input::Live {
             server,
             database: database.clone(),
-            described: Box::new(described),
+            payload: std::sync::Mutex::new(Some(started)),
             label,
             dumped,
         },
