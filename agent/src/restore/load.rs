@@ -240,7 +240,7 @@ impl<'a> Sql<'a> {
                     .ok_or_else(|| {
                         Error::Failed(format!("the dump of '{database}' was already read"))
                     })?;
-                Sql::Live(payload, server, database, dumped)
+                Sql::Live(*payload, server, database, dumped)
             }
         })
     }

@@ -52,7 +52,7 @@ pub enum Input {
         /// pg_dump, started as soon as the cluster is recovered so that its
         /// start (reading the catalog, a second with TimescaleDB's chunks)
         /// overlaps the live server's preparations; taken by the load.
-        payload: std::sync::Mutex<Option<Payload>>,
+        payload: std::sync::Mutex<Option<Box<Payload>>>,
         /// What is restored, in messages and records.
         label: String,
         /// Cancelled once the dump has been read to its end: the cluster
@@ -106,7 +106,7 @@ pub async fn live(
         input: Input::Live {
             server,
             database: database.clone(),
-            payload: std::sync::Mutex::new(Some(started)),
+            payload: std::sync::Mutex::new(Some(Box::new(started))),
             label,
             dumped,
         },
