@@ -91,11 +91,12 @@ pub async fn live(
 ) -> Result<Plan, Error> {
     let database = &app.config.database.name;
     let described = payload::describe(&server, database).await?;
-    let (size, started) = tokio::join!(
-        catalog::database_size(&server, database),
-        Payload::start(&server, database, &described)
-    );
-    let (size, started) = (size?, started?);
+    let size = catalog::database_size(&server, database).await?;
+    // The last exec on the cluster before the load reads pg_dump's output:
+    // Docker (20.10) handles a container's exec exits one at a time, so
+    // pg_dump ending with its output unread holds up the end of any later
+    // exec there, and waiting for one would wait forever.
+    let started = Payload::start(&server, database, &described).await?;
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
