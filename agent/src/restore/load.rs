@@ -227,20 +227,18 @@ impl<'a> Sql<'a> {
             Input::Live {
                 server,
                 database,
-                payload,
+                described,
                 dumped,
                 ..
             } => {
                 // The size of the SQL is not known before pg_dump ends.
                 job.reset_bytes(0);
-                let payload = payload
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take()
-                    .ok_or_else(|| {
-                        Error::Failed(format!("the dump of '{database}' was already read"))
-                    })?;
-                Sql::Live(*payload, server, database, dumped)
+                Sql::Live(
+                    Payload::start(server, database, described).await?,
+                    server,
+                    database,
+                    dumped,
+                )
             }
         })
     }

@@ -13,7 +13,7 @@ use super::load::Loaded;
 use crate::app::App;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
-use crate::postgres::payload::{self, Payload};
+use crate::postgres::payload::{self, Described};
 use crate::postgres::{DumpReader, Server, catalog, timescale};
 use crate::storage::{BackupRef, human_bytes};
 
@@ -49,10 +49,7 @@ pub enum Input {
     Live {
         server: Server,
         database: String,
-        /// pg_dump, started as soon as the cluster is recovered so that its
-        /// start (reading the catalog, a second with TimescaleDB's chunks)
-        /// overlaps the live server's preparations; taken by the load.
-        payload: std::sync::Mutex<Option<Box<Payload>>>,
+        described: Box<Described>,
         /// What is restored, in messages and records.
         label: String,
         /// Cancelled once the dump has been read to its end: the cluster
@@ -92,11 +89,6 @@ pub async fn live(
     let database = &app.config.database.name;
     let described = payload::describe(&server, database).await?;
     let size = catalog::database_size(&server, database).await?;
-    // The last exec on the cluster before the load reads pg_dump's output:
-    // Docker (20.10) handles a container's exec exits one at a time, so
-    // pg_dump ending with its output unread holds up the end of any later
-    // exec there, and waiting for one would wait forever.
-    let started = Payload::start(&server, database, &described).await?;
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
@@ -107,7 +99,7 @@ pub async fn live(
         input: Input::Live {
             server,
             database: database.clone(),
-            payload: std::sync::Mutex::new(Some(Box::new(started))),
+            described: Box::new(described),
             label,
             dumped,
         },
