@@ -371,9 +371,7 @@ async fn replay(
             let ahead = feed.replayed(&mut given, state.replayed).await?;
             if !due.is_empty() && ahead <= feed.ahead() / 2 {
                 let (batch, rest) = due.split_at(due.len().min(feed.ahead() - ahead));
-                feed.upload(batch, false).await?;
-                given.extend(batch.iter().cloned());
-                last_fed = batch.last().cloned();
+                feed.give(batch, &mut given, &mut last_fed).await?;
                 due = rest;
                 fed_at = Some((tokio::time::Instant::now(), state.replayed));
                 quiet.1 = tokio::time::Instant::now();
@@ -415,9 +413,7 @@ async fn replay(
                     if let Some(remote) = more {
                         remote.fetch(batch).await?;
                     }
-                    feed.upload(batch, false).await?;
-                    given.extend(batch.iter().cloned());
-                    last_fed = batch.last().cloned();
+                    feed.give(batch, &mut given, &mut last_fed).await?;
                     later = rest;
                     batch_size = (batch_size * 2).min(FEED_BATCH);
                     fed_at = Some((tokio::time::Instant::now(), state.replayed));
@@ -513,6 +509,20 @@ impl Feed<'_> {
     /// How many segments the scratch volume holds ahead of the replay.
     fn ahead(&self) -> usize {
         (FEED_AHEAD_BYTES / self.segment_size.max(1)).max(2) as usize
+    }
+
+    /// Uploads `batch` after the segments fed so far: `given` (not yet
+    /// replayed) and `last` (the newest) follow.
+    async fn give(
+        &self,
+        batch: &[WalFile],
+        given: &mut std::collections::VecDeque<WalFile>,
+        last: &mut Option<WalFile>,
+    ) -> Result<(), Error> {
+        self.upload(batch, false).await?;
+        given.extend(batch.iter().cloned());
+        *last = batch.last().cloned().or(last.take());
+        Ok(())
     }
 
     /// Drops the segments of `given` the replay has passed (`replayed`, a
