@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use super::chain::BaseInfo;
 use super::server::Archiving;
 use super::store::{BASE_SUFFIX, PitrStore};
+use super::tar_stream::TarWalk;
 use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupWriter;
@@ -72,11 +73,13 @@ pub async fn take(
     let mut head = Vec::new();
     let mut label = None;
     let mut first = true;
+    let mut archive = TarWalk::default();
     while let Some(block) = spawned.stdout.recv().await {
         if label.is_none() && head.len() < 64 * 1024 {
             head.extend_from_slice(&block);
             label = parse_label(&head);
         }
+        archive.feed(&block);
         let block: Bytes = block;
         if !writer.write(block).await {
             break;
@@ -103,6 +106,7 @@ pub async fn take(
     let label = label.ok_or_else(|| {
         Error::Database("pg_basebackup's output did not start with a backup_label".into())
     })?;
+    archive.check("the base backup is not kept: retry with `mesbakctl pitr base-backup`")?;
     let (server_version, timescaledb) = tokio::join!(
         catalog::server_version(server),
         timescale::installed(server, &app.config.database.name)

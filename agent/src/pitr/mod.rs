@@ -8,7 +8,8 @@
 //! [`ship`] (collecting segments), [`base`] (base backups), [`chain`] (the
 //! catalog: window, gaps, what a recovery needs, retention), [`store`] (the
 //! files), [`recover`] (a scratch cluster recovered to the target time,
-//! then the ordinary verified restore, its dump streamed into the load).
+//! then the ordinary verified restore, its dump streamed into the load),
+//! [`tar_stream`] (base backups' archives checked whole and passed on).
 
 mod base;
 pub mod chain;
@@ -17,6 +18,7 @@ mod recover;
 mod server;
 mod ship;
 mod store;
+mod tar_stream;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -589,7 +591,13 @@ async fn recover_to(
     job: &Job,
     target: OffsetDateTime,
     source: &Source,
+    planned: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<recover::Recovered, Error> {
+    let planned = || {
+        if let Some(planned) = planned {
+            let _ = planned.send(());
+        }
+    };
     if target > OffsetDateTime::now_utc() {
         return Err(Error::InvalidArgument(format!(
             "{} is in the future",
@@ -610,11 +618,13 @@ async fn recover_to(
                 .map_or(16 << 20, |a| a.wal_segment_size);
             let store = PitrStore::new(&app.config.backup_dir);
             let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
+            planned();
             recover::recover(app, job, &key, &store, &plan, target, None).await
         }
         Source::Offsite(name) => {
             let (spool, store, plan, later) =
                 crate::offsite::pitr::fetch(app, job, name, target).await?;
+            planned();
             let recovered =
                 recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
             drop(spool);
@@ -672,10 +682,40 @@ pub async fn restore_to_time(
     options: RestoreOptions,
     source: Source,
 ) -> Result<String, Error> {
-    let recovered = recover_to(&app, &job, target, &source).await?;
+    // The live side is readied while the scratch cluster recovers, once
+    // the target is known to be reachable: nothing there is touched for a
+    // time that cannot be restored.
+    let (planned, reachable) = tokio::sync::oneshot::channel();
+    let live = async {
+        reachable.await.ok()?;
+        Some(restore::LiveSide::prepare(&app, &job).await)
+    };
+    let (recovered, live) = tokio::join!(
+        Box::pin(recover_to(&app, &job, target, &source, Some(planned))),
+        live,
+    );
+    let (recovered, live) = match (recovered, live) {
+        (Ok(recovered), Some(Ok(live))) => (recovered, live),
+        (Ok(recovered), live) => {
+            let live = match live {
+                Some(live) => live,
+                None => restore::LiveSide::prepare(&app, &job).await,
+            };
+            match live {
+                Ok(live) => (recovered, live),
+                Err(err) => {
+                    recovered.remove(&app).await;
+                    return Err(err);
+                }
+            }
+        }
+        (Err(err), Some(Ok(live))) => return Err(live.abandon(err).await),
+        (Err(err), _) => return Err(err),
+    };
     let label = as_of(&app, target);
     let (scratch, dumped) = (recovered.server.clone(), CancellationToken::new());
-    let restored = restore::run_recovered(&app, &job, scratch, dumped.clone(), label, options);
+    let restored =
+        restore::run_recovered(&app, &job, live, scratch, dumped.clone(), label, options);
     let message = recovered.remove_once(&app, &dumped, restored).await?;
     Ok(format!(
         "point-in-time restore to {}: {message}{}",
@@ -691,7 +731,7 @@ pub async fn test_restore_to_time(
     target: OffsetDateTime,
     source: Source,
 ) -> Result<String, Error> {
-    let recovered = recover_to(&app, &job, target, &source).await?;
+    let recovered = recover_to(&app, &job, target, &source, None).await?;
     let label = as_of(&app, target);
     let (scratch, dumped) = (recovered.server.clone(), CancellationToken::new());
     let tested = restore::test_restore_recovered(&app, &job, scratch, dumped.clone(), label);

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chain::{RecoveryPlan, WalFile, WalKind};
 use super::store::PitrStore;
+use super::tar_stream::{TarWalk, tar_header, tar_padding};
 use crate::app::App;
 use crate::docker::{Docker, TarSender};
 use crate::jobs::Job;
@@ -231,10 +232,6 @@ pub async fn recover(
             plan.base.id,
             plan.segments.len()
         ));
-        tokio::try_join!(
-            Box::pin(upload_base(key, job, &docker, &scratch.container, &data_dir, store, plan)),
-            Box::pin(authenticate(key, job, store, &plan.segments)),
-        )?;
         let feed = Feed {
             key,
             docker: &docker,
@@ -244,11 +241,17 @@ pub async fn recover(
             segment_size: plan.base.wal_segment_size,
             owner: tokio::sync::OnceCell::new(),
         };
-        // Only a window of the segments goes in before the start; the rest
-        // follow as the replay reaches them (a week after the base backup is
-        // some 10,000 segments, 160 GiB unpacked).
+        // Only a window of the segments goes in before the start, in the
+        // base backup's upload (each chunk authenticated as it goes); the
+        // rest are authenticated beside it and follow as the replay
+        // reaches them (a week after the base backup is some 10,000
+        // segments, 160 GiB unpacked).
         let window = plan.segments.len().min(feed.ahead());
-        feed.upload(&plan.segments[..window], true).await?;
+        let entries = feed.entries(&plan.segments[..window], true, job.bytes_done.clone());
+        tokio::try_join!(
+            Box::pin(upload_base(key, job, &feed, store, plan, entries)),
+            Box::pin(authenticate(key, job, store, &plan.segments[window..])),
+        )?;
         job.set_stage(format!(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
             plan.segments.len()
@@ -456,41 +459,141 @@ fn segment_start(segment: &WalFile, segment_size: u64) -> u64 {
 }
 
 /// Extracts the base backup (a tar of the data directory) into the
-/// scratch container's data directory.
+/// scratch container's data directory, `window` (the first segments and
+/// the standby signal) after it in the same archive.
 async fn upload_base(
     key: &Key,
     job: &Job,
-    docker: &Docker,
-    container: &str,
-    data_dir: &str,
+    feed: &Feed<'_>,
     store: &PitrStore,
     plan: &RecoveryPlan,
+    window: SegmentEntries,
 ) -> Result<(), Error> {
     let path = store.base_path(&plan.base);
-    let file = open_backup(&path)?;
     let mut reader = BackupReader::start(
         plan.base.id.clone(),
-        file,
+        open_backup(&path)?,
         key.clone(),
         Some(Compression::Gzip),
         job.bytes_done.clone(),
     );
-    let (read, uploaded) = docker
-        .upload_from(container, data_dir, |sender| async move {
+    let base = plan.base.id.clone();
+    let produce = |sender: TarSender| async move {
+        let sent = async {
+            // The base backup's entries without its end-of-archive marker.
+            let mut archive = TarWalk::default();
+            let mut parts = Vec::new();
             while let Some(block) = reader.blocks.recv().await {
-                if sender.send(Ok(block)).await.is_err() {
-                    break;
+                archive.pass(&block, &mut parts);
+                for part in parts.drain(..) {
+                    if sender.send(Ok(part)).await.is_err() {
+                        // The engine refused the archive: its error says why.
+                        return Ok(());
+                    }
                 }
             }
-            let read = reader.finish().await;
-            if let Err(err) = &read {
-                let _ = sender.send(Err(io::Error::other(err.message()))).await;
-            }
-            read
-        })
+            reader.finish().await?;
+            archive.check(&format!(
+                "base backup {base} cannot be used and nothing was changed: a time before it is recovered from an older base backup"
+            ))?;
+            window.send(&sender).await
+        }
         .await;
-    read??;
+        fail_stream(&sender, sent).await
+    };
+    let (produced, uploaded) = feed
+        .docker
+        .upload_from(feed.container, feed.data_dir, produce)
+        .await;
+    produced??;
     uploaded
+}
+
+/// Ends an upload's tar stream with `result`'s error, if any, so that the
+/// engine refuses the archive.
+async fn fail_stream(sender: &TarSender, result: Result<(), Error>) -> Result<(), Error> {
+    if let Err(err) = &result {
+        let _ = sender.send(Err(io::Error::other(err.message()))).await;
+    }
+    result
+}
+
+/// Tar entries that put WAL segments (decrypted) into
+/// `<data>/mesbak_restore_wal/`.
+struct SegmentEntries {
+    key: Key,
+    /// Each segment's name and file, in order.
+    segments: Vec<(String, std::path::PathBuf)>,
+    segment_size: u64,
+    owner: (u64, u64),
+    /// The first upload, before the cluster starts: the folder itself
+    /// before the segments, the `standby.signal` that makes the cluster a
+    /// standby after them.
+    first: bool,
+    /// Counts the encrypted bytes read.
+    progress: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SegmentEntries {
+    /// Sends the entries and the end-of-archive marker. A segment copied
+    /// while still being written is shorter than a segment, which a standby
+    /// takes as not there yet. A damaged file never gets in whole: each
+    /// chunk is authenticated before it is sent, and a file that ends early
+    /// fails the stream. A refused archive ends the sending early: the
+    /// upload's error says why.
+    async fn send(self, sender: &TarSender) -> Result<(), Error> {
+        let (owner, size) = (self.owner, self.segment_size);
+        if self.first {
+            let directory = tar_header(
+                &format!("{RESTORE_WAL}/"),
+                0,
+                tar::EntryType::Directory,
+                owner,
+            )?;
+            let _ = sender.send(Ok(directory)).await;
+        }
+        for (name, path) in self.segments {
+            let header = tar_header(
+                &format!("{RESTORE_WAL}/{name}"),
+                size,
+                tar::EntryType::Regular,
+                owner,
+            )?;
+            if sender.send(Ok(header)).await.is_err() {
+                return Ok(());
+            }
+            let mut reader = BackupReader::start(
+                name.clone(),
+                open_backup(&path)?,
+                self.key.clone(),
+                Some(Compression::Gzip),
+                self.progress.clone(),
+            );
+            let mut sent = 0u64;
+            while let Some(block) = reader.blocks.recv().await {
+                sent += block.len() as u64;
+                if sender.send(Ok(block)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            reader.finish().await?;
+            let padding = tar_padding(sent);
+            if padding > 0 {
+                let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
+            }
+            if sent != size {
+                return Err(Error::Integrity(format!(
+                    "WAL segment {name} holds {sent} bytes, not {size}"
+                )));
+            }
+        }
+        if self.first {
+            let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, owner)?;
+            let _ = sender.send(Ok(signal)).await;
+        }
+        let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
+        Ok(())
+    }
 }
 
 /// What feeding WAL segments to the scratch cluster needs.
@@ -519,7 +622,7 @@ impl Feed<'_> {
         given: &mut std::collections::VecDeque<WalFile>,
         last: &mut Option<WalFile>,
     ) -> Result<(), Error> {
-        self.upload(batch, false).await?;
+        self.upload(batch).await?;
         given.extend(batch.iter().cloned());
         *last = batch.last().cloned().or(last.take());
         Ok(())
@@ -584,85 +687,40 @@ impl Feed<'_> {
         }
     }
 
-    /// Puts `segments` (decrypted) into `<data>/mesbak_restore_wal/`, and
-    /// with `first` the `standby.signal` that makes the cluster a standby,
-    /// as one tar stream. A segment copied while still being written is
-    /// shorter than a segment, which a standby takes as not there yet. A
-    /// damaged file never gets in whole: each chunk is authenticated
-    /// before it is sent, and a file that ends early fails the stream.
-    async fn upload(&self, segments: &[WalFile], first: bool) -> Result<(), Error> {
-        // Before the cluster starts, the image's entry point gives the data
-        // directory to its server's user; afterwards the files must be that
-        // user's from the start.
-        let owner = if first {
-            (0, 0)
-        } else {
-            *self.owner.get_or_try_init(|| self.data_dir_owner()).await?
+    /// The entries that put `segments` into the scratch volume (with
+    /// `first`, before the cluster starts); `progress` counts their bytes.
+    fn entries(
+        &self,
+        segments: &[WalFile],
+        first: bool,
+        progress: Arc<std::sync::atomic::AtomicU64>,
+    ) -> SegmentEntries {
+        SegmentEntries {
+            key: self.key.clone(),
+            segments: segments
+                .iter()
+                .map(|s| (s.name.clone(), self.store.wal_path(s)))
+                .collect(),
+            segment_size: self.segment_size,
+            // Before the cluster starts, the image's entry point gives the
+            // data directory to its server's user.
+            owner: (0, 0),
+            first,
+            progress,
+        }
+    }
+
+    /// Puts `segments` into the running scratch cluster's restore folder,
+    /// as its server's user's files from the start.
+    async fn upload(&self, segments: &[WalFile]) -> Result<(), Error> {
+        let owner = *self.owner.get_or_try_init(|| self.data_dir_owner()).await?;
+        let entries = SegmentEntries {
+            owner,
+            ..self.entries(segments, false, Arc::default())
         };
-        let key = self.key.clone();
-        let segments: Vec<_> = segments
-            .iter()
-            .map(|s| (s.name.clone(), self.store.wal_path(s)))
-            .collect();
-        let size = self.segment_size;
         let produce = |sender: TarSender| async move {
-            let result = async {
-                if first {
-                    let directory = tar_header(
-                        &format!("{RESTORE_WAL}/"),
-                        0,
-                        tar::EntryType::Directory,
-                        owner,
-                    )?;
-                    let _ = sender.send(Ok(directory)).await;
-                }
-                for (name, path) in segments {
-                    let header = tar_header(
-                        &format!("{RESTORE_WAL}/{name}"),
-                        size,
-                        tar::EntryType::Regular,
-                        owner,
-                    )?;
-                    if sender.send(Ok(header)).await.is_err() {
-                        return Ok(());
-                    }
-                    let mut reader = BackupReader::start(
-                        name.clone(),
-                        open_backup(&path)?,
-                        key.clone(),
-                        Some(Compression::Gzip),
-                        Arc::new(Default::default()),
-                    );
-                    let mut sent = 0u64;
-                    while let Some(block) = reader.blocks.recv().await {
-                        sent += block.len() as u64;
-                        if sender.send(Ok(block)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    reader.finish().await?;
-                    let padding = tar_padding(sent);
-                    if padding > 0 {
-                        let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
-                    }
-                    if sent != size {
-                        return Err(Error::Integrity(format!(
-                            "WAL segment {name} holds {sent} bytes, not {size}"
-                        )));
-                    }
-                }
-                if first {
-                    let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, owner)?;
-                    let _ = sender.send(Ok(signal)).await;
-                }
-                let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
-                Ok::<_, Error>(())
-            }
-            .await;
-            if let Err(err) = &result {
-                let _ = sender.send(Err(io::Error::other(err.message()))).await;
-            }
-            result
+            let sent = entries.send(&sender).await;
+            fail_stream(&sender, sent).await
         };
         let (produced, uploaded) = self
             .docker
@@ -671,31 +729,6 @@ impl Feed<'_> {
         produced??;
         uploaded
     }
-}
-
-/// A ustar header for `name` of `size` bytes, owned by `owner` (uid, gid).
-fn tar_header(
-    name: &str,
-    size: u64,
-    kind: tar::EntryType,
-    (uid, gid): (u64, u64),
-) -> Result<Bytes, Error> {
-    let mut header = tar::Header::new_ustar();
-    header
-        .set_path(name)
-        .map_err(|err| Error::Failed(format!("cannot name {name} in a tar stream: {err}")))?;
-    header.set_size(size);
-    header.set_entry_type(kind);
-    header.set_mode(if kind == tar::EntryType::Directory {
-        0o700
-    } else {
-        0o600
-    });
-    header.set_uid(uid);
-    header.set_gid(gid);
-    header.set_mtime(0);
-    header.set_cksum();
-    Ok(Bytes::copy_from_slice(header.as_bytes()))
 }
 
 /// Removes a scratch container and its volume (errors are logged: the next
@@ -707,9 +740,4 @@ pub async fn remove(docker: &Docker, scratch: &Scratch) {
     if let Err(err) = docker.remove_volume(&scratch.volume).await {
         tracing::warn!(volume = %scratch.volume, error = %err.message(), "could not remove the scratch volume");
     }
-}
-
-/// Padding after a file's data in a tar stream.
-pub fn tar_padding(size: u64) -> usize {
-    ((512 - size % 512) % 512) as usize
 }

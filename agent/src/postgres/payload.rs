@@ -87,11 +87,39 @@ pub enum Piece {
     End,
 }
 
+/// The line pg_dump ends its plain output with (newer versions follow it
+/// with `\unrestrict KEY`).
+const CLOSING_LINE: &[u8] = b"\n-- PostgreSQL database dump complete\n";
+/// How much of the end of pg_dump's output is kept to find that line.
+const TAIL: usize = 1024;
+
+/// Whether `tail` (the last bytes of pg_dump's output) holds its closing
+/// line. The Docker engine closes an exec's output 2 s after the program
+/// ended if its reader has not taken all of it by then (a consumer
+/// stalled on a slow disk, psql busy building an index): pg_dump exits 0
+/// and its last kilobytes are gone, which only the missing closing line
+/// tells.
+fn ends_complete(tail: &[u8]) -> bool {
+    memchr::memmem::find(tail, CLOSING_LINE).is_some()
+}
+
+/// Keeps the last [`TAIL`] bytes of a stream in `tail`, `block` after block.
+fn keep_tail(tail: &mut Vec<u8>, block: &[u8]) {
+    let block = &block[block.len().saturating_sub(TAIL)..];
+    let excess = (tail.len() + block.len()).saturating_sub(TAIL);
+    tail.drain(..excess.min(tail.len()));
+    tail.extend_from_slice(block);
+}
+
 /// The payload being made.
 pub struct Payload {
     prologue: Option<Bytes>,
     dump: Spawned,
     epilogue: Option<Bytes>,
+    /// The last bytes of pg_dump's output.
+    tail: Vec<u8>,
+    /// pg_dump's output was read to its end: whether it ended complete.
+    ended: Option<bool>,
 }
 
 impl Payload {
@@ -110,6 +138,8 @@ impl Payload {
             prologue: Some(Bytes::from(described.prologue.clone())),
             dump,
             epilogue: Some(Bytes::from(described.epilogue.clone())),
+            tail: Vec::with_capacity(2 * TAIL),
+            ended: None,
         })
     }
 
@@ -131,26 +161,89 @@ impl Payload {
             }
         };
         match block {
-            Some(block) => Piece::Block(block),
-            None => Piece::Block(self.epilogue.take().unwrap_or_default()),
+            Some(block) => {
+                keep_tail(&mut self.tail, &block);
+                Piece::Block(block)
+            }
+            None => {
+                let complete = ends_complete(&self.tail);
+                self.ended = Some(complete);
+                if complete {
+                    Piece::Block(self.epilogue.take().unwrap_or_default())
+                } else {
+                    // Nothing more goes out: `finish` refuses the payload.
+                    self.epilogue = None;
+                    Piece::End
+                }
+            }
         }
     }
 
     /// Waits for pg_dump (its output is dropped: a reader that stopped
-    /// early ends it) and checks how it exited. pg_dump's warnings
-    /// (TimescaleDB's circular foreign keys among its catalog tables) go
-    /// to stderr with exit status 0: not failures.
+    /// early ends it) and checks how it exited and, when its output was
+    /// read to the end, that none of it was lost on the way. pg_dump's
+    /// warnings (TimescaleDB's circular foreign keys among its catalog
+    /// tables) go to stderr with exit status 0: not failures.
     pub async fn finish(self, server: &Server, database: &str) -> Result<(), Error> {
         let Spawned { stdout, done, .. } = self.dump;
         drop(stdout);
         let outcome: Outcome = process::join(done).await?;
-        outcome
-            .check(|detail| {
-                Error::Database(format!(
-                    "pg_dump of database '{database}' failed in {}: {detail}",
-                    server.runner.describe()
-                ))
-            })
-            .map(|_| ())
+        outcome.check(|detail| {
+            Error::Database(format!(
+                "pg_dump of database '{database}' failed in {}: {detail}",
+                server.runner.describe()
+            ))
+        })?;
+        match self.ended {
+            Some(false) => Err(Error::Database(format!(
+                "the dump of database '{database}' from {} ended before pg_dump's closing line: its last part was lost on the way (the Docker engine drops the output a slow reader has not taken 2 s after the program ends), so it is not used; retry, and if it happens again look at this machine's disk and load",
+                server.runner.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of pg_dump 17.6's plain output (older versions stop after
+    /// the closing comment).
+    const END: &str = "ALTER TABLE ONLY mes_core.asset\n    ADD CONSTRAINT asset_pkey PRIMARY KEY (id);\n\n\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict 3lV0o1RZwqg5s0cIbDQzuyfGBf9GUcBMWbjg1aKnBZ1FSqLoS6ddhhXuw9a2bdB\n\n";
+
+    fn tail_of(stream: &[u8], block: usize) -> Vec<u8> {
+        let mut tail = Vec::new();
+        for piece in stream.chunks(block) {
+            keep_tail(&mut tail, piece);
+        }
+        tail
+    }
+
+    #[test]
+    fn a_dump_read_to_its_closing_line_is_complete_however_it_was_split() {
+        let mut stream = "COPY mes_core.asset (id, name) FROM stdin;\n"
+            .repeat(500)
+            .into_bytes();
+        stream.extend_from_slice(END.as_bytes());
+        for block in [1, 7, 100, 1023, 1024, 1025, 4096, stream.len()] {
+            let tail = tail_of(&stream, block);
+            assert!(tail.len() <= TAIL);
+            assert!(ends_complete(&tail), "split every {block} bytes");
+        }
+        let old = END.split("\\unrestrict").next().unwrap();
+        assert!(ends_complete(old.as_bytes()));
+    }
+
+    #[test]
+    fn a_dump_cut_before_its_closing_line_is_not_complete() {
+        let mut stream = "COPY mes_core.asset (id, name) FROM stdin;\n"
+            .repeat(500)
+            .into_bytes();
+        stream.extend_from_slice(END.as_bytes());
+        let closing = memchr::memmem::find(&stream, CLOSING_LINE).unwrap();
+        for cut in [0, 100, closing, closing + CLOSING_LINE.len() - 1] {
+            assert!(!ends_complete(&tail_of(&stream[..cut], 64)), "cut at {cut}");
+        }
     }
 }

@@ -41,7 +41,7 @@ use crate::app::App;
 use crate::backup;
 use crate::jobs::{Job, now_rfc3339};
 use crate::kept;
-use crate::postgres::{Server, catalog};
+use crate::postgres::{Server, Session, catalog};
 use crate::recovery::Touched;
 use crate::state::KeptRecord;
 use crate::storage::{BackupRef, Storage, human_bytes};
@@ -76,19 +76,63 @@ pub async fn run(
 }
 
 /// Restores the configured database of a recovered cluster (`scratch`, a
-/// point-in-time recovery) over the live one: its dump streams straight
-/// into the load, through the same checks, safety backup and swap;
-/// `dumped` is cancelled once the dump has been read to its end.
+/// point-in-time recovery) over the live one, its side readied while the
+/// cluster recovered: the dump streams straight into the load, through
+/// the same checks, safety backup and swap; `dumped` is cancelled once the
+/// dump has been read to its end.
 pub async fn run_recovered(
     app: &App,
     job: &Job,
+    live: LiveSide,
     scratch: Server,
     dumped: CancellationToken,
     label: String,
     options: RestoreOptions,
 ) -> Result<String, Error> {
-    let plan = plan::live(app, scratch, dumped, label).await?;
-    run_planned(app, job, plan, options).await
+    match plan::live(app, scratch, dumped, label).await {
+        Ok(plan) => finish_planned(app, job, plan, live, options).await,
+        Err(err) => Err(live.abandon(err).await),
+    }
+}
+
+/// The live side of a restore made ready: the server up (its container
+/// started if it was stopped), a restore a crash cut short cleaned up, and
+/// whether the live database exists. Nothing of the live database is
+/// touched; a point-in-time restore readies it while the scratch cluster
+/// recovers.
+pub struct LiveSide {
+    session: Session,
+    live_exists: bool,
+}
+
+impl LiveSide {
+    /// Readies the live side; on failure what it touched is put back.
+    pub async fn prepare(app: &App, job: &Job) -> Result<LiveSide, Error> {
+        let mut session = app.database_session().await?;
+        let ready = async {
+            session.ensure_up(job).await?;
+            let server = session.server.clone();
+            journal::recover(app, &server).await?;
+            catalog::database_exists(&server, &app.config.database.name).await
+        }
+        .await;
+        match ready {
+            Ok(live_exists) => Ok(LiveSide {
+                session,
+                live_exists,
+            }),
+            Err(err) => session.end(Err(err), |_: &LiveSide| String::new()).await,
+        }
+    }
+
+    /// Puts back what readying touched, for a restore that does not go on
+    /// because of `err`; returns `err`.
+    pub async fn abandon(self, err: Error) -> Error {
+        match self.session.end(Err(err), |_: &()| String::new()).await {
+            Err(err) => err,
+            Ok(()) => unreachable!("a failed result stays failed"),
+        }
+    }
 }
 
 async fn run_planned(
@@ -97,13 +141,23 @@ async fn run_planned(
     plan: Plan,
     options: RestoreOptions,
 ) -> Result<String, Error> {
-    let mut session = app.database_session().await?;
+    let live = LiveSide::prepare(app, job).await?;
+    finish_planned(app, job, plan, live, options).await
+}
+
+async fn finish_planned(
+    app: &App,
+    job: &Job,
+    plan: Plan,
+    live: LiveSide,
+    options: RestoreOptions,
+) -> Result<String, Error> {
+    let LiveSide {
+        mut session,
+        live_exists,
+    } = live;
     let result = async {
-        session.ensure_up(job).await?;
         let server = session.server.clone();
-        journal::recover(app, &server).await?;
-        let live = &app.config.database.name;
-        let live_exists = catalog::database_exists(&server, live).await?;
         let timescale = preflight(app, job, &server, &plan, live_exists).await?;
         if let Some(touched) = session.touched() {
             stop_writers(app, job, touched).await?;
