@@ -258,6 +258,78 @@ async fn a_new_server_is_restored_from_base_backup_and_wal_alone(flavor: Flavor)
     assert_eq!(ours, 0, "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// When the database container last started.
+fn started_at(pg: &Postgres) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.StartedAt}}", pg.name()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker inspect {}", pg.name());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stopped_again(
+    flavor: Flavor,
+) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 10);
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = (now(), pg.fingerprint("mes"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_moment(&pg, 2);
+    ok(&bus, &["pitr", "sync"]);
+    pg.stop();
+    let stopped_since = started_at(&pg);
+
+    // A time that cannot be restored does not touch the stopped server.
+    let (success, _, stderr) = ctl(
+        &bus,
+        &["restore", "--to-time", "2020-01-01 00:00:00", "--yes"],
+    );
+    assert!(!success);
+    assert!(stderr.contains("restorable window"), "{stderr}");
+    assert!(!pg.is_running(), "a refused time started the server");
+    assert_eq!(
+        started_at(&pg),
+        stopped_since,
+        "a refused time started the server"
+    );
+
+    // A reachable one starts it beside the recovery, restores, and leaves
+    // it stopped as it was found.
+    let out = ok(&bus, &["restore", "--to-time", &time, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert!(!pg.is_running(), "the server was left running: {out}");
+    assert_ne!(
+        started_at(&pg),
+        stopped_since,
+        "the restore never started the server"
+    );
+    // Started while the scratch cluster recovered, not after it.
+    let log = agent.log();
+    let recovered_at = log
+        .find("scratch cluster recovered")
+        .expect("recovery logged");
+    let started_at_line = log
+        .find("starting a stopped container for the job")
+        .expect("the start logged");
+    assert!(
+        started_at_line < recovered_at,
+        "the server was started only after the recovery"
+    );
+    pg.start_again();
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &expected,
+        "restored with the server stopped",
+    );
+    drop(agent);
+}
+
 /// Shipped segment names (the server's names), sorted.
 fn shipped_segments(config: &AgentConfig) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(config.backup_dir().join("pitr/wal"))
@@ -910,6 +982,7 @@ async fn a_long_chain_is_recovered_through_a_window_of_segments(flavor: Flavor) 
 }
 
 on_both_servers!(
+    a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stopped_again,
     a_long_chain_is_recovered_through_a_window_of_segments,
     a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time,
     point_in_time_restore_goes_back_to_each_moment,
