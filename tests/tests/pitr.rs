@@ -319,7 +319,11 @@ async fn a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stop
         .expect("the start logged");
     assert!(
         started_at_line < recovered_at,
-        "the server was started only after the recovery"
+        "the server was started only after the recovery:\n{}",
+        log.lines()
+            .filter(|l| l.contains("container") || l.contains("recover") || l.contains("job"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     pg.start_again();
     assert_recovered(
