@@ -163,6 +163,9 @@ pub async fn load(
     let read = if fed { sql.finish().await } else { Ok(()) };
     let outcome = process::join(done).await?;
     let copy_reports = copy_reports.await.unwrap_or_default();
+    // A source that failed (a damaged file, a dump cut short) explains
+    // whatever psql made of it.
+    read?;
     outcome.check(|detail| {
         // The server's own words for ENOSPC ("could not extend file ...").
         if detail.contains("No space left on device") {
@@ -175,7 +178,6 @@ pub async fn load(
             ))
         }
     })?;
-    read?;
     if !fed {
         return Err(Error::Database(format!(
             "psql stopped reading while restoring {label} into '{database}'"
