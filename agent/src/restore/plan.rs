@@ -87,8 +87,11 @@ pub async fn live(
     label: String,
 ) -> Result<Plan, Error> {
     let database = &app.config.database.name;
-    let described = payload::describe(&server, database).await?;
-    let size = catalog::database_size(&server, database).await?;
+    let (described, size) = tokio::join!(
+        payload::describe(&server, database),
+        catalog::database_size(&server, database)
+    );
+    let (described, size) = (described?, size?);
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
