@@ -46,6 +46,8 @@ pub struct TarWalker {
     awaiting_entry: bool,
     zero_blocks: u8,
     ended: bool,
+    /// Bytes of the stream taken so far.
+    position: u64,
     /// Entries (files, folders, links...) seen.
     pub entries: u64,
     /// The root entry's attributes, when the archive starts with `./`.
@@ -54,22 +56,34 @@ pub struct TarWalker {
 
 impl TarWalker {
     /// Takes the next bytes of the stream; an error describes the damage.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), String> {
+        self.feed_entries(data, |_| {})
+    }
+
+    /// Takes the next bytes of the stream, handing `entry` the name of
+    /// each entry whose header they complete.
+    pub fn feed_entries(
+        &mut self,
+        mut data: &[u8],
+        mut entry: impl FnMut(&str),
+    ) -> Result<(), String> {
         while !data.is_empty() && !self.ended {
             if self.skip > 0 {
                 let n = (self.skip.min(data.len() as u64)) as usize;
                 self.skip -= n as u64;
+                self.position += n as u64;
                 data = &data[n..];
                 continue;
             }
             let n = (512 - self.block.len()).min(data.len());
             self.block.extend_from_slice(&data[..n]);
+            self.position += n as u64;
             data = &data[n..];
             if self.block.len() < 512 {
                 break;
             }
             let block = std::mem::take(&mut self.block);
-            self.next_block(&block)?;
+            self.next_block(&block, &mut entry)?;
         }
         Ok(())
     }
@@ -79,7 +93,19 @@ impl TarWalker {
         self.ended
     }
 
-    fn next_block(&mut self, block: &[u8]) -> Result<(), String> {
+    /// Bytes of the stream taken so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// How many bytes of the stream are known to come before its
+    /// end-of-archive marker: all taken but a header block still being
+    /// assembled and an empty block that may start the marker.
+    pub fn before_end(&self) -> u64 {
+        self.position - self.block.len() as u64 - 512 * u64::from(self.zero_blocks)
+    }
+
+    fn next_block(&mut self, block: &[u8], entry: &mut dyn FnMut(&str)) -> Result<(), String> {
         if let Some((kind, size, mut data)) = self.extended.take() {
             data.extend_from_slice(block);
             if (data.len() as u64) < size {
@@ -107,10 +133,10 @@ impl TarWalker {
                 self.entries
             ));
         }
-        self.header(block)
+        self.header(block, entry)
     }
 
-    fn header(&mut self, block: &[u8]) -> Result<(), String> {
+    fn header(&mut self, block: &[u8], entry: &mut dyn FnMut(&str)) -> Result<(), String> {
         let stored = octal(&block[148..156])
             .ok_or_else(|| format!("unreadable header checksum after {} entries", self.entries))?;
         // The unsigned sum with the checksum field as spaces (POSIX).
@@ -221,6 +247,7 @@ impl TarWalker {
                     .unwrap_or(0),
             });
         }
+        entry(&name);
         self.entries += 1;
         self.pax.clear();
         self.long_name = None;

@@ -7,117 +7,74 @@
 //! so WAL segments can follow in the same upload, and the headers of the
 //! entries the agent adds itself.
 
-use std::ops::Range;
-
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mesbak_interface::Error;
+
+use crate::ignition::TarWalker;
 
 const BLOCK: usize = 512;
 
-/// Follows a tar stream's entries.
+/// Follows a data directory's tar stream with [`TarWalker`] (every header
+/// checked as the `tar` crate and GNU tar read it), noting whether
+/// `global/pg_control` passed.
 #[derive(Default)]
 pub struct TarWalk {
-    /// The header being gathered.
-    header: Vec<u8>,
-    /// Bytes of the current entry's data (and padding) still to pass.
-    skip: u64,
-    /// The end-of-archive marker (two zero blocks) has passed.
-    ended: bool,
-    /// A zero block passed where a header was due.
-    zero_block: bool,
+    walker: TarWalker,
     /// `global/pg_control` was among the entries.
     control_file: bool,
-    /// The first header that makes no sense.
-    damaged: Option<String>,
-}
-
-/// What a step of the walk passes on.
-enum Part {
-    /// Entry data (and padding): this range of the block fed.
-    Data(Range<usize>),
-    /// A whole header.
-    Header(Vec<u8>),
+    /// What the walker found damaged.
+    damage: Option<String>,
+    /// Bytes [`TarWalk::pass`] holds back: they may start the
+    /// end-of-archive marker.
+    held: BytesMut,
 }
 
 impl TarWalk {
     /// Follows `data`, the next bytes of the stream.
     pub fn feed(&mut self, data: &[u8]) {
-        self.walk(data, |_| {});
+        if self.damage.is_some() {
+            return;
+        }
+        let control_file = &mut self.control_file;
+        let fed = self
+            .walker
+            .feed_entries(data, |name| *control_file |= name == "global/pg_control");
+        self.damage = fed.err();
     }
 
-    /// Follows `block` and hands on its parts before the end-of-archive
-    /// marker (zero blocks are held back until they can be told apart from
-    /// a header), so that more entries can follow in the same stream.
+    /// Follows `block` and hands on into `out` what is known to come before
+    /// the end-of-archive marker (bytes that may start it are held back
+    /// until that is told), so that more entries can follow in the same
+    /// stream. Nothing more goes on once the stream is damaged.
     pub fn pass(&mut self, block: &Bytes, out: &mut Vec<Bytes>) {
-        self.walk(block, |part| {
-            out.push(match part {
-                Part::Data(range) => block.slice(range),
-                Part::Header(header) => Bytes::from(header),
-            })
-        });
-    }
-
-    fn walk(&mut self, data: &[u8], mut out: impl FnMut(Part)) {
-        let mut at = 0;
-        while at < data.len() && !self.ended && self.damaged.is_none() {
-            if self.skip > 0 {
-                let n = self.skip.min((data.len() - at) as u64) as usize;
-                out(Part::Data(at..at + n));
-                self.skip -= n as u64;
-                at += n;
-                continue;
-            }
-            let n = (BLOCK - self.header.len()).min(data.len() - at);
-            self.header.extend_from_slice(&data[at..at + n]);
-            at += n;
-            if self.header.len() == BLOCK {
-                let header = std::mem::take(&mut self.header);
-                if self.entry(&header) {
-                    out(Part::Header(header));
-                }
-            }
+        let start = self.walker.position();
+        self.feed(block);
+        if self.damage.is_some() {
+            return;
         }
-    }
-
-    /// Reads a header block; whether it starts an entry (not a zero block).
-    fn entry(&mut self, block: &[u8]) -> bool {
-        if block.iter().all(|&b| b == 0) {
-            self.ended = std::mem::replace(&mut self.zero_block, true);
-            return false;
+        let end = self.walker.before_end();
+        let held_start = start - self.held.len() as u64;
+        let from_held = (end.saturating_sub(held_start) as usize).min(self.held.len());
+        if from_held > 0 {
+            out.push(self.held.split_to(from_held).freeze());
         }
-        self.zero_block = false;
-        let header = tar::Header::from_byte_slice(block);
-        // The checksum counts its own field as spaces.
-        let sum: u64 = block
-            .iter()
-            .enumerate()
-            .map(|(at, &b)| {
-                if (148..156).contains(&at) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
-        match (header.cksum(), header.entry_size()) {
-            (Ok(stored), Ok(size)) if u64::from(stored) == sum => {
-                self.skip = size + tar_padding(size) as u64;
-                self.control_file |= header.path_bytes().as_ref() == b"global/pg_control";
-                true
-            }
-            _ => {
-                self.damaged = Some(String::from_utf8_lossy(&header.path_bytes()).into_owned());
-                false
-            }
+        let from_block = (end.saturating_sub(start) as usize).min(block.len());
+        if from_block > 0 {
+            out.push(block.slice(..from_block));
+        }
+        if self.walker.complete() {
+            self.held.clear();
+        } else {
+            self.held.extend_from_slice(&block[from_block..]);
         }
     }
 
     /// Whether the stream was a whole archive of a data directory; `then`
     /// says what follows from it not being one, and what to do.
     pub fn check(&self, then: &str) -> Result<(), Error> {
-        let problem = if let Some(name) = &self.damaged {
-            format!("a damaged tar header ('{name}')")
-        } else if !self.ended {
+        let problem = if let Some(damage) = &self.damage {
+            format!("a damaged tar header ({damage})")
+        } else if !self.walker.complete() {
             "no end-of-archive marker: its last part was lost on the way".to_owned()
         } else if !self.control_file {
             "no global/pg_control".to_owned()

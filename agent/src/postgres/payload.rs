@@ -212,6 +212,15 @@ mod tests {
     /// the closing comment).
     const END: &str = "ALTER TABLE ONLY mes_core.asset\n    ADD CONSTRAINT asset_pkey PRIMARY KEY (id);\n\n\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict 3lV0o1RZwqg5s0cIbDQzuyfGBf9GUcBMWbjg1aKnBZ1FSqLoS6ddhhXuw9a2bdB\n\n";
 
+    /// 20 KiB of dump, then its end.
+    fn dump_stream() -> Vec<u8> {
+        let mut stream = "COPY mes_core.asset (id, name) FROM stdin;\n"
+            .repeat(500)
+            .into_bytes();
+        stream.extend_from_slice(END.as_bytes());
+        stream
+    }
+
     fn tail_of(stream: &[u8], block: usize) -> Vec<u8> {
         let mut tail = Vec::new();
         for piece in stream.chunks(block) {
@@ -222,10 +231,7 @@ mod tests {
 
     #[test]
     fn a_dump_read_to_its_closing_line_is_complete_however_it_was_split() {
-        let mut stream = "COPY mes_core.asset (id, name) FROM stdin;\n"
-            .repeat(500)
-            .into_bytes();
-        stream.extend_from_slice(END.as_bytes());
+        let stream = dump_stream();
         for block in [1, 7, 100, 1023, 1024, 1025, 4096, stream.len()] {
             let tail = tail_of(&stream, block);
             assert!(tail.len() <= TAIL);
@@ -237,10 +243,7 @@ mod tests {
 
     #[test]
     fn a_dump_cut_before_its_closing_line_is_not_complete() {
-        let mut stream = "COPY mes_core.asset (id, name) FROM stdin;\n"
-            .repeat(500)
-            .into_bytes();
-        stream.extend_from_slice(END.as_bytes());
+        let stream = dump_stream();
         let closing = memchr::memmem::find(&stream, CLOSING_LINE).unwrap();
         for cut in [0, 100, closing, closing + CLOSING_LINE.len() - 1] {
             assert!(!ends_complete(&tail_of(&stream[..cut], 64)), "cut at {cut}");
