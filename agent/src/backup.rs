@@ -212,7 +212,7 @@ pub async fn dump(
     for warning in &described.warnings {
         job.warn(warning.clone());
     }
-    let mut payload = Payload::start(server, database, &described).await?;
+    let mut payload = Payload::start(server, database, &described, None).await?;
     let mut reader = DumpReader::default();
     loop {
         match payload.next(&stop).await {

@@ -43,6 +43,23 @@ impl Docker {
         &self.api
     }
 
+    /// Whether a bind mount of this host's folder can be the same folder
+    /// in a container: the engine on the local socket, not rootless (it
+    /// could not enter the agent's private folders). A container still
+    /// proves it ([`crate::fifo::SharedDir`]).
+    pub async fn shares_host_folders(&self) -> bool {
+        let local = std::env::var("DOCKER_HOST")
+            .map_or(true, |host| host.is_empty() || host.starts_with("unix://"));
+        local
+            && self.api.info().await.is_ok_and(|info| {
+                !info
+                    .security_options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|option| option.contains("name=rootless"))
+            })
+    }
+
     /// The engine's version, for the journal.
     pub async fn version(&self) -> Result<String, Error> {
         let version = self.api.version().await.map_err(unreachable)?;
@@ -551,10 +568,14 @@ impl Docker {
             .collect())
     }
 
-    /// The environment an image sets (`NAME=value` lines).
-    pub async fn image_env(&self, image: &str) -> Result<Vec<String>, Error> {
+    /// The environment an image sets (`NAME=value` lines) and its user (empty: root).
+    pub async fn image_env_user(&self, image: &str) -> Result<(Vec<String>, String), Error> {
         let info = self.api.inspect_image(image).await.map_err(unreachable)?;
-        Ok(info.config.and_then(|c| c.env).unwrap_or_default())
+        let config = info.config.unwrap_or_default();
+        Ok((
+            config.env.unwrap_or_default(),
+            config.user.unwrap_or_default(),
+        ))
     }
 
     /// The last `lines` lines of a container's output (stdout and stderr).

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod fault_point;
+pub mod fifo;
 pub mod health;
 pub mod http;
 pub mod ignition;

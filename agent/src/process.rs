@@ -71,7 +71,10 @@ impl Spawned {
     }
 }
 
-pub async fn join(done: JoinHandle<Result<Outcome, Error>>) -> Result<Outcome, Error> {
+/// Waits for a program's task (`JoinHandle` or `&mut JoinHandle`).
+pub async fn join(
+    done: impl std::future::Future<Output = Result<Result<Outcome, Error>, tokio::task::JoinError>>,
+) -> Result<Outcome, Error> {
     done.await.map_err(|err| {
         Error::Failed(format!("internal error while waiting for a program: {err}"))
     })?

@@ -755,12 +755,14 @@ fn from_where(source: &Source) -> String {
 /// At start: removes a scratch cluster a crash left, and partial files.
 pub async fn recover_at_start(app: &App) -> Vec<String> {
     PitrStore::new(&app.config.backup_dir).remove_partials();
+    // No restore runs yet: no scratch container's folder is in use.
+    crate::fifo::remove_all_under(&recover::shared_root(&app.config.state_dir));
     let Some(scratch) = app.state.get().pitr_scratch else {
         return Vec::new();
     };
     match app.docker().await {
         Ok(docker) => {
-            recover::remove(&docker, &scratch).await;
+            recover::remove(&docker, &scratch, &app.config.state_dir).await;
             let _ = app.state.update(|state| state.pitr_scratch = None);
             tracing::warn!(container = %scratch.container, "removed the scratch cluster of an interrupted point-in-time restore");
             Vec::new()

@@ -37,6 +37,7 @@ use super::store::PitrStore;
 use super::tar_stream::{TarWalk, tar_header, tar_padding};
 use crate::app::App;
 use crate::docker::{Docker, TarSender};
+use crate::fifo::SharedDir;
 use crate::jobs::Job;
 use crate::offsite::pitr::LaterWal;
 use crate::pipeline::BackupReader;
@@ -51,14 +52,38 @@ const RESTORE_WAL: &str = "mesbak_restore_wal";
 /// How long recovery may go without replaying anything (a long chain
 /// takes as long as it takes).
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How often the scratch cluster is asked how far it has replayed.
+/// How often the scratch cluster is asked how far it has replayed, once it
+/// has run a while; right after its start more often (a recovery from a
+/// recent base backup is over within a second), from REPLAY_POLL_FIRST up.
 const REPLAY_POLL: Duration = Duration::from_millis(200);
+const REPLAY_POLL_FIRST: Duration = Duration::from_millis(25);
+
+/// The pause before the next question, `running` after the start.
+fn replay_poll(running: Duration) -> Duration {
+    (REPLAY_POLL_FIRST + running / 10).min(REPLAY_POLL)
+}
 
 /// A scratch container and its volume, recorded before they are made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scratch {
     pub container: String,
     pub volume: String,
+}
+
+/// Where the scratch container sees its shared folder.
+const SHARED_INSIDE: &str = "/run/mesbak-shared";
+
+impl Scratch {
+    /// The folder the container shares with the host (its dump comes
+    /// through a FIFO in it).
+    fn shared_dir(&self, state_dir: &std::path::Path) -> SharedDir {
+        SharedDir::new(shared_root(state_dir).join(&self.container), SHARED_INSIDE)
+    }
+}
+
+/// Where the scratch containers' shared folders are.
+pub fn shared_root(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("shared")
 }
 
 /// Authenticates WAL segments: every chunk decrypted (the gzip inside is
@@ -133,7 +158,7 @@ impl Recovered {
     /// Removes the scratch cluster (its container and volume) and its record.
     pub async fn remove(self, app: &App) {
         self.server.release().await;
-        remove(&self.docker, &self.scratch).await;
+        remove(&self.docker, &self.scratch, &app.config.state_dir).await;
         let _ = app.state.update(|state| state.pitr_scratch = None);
     }
 }
@@ -161,9 +186,8 @@ pub async fn recover(
     let docker = app.docker().await?;
     let live = &app.config.database.container;
     let image = docker.image_of(live).await?;
-    let data_dir = docker
-        .image_env(&image)
-        .await?
+    let (env, user) = docker.image_env_user(&image).await?;
+    let data_dir = env
         .iter()
         .find_map(|line| line.strip_prefix("PGDATA=").map(str::to_owned))
         .unwrap_or_else(|| "/var/lib/postgresql/data".to_owned());
@@ -184,6 +208,17 @@ pub async fn recover(
         )]
         .into();
         docker.create_volume(&scratch.volume, labels.clone()).await?;
+        // Programs run in the container as the image's user: root can
+        // enter the agent's folder.
+        let as_root = matches!(user.as_str(), "" | "root" | "0" | "0:0" | "root:root");
+        let shared = match as_root && docker.shares_host_folders().await {
+            true => Some(scratch.shared_dir(&app.config.state_dir)),
+            false => None,
+        };
+        let token = match &shared {
+            Some(shared) => shared.create()?,
+            None => String::new(),
+        };
         let target_text = target.format(&Rfc3339).expect("formatting a time");
         // PostgreSQL's own form, to the microsecond it keeps.
         let target_pg = target
@@ -214,6 +249,7 @@ pub async fn recover(
                 binds: Some(
                     std::iter::once(format!("{}:{data_dir}", scratch.volume))
                         .chain(readonly.iter().cloned())
+                        .chain(shared.iter().map(SharedDir::bind))
                         .collect(),
                 ),
                 network_mode: Some("none".into()),
@@ -248,7 +284,8 @@ pub async fn recover(
         // segments, 160 GiB unpacked).
         let window = plan.segments.len().min(feed.ahead());
         let entries = feed.entries(&plan.segments[..window], true, job.bytes_done.clone());
-        tokio::try_join!(
+        let (shared, (), ()) = tokio::try_join!(
+            async { Ok(proven(&docker, &scratch.container, shared, &token).await) },
             Box::pin(upload_base(key, job, &feed, store, plan, entries)),
             Box::pin(authenticate(key, job, store, &plan.segments[window..])),
         )?;
@@ -256,7 +293,7 @@ pub async fn recover(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
             plan.segments.len()
         ));
-        let server = Server::new(
+        let mut server = Server::new(
             &app.config,
             Runner::Container {
                 docker: docker.clone(),
@@ -264,6 +301,9 @@ pub async fn recover(
             },
             None,
         );
+        if let Some(shared) = shared {
+            server = server.with_shared_dir(shared);
+        }
         docker.start(&scratch.container).await?;
         let reached = replay(&feed, &server, plan, window, &target_text, more).await?;
         tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
@@ -277,7 +317,7 @@ pub async fn recover(
             scratch,
         }),
         Err(err) => {
-            remove(&docker, &scratch).await;
+            remove(&docker, &scratch, &app.config.state_dir).await;
             let _ = app.state.update(|state| state.pitr_scratch = None);
             Err(err)
         }
@@ -343,6 +383,7 @@ async fn replay(
     // standby may still be in its wait from before it.
     let mut fed_at: Option<(tokio::time::Instant, u64)> = None;
     let mut quiet = (String::new(), tokio::time::Instant::now());
+    let started = tokio::time::Instant::now();
     loop {
         if !feed
             .docker
@@ -446,7 +487,7 @@ async fn replay(
                 crate::process::last_lines(&log, 3)
             )));
         }
-        tokio::time::sleep(REPLAY_POLL).await;
+        tokio::time::sleep(replay_poll(started.elapsed())).await;
     }
 }
 
@@ -733,11 +774,42 @@ impl Feed<'_> {
 
 /// Removes a scratch container and its volume (errors are logged: the next
 /// start retries from the state's record).
-pub async fn remove(docker: &Docker, scratch: &Scratch) {
+pub async fn remove(docker: &Docker, scratch: &Scratch, state_dir: &std::path::Path) {
     if let Err(err) = docker.remove_container(&scratch.container).await {
         tracing::warn!(container = %scratch.container, error = %err.message(), "could not remove the scratch container");
     }
     if let Err(err) = docker.remove_volume(&scratch.volume).await {
         tracing::warn!(volume = %scratch.volume, error = %err.message(), "could not remove the scratch volume");
+    }
+    scratch.shared_dir(state_dir).remove();
+}
+
+/// The scratch container's shared folder, when the container sees it: its
+/// proof file holds `token`. Otherwise (an engine that sees another
+/// filesystem) the dump comes through the engine's exec streams.
+async fn proven(
+    docker: &Docker,
+    container: &str,
+    shared: Option<SharedDir>,
+    token: &str,
+) -> Option<SharedDir> {
+    let shared = shared?;
+    let mut archive = Vec::new();
+    let mut download = std::pin::pin!(docker.download(container, &shared.proof_inside()));
+    while let Some(block) = download.next().await {
+        match block {
+            // One small file: a few KiB of tar.
+            Ok(block) if archive.len() < 1 << 20 => archive.extend_from_slice(&block),
+            _ => break,
+        }
+    }
+    if memchr::memmem::find(&archive, token.as_bytes()).is_some() {
+        Some(shared)
+    } else {
+        tracing::info!(
+            container,
+            "the Docker engine does not show the scratch container this host's folder: its dump comes through the engine"
+        );
+        None
     }
 }

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
+use crate::fifo::SharedDir;
 use crate::process::{Runner, Spawned};
 
 pub use dump::DumpReader;
@@ -52,6 +53,9 @@ pub struct Server {
     host: String,
     port: u16,
     credentials: Arc<Credentials>,
+    /// A folder shared with the server's container (one the agent made),
+    /// through which a dump reaches the agent without the engine.
+    shared: Option<SharedDir>,
 }
 
 impl Server {
@@ -62,7 +66,15 @@ impl Server {
             user: config.database.user.clone(),
             host: config.database.host.clone(),
             port: config.database.port,
+            shared: None,
         }
+    }
+
+    /// The server whose container sees `shared`: a dump's output goes
+    /// through a FIFO in it.
+    pub fn with_shared_dir(mut self, shared: SharedDir) -> Server {
+        self.shared = Some(shared);
+        self
     }
 
     /// argv for a client program (the database goes in `extra`: `-d` for
@@ -96,6 +108,24 @@ impl Server {
         self.runner
             .spawn(&self.argv(program, args), &env, with_stdin)
             .await
+    }
+
+    /// Whether a dump's output comes through a FIFO ([`Server::with_shared_dir`]).
+    pub fn has_shared_dir(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Starts a program that writes its output to the file its `-f` names
+    /// (pg_dump): into a FIFO in the shared folder when the server has one,
+    /// else to stdout.
+    pub async fn spawn_writing(&self, program: &str, args: &[&str]) -> Result<Spawned, Error> {
+        let Some(shared) = &self.shared else {
+            return self.spawn(program, args, false).await;
+        };
+        let fifo = shared.fifo(program)?;
+        let output = fifo.inside.clone();
+        let args: Vec<&str> = args.iter().copied().chain(["-f", &output]).collect();
+        Ok(self.spawn(program, &args, false).await?.output_from(fifo))
     }
 
     /// Runs `program args` to its end and returns its stdout; an exit

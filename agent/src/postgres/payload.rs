@@ -123,17 +123,18 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// Starts pg_dump of `database` on `server`.
+    /// Starts pg_dump of `database` on `server`, or takes `started` (pg_dump
+    /// started by [`Payload::spawn_dump`] beforehand).
     pub async fn start(
         server: &Server,
         database: &str,
         described: &Described,
+        started: Option<Spawned>,
     ) -> Result<Payload, Error> {
-        let mut args = vec!["-d", database];
-        if described.in_recovery {
-            args.push("--no-unlogged-table-data");
-        }
-        let dump = server.spawn("pg_dump", &args, false).await?;
+        let dump = match started {
+            Some(dump) => dump,
+            None => Payload::spawn_dump(server, database, described.in_recovery).await?,
+        };
         Ok(Payload {
             prologue: Some(Bytes::from(described.prologue.clone())),
             dump,
@@ -141,6 +142,20 @@ impl Payload {
             tail: Vec::with_capacity(2 * TAIL),
             ended: None,
         })
+    }
+
+    /// Starts pg_dump of `database` on `server`; a standby's (`in_recovery`)
+    /// unlogged tables hold no data.
+    pub async fn spawn_dump(
+        server: &Server,
+        database: &str,
+        in_recovery: bool,
+    ) -> Result<Spawned, Error> {
+        let mut args = vec!["-d", database];
+        if in_recovery {
+            args.push("--no-unlogged-table-data");
+        }
+        server.spawn_writing("pg_dump", &args).await
     }
 
     /// The next piece; pg_dump is killed when `stop` is cancelled first.

@@ -231,12 +231,14 @@ impl<'a> Sql<'a> {
                 database,
                 described,
                 dumped,
+                started,
                 ..
             } => {
                 // The size of the SQL is not known before pg_dump ends.
                 job.reset_bytes(0);
+                let started = started.lock().unwrap_or_else(|e| e.into_inner()).take();
                 Sql::Live(
-                    Payload::start(server, database, described).await?,
+                    Payload::start(server, database, described, started).await?,
                     server,
                     database,
                     dumped,

@@ -13,8 +13,9 @@ use super::load::Loaded;
 use crate::app::App;
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
-use crate::postgres::payload::{self, Described};
+use crate::postgres::payload::{self, Described, Payload};
 use crate::postgres::{DumpReader, Server, catalog, timescale};
+use crate::process::Spawned;
 use crate::storage::{BackupRef, human_bytes};
 
 /// Room kept free beyond the new copy's size (and at least this much).
@@ -55,6 +56,8 @@ pub enum Input {
         /// Cancelled once the dump has been read to its end: the cluster
         /// may then go while the restore finishes.
         dumped: CancellationToken,
+        /// pg_dump, when it could start before the load (it waits for it).
+        started: std::sync::Mutex<Option<Spawned>>,
     },
 }
 
@@ -87,11 +90,22 @@ pub async fn live(
     label: String,
 ) -> Result<Plan, Error> {
     let database = &app.config.database.name;
-    let (described, size) = tokio::join!(
+    // A dump through a FIFO waits for its reader, so it starts now, beside
+    // the description and the live side's checks; the cluster is a paused
+    // standby. Through the engine's exec streams it waits for the load:
+    // output not read 2 s after the program ends is dropped.
+    let early = async {
+        match server.has_shared_dir() {
+            true => Payload::spawn_dump(&server, database, true).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (described, size, started) = tokio::join!(
         payload::describe(&server, database),
-        catalog::database_size(&server, database)
+        catalog::database_size(&server, database),
+        early,
     );
-    let (described, size) = (described?, size?);
+    let (described, size, started) = (described?, size?, started?);
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
@@ -105,6 +119,7 @@ pub async fn live(
             described: Box::new(described),
             label,
             dumped,
+            started: std::sync::Mutex::new(started),
         },
     })
 }
