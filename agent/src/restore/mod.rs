@@ -55,7 +55,7 @@ pub use test_restore::{
 };
 
 use journal::InProgress;
-use plan::{Plan, authenticate, preflight};
+use plan::{Plan, Room, authenticate, preflight};
 
 /// A dated suffix for database names: `20261124_143000`.
 fn stamp() -> String {
@@ -103,6 +103,7 @@ pub async fn run_recovered(
 pub struct LiveSide {
     session: Session,
     live_exists: bool,
+    room: Room,
 }
 
 impl LiveSide {
@@ -113,13 +114,17 @@ impl LiveSide {
             session.ensure_up(job).await?;
             let server = session.server.clone();
             journal::recover(app, &server).await?;
-            catalog::database_exists(&server, &app.config.database.name).await
+            let live = &app.config.database.name;
+            let live_exists = catalog::database_exists(&server, live).await?;
+            let room = Room::read(&server, live_exists.then_some(live.as_str())).await?;
+            Ok((live_exists, room))
         }
         .await;
         match ready {
-            Ok(live_exists) => Ok(LiveSide {
+            Ok((live_exists, room)) => Ok(LiveSide {
                 session,
                 live_exists,
+                room,
             }),
             Err(err) => session.end(Err(err), |_: &LiveSide| String::new()).await,
         }
@@ -155,10 +160,11 @@ async fn finish_planned(
     let LiveSide {
         mut session,
         live_exists,
+        room,
     } = live;
     let result = async {
         let server = session.server.clone();
-        let timescale = preflight(app, job, &server, &plan, live_exists).await?;
+        let timescale = preflight(app, job, &server, &plan, &room).await?;
         if let Some(touched) = session.touched() {
             stop_writers(app, job, touched).await?;
         }

@@ -192,6 +192,29 @@ fn size_estimate(file_size: u64) -> (u64, String) {
     )
 }
 
+/// What the room check reads from the server: the live database's size
+/// (when it exists) and the free space where the server keeps its data
+/// (`None`: no `df` there).
+pub struct Room {
+    live_size: Option<u64>,
+    free: Option<u64>,
+}
+
+impl Room {
+    /// Reads both at once (a point-in-time restore, while its scratch
+    /// cluster recovers); `live` is the live database, when it exists.
+    pub async fn read(server: &Server, live: Option<&str>) -> Result<Room, Error> {
+        let live_size = async {
+            match live {
+                Some(name) => catalog::database_size(server, name).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (live_size, free) = tokio::try_join!(live_size, catalog::data_directory_free(server))?;
+        Ok(Room { live_size, free })
+    }
+}
+
 /// The server-side checks before a restore or test restore creates its
 /// database: the TimescaleDB version (`None` without TimescaleDB) and room
 /// for the copy.
@@ -200,13 +223,13 @@ pub async fn preflight(
     job: &Job,
     server: &Server,
     plan: &Plan,
-    live_exists: bool,
+    room: &Room,
 ) -> Result<Option<timescale::RestorePlan>, Error> {
     let timescale = match &plan.timescaledb {
         Some(version) => Some(timescale::plan_restore(server, version).await?),
         None => None,
     };
-    check_room(app, job, server, plan, live_exists).await?;
+    check_room(app, job, server, plan, room).await?;
     Ok(timescale)
 }
 
@@ -218,19 +241,15 @@ async fn check_room(
     job: &Job,
     server: &Server,
     plan: &Plan,
-    live_exists: bool,
+    room: &Room,
 ) -> Result<(), Error> {
     let live = &app.config.database.name;
-    let (size, basis) = if live_exists {
-        (
-            catalog::database_size(server, live).await?,
-            format!("the size of '{live}'"),
-        )
-    } else {
-        plan.size_estimate.clone()
+    let (size, basis) = match room.live_size {
+        Some(size) => (size, format!("the size of '{live}'")),
+        None => plan.size_estimate.clone(),
     };
     let needed = size + (size / 10).max(MARGIN_MIN);
-    let Some(free) = catalog::data_directory_free(server).await? else {
+    let Some(free) = room.free else {
         job.warn(format!(
             "the free space where {} keeps its data cannot be told (no `df` there); the restore needs about {}",
             server.runner.describe(),
