@@ -12,6 +12,7 @@
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -170,8 +171,10 @@ async fn pump(fifo: Fifo, exited: CancellationToken, out: mpsc::Sender<Bytes>) {
     loop {
         let mut block = BytesMut::with_capacity(BLOCK);
         let read = if ended {
-            // Without writers a FIFO reads to its end without waiting.
-            match receiver.try_read_buf(&mut block) {
+            // Without writers a FIFO reads to its end without waiting
+            // (read directly: the runtime has seen no readiness for a FIFO
+            // no writer ever opened).
+            match read_now(&receiver, &mut block) {
                 // A writer is still there (a child of the program).
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     receiver.read_buf(&mut block).await
@@ -205,6 +208,14 @@ async fn pump(fifo: Fifo, exited: CancellationToken, out: mpsc::Sender<Bytes>) {
     let _ = std::fs::remove_file(&host);
 }
 
+/// One read of the FIFO as it stands, without waiting.
+fn read_now(fifo: &pipe::Receiver, block: &mut BytesMut) -> io::Result<usize> {
+    let mut buf = vec![0u8; BLOCK];
+    let n = nix::unistd::read(fifo.as_raw_fd(), &mut buf).map_err(io::Error::from)?;
+    block.extend_from_slice(&buf[..n]);
+    Ok(n)
+}
+
 /// Removes every shared folder under `parent` (at start: none is in use).
 pub fn remove_all_under(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -212,5 +223,79 @@ pub fn remove_all_under(parent: &Path) {
     };
     for entry in entries.flatten() {
         SharedDir::new(entry.path(), "").remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Runner;
+
+    fn shared() -> (tempfile::TempDir, SharedDir) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = SharedDir::new(root.path().join("shared").join("one"), "/unused");
+        dir.create().unwrap();
+        (root, dir)
+    }
+
+    /// A host program stands in for one in a container: it writes into the
+    /// FIFO's host path.
+    async fn run(dir: &SharedDir, script: &str) -> (Vec<u8>, Outcome, PathBuf) {
+        let fifo = dir.fifo("test").unwrap();
+        let host = fifo.host.clone();
+        let argv = ["sh", "-c", script, "sh", host.to_str().unwrap()].map(str::to_owned);
+        let spawned = Runner::Host.spawn(&argv, &[], false).await.unwrap();
+        let (out, outcome) = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            spawned.output_from(fifo).collect(),
+        )
+        .await
+        .expect("the output ends")
+        .unwrap();
+        (out, outcome, host)
+    }
+
+    #[tokio::test]
+    async fn what_the_program_writes_arrives_whole_and_the_fifo_goes() {
+        let (_root, dir) = shared();
+        // 3 MiB: many times the FIFO's buffer, the writer waits for the reader.
+        let (out, outcome, host) = run(
+            &dir,
+            "head -c 3145728 /dev/zero | tr '\\0' x > \"$1\"; echo done >&2",
+        )
+        .await;
+        assert_eq!(outcome.exit_code, 0);
+        assert_eq!(out.len(), 3 << 20);
+        assert!(out.iter().all(|&b| b == b'x'));
+        for _ in 0..100 {
+            if !host.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!host.exists(), "the FIFO is removed");
+        let proof = std::fs::metadata(dir.host.join(PROOF)).unwrap();
+        assert_eq!(proof.permissions().mode() & 0o777, 0o600);
+        dir.remove();
+        assert!(!dir.host.exists());
+    }
+
+    #[tokio::test]
+    async fn a_program_that_never_opens_the_fifo_ends_the_output_empty() {
+        let (_root, dir) = shared();
+        let (out, outcome, _) = run(&dir, "echo 'cannot connect' >&2; exit 1").await;
+        assert!(out.is_empty());
+        assert_eq!(outcome.exit_code, 1);
+        assert!(outcome.stderr.contains("cannot connect"));
+    }
+
+    #[tokio::test]
+    async fn a_program_that_ends_while_its_output_waits_in_the_fifo_loses_none_of_it() {
+        let (_root, dir) = shared();
+        // Less than the FIFO's buffer: written, closed and ended before
+        // (possibly) the first read.
+        let (out, outcome, _) = run(&dir, "printf 'the end\\n' > \"$1\"").await;
+        assert_eq!(outcome.exit_code, 0);
+        assert_eq!(out, b"the end\n");
     }
 }

@@ -57,7 +57,7 @@ pub enum Input {
         /// may then go while the restore finishes.
         dumped: CancellationToken,
         /// pg_dump, when it could start before the load (it waits for it).
-        started: std::sync::Mutex<Option<Spawned>>,
+        started: Box<std::sync::Mutex<Option<Spawned>>>,
     },
 }
 
@@ -119,7 +119,7 @@ pub async fn live(
             described: Box::new(described),
             label,
             dumped,
-            started: std::sync::Mutex::new(started),
+            started: Box::new(std::sync::Mutex::new(started)),
         },
     })
 }
