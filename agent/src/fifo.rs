@@ -210,10 +210,10 @@ async fn pump(fifo: Fifo, exited: CancellationToken, out: mpsc::Sender<Bytes>) {
 
 /// One read of the FIFO as it stands, without waiting.
 fn read_now(fifo: &pipe::Receiver, block: &mut BytesMut) -> io::Result<usize> {
-    let mut buf = vec![0u8; BLOCK];
-    let n = nix::unistd::read(fifo.as_raw_fd(), &mut buf).map_err(io::Error::from)?;
-    block.extend_from_slice(&buf[..n]);
-    Ok(n)
+    block.resize(BLOCK, 0);
+    let read = nix::unistd::read(fifo.as_raw_fd(), &mut block[..]).map_err(io::Error::from);
+    block.truncate(*read.as_ref().unwrap_or(&0));
+    read
 }
 
 /// Removes every shared folder under `parent` (at start: none is in use).

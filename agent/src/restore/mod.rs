@@ -110,17 +110,7 @@ impl LiveSide {
     /// Readies the live side; on failure what it touched is put back.
     pub async fn prepare(app: &App, job: &Job) -> Result<LiveSide, Error> {
         let mut session = app.database_session().await?;
-        let ready = async {
-            session.ensure_up(job).await?;
-            let server = session.server.clone();
-            journal::recover(app, &server).await?;
-            let live = &app.config.database.name;
-            let live_exists = catalog::database_exists(&server, live).await?;
-            let room = Room::read(&server, live_exists.then_some(live.as_str())).await?;
-            Ok((live_exists, room))
-        }
-        .await;
-        match ready {
+        match ready_live(app, job, &mut session).await {
             Ok((live_exists, room)) => Ok(LiveSide {
                 session,
                 live_exists,
@@ -138,6 +128,19 @@ impl LiveSide {
             Ok(()) => unreachable!("a failed result stays failed"),
         }
     }
+}
+
+/// The steps before a restore or test restore plans its database: the
+/// server up, a restore a crash cut short cleaned up, whether the live
+/// database exists and the room readings.
+async fn ready_live(app: &App, job: &Job, session: &mut Session) -> Result<(bool, Room), Error> {
+    session.ensure_up(job).await?;
+    let server = &session.server;
+    journal::recover(app, server).await?;
+    let live = &app.config.database.name;
+    let live_exists = catalog::database_exists(server, live).await?;
+    let room = Room::read(server, live_exists.then_some(live.as_str())).await?;
+    Ok((live_exists, room))
 }
 
 async fn run_planned(

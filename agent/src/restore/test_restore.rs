@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, InProgress};
 use super::load::{compare_rows, create_database_like, load};
-use super::plan::{self, Plan, Room, authenticate, preflight};
+use super::plan::{self, Plan, authenticate, preflight};
 use super::stamp;
 use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};
@@ -101,12 +101,9 @@ fn record(app: &App, label: &str, result: Result<String, Error>) -> Result<Strin
 async fn checks(app: &App, job: &Job, plan: &Plan) -> Result<String, Error> {
     let mut session = app.database_session().await?;
     let result = async {
-        session.ensure_up(job).await?;
+        let (_, room) = super::ready_live(app, job, &mut session).await?;
         let server = &session.server;
-        journal::recover(app, server).await?;
         let live = &app.config.database.name;
-        let live_exists = catalog::database_exists(server, live).await?;
-        let room = Room::read(server, live_exists.then_some(live.as_str())).await?;
         let timescale = preflight(app, job, server, plan, &room).await?;
         let scratch = format!("{live}_testrestore_{}", stamp());
         journal::save(
