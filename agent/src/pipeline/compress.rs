@@ -6,11 +6,12 @@
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use libdeflater::{CompressionLvl, Compressor as Deflater};
 use mesbak_interface::Compression;
+
+use super::pool::Pool;
 
 /// Plain bytes per gzip member. libdeflate compresses a whole buffer at
 /// once; each member restarts the 32 KiB window, which costs about 0.1 %
@@ -111,9 +112,8 @@ type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 /// blocks are in flight, whatever the size of the stream.
 pub struct ParallelGzip<W: Write + Send + 'static> {
     block: Vec<u8>,
-    jobs: Option<SyncSender<Job>>,
+    pool: Pool<Job>,
     order: Option<SyncSender<Receiver<io::Result<Vec<u8>>>>>,
-    workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<W>>>,
     members: u64,
 }
@@ -127,25 +127,15 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             )
         })?;
         let threads = threads.max(1);
-        let (jobs, queue) = sync_channel::<Job>(threads);
-        let queue = Arc::new(Mutex::new(queue));
-        let workers = (0..threads)
-            .map(|n| {
-                let queue = queue.clone();
-                std::thread::Builder::new()
-                    .name(format!("gzip-{n}"))
-                    .spawn(move || deflate_worker(&queue, level))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        let pool = Pool::start("gzip", threads, move || Deflater::new(level), deflate)?;
         let (order, results) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(threads * 2);
         let writer = std::thread::Builder::new()
             .name("gzip-out".into())
             .spawn(move || write_in_order(inner, &results))?;
         Ok(ParallelGzip {
             block: Vec::with_capacity(GZIP_BLOCK),
-            jobs: Some(jobs),
+            pool,
             order: Some(order),
-            workers,
             writer: Some(writer),
             members: 0,
         })
@@ -171,10 +161,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             .order
             .as_ref()
             .is_some_and(|order| order.send(member).is_ok())
-            && self
-                .jobs
-                .as_ref()
-                .is_some_and(|jobs| jobs.send((block, result)).is_ok());
+            && self.pool.send((block, result));
         if sent {
             self.members += 1;
             Ok(())
@@ -188,11 +175,8 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 
     /// Closes the queues and waits for every thread; the writer's result.
     fn stop(&mut self) -> io::Result<W> {
-        self.jobs = None;
+        self.pool.stop();
         self.order = None;
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
         match self.writer.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("the gzip writer thread panicked")),
@@ -210,28 +194,17 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     }
 }
 
-fn deflate_worker(queue: &Mutex<Receiver<Job>>, level: CompressionLvl) {
-    let mut compressor = Deflater::new(level);
-    loop {
-        // The lock is held only while waiting for the next job.
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
-        };
-        let Ok((block, result)) = job else {
-            return;
-        };
-        let mut member = vec![0u8; compressor.gzip_compress_bound(block.len())];
-        let compressed = compressor
-            .gzip_compress(&block, &mut member)
-            .map(|n| {
-                member.truncate(n);
-                member
-            })
-            .map_err(|err| io::Error::other(format!("gzip compression failed: {err}")));
-        // The writer may have stopped; the producer learns that from it.
-        let _ = result.send(compressed);
-    }
+fn deflate(compressor: &mut Deflater, (block, result): Job) {
+    let mut member = vec![0u8; compressor.gzip_compress_bound(block.len())];
+    let compressed = compressor
+        .gzip_compress(&block, &mut member)
+        .map(|n| {
+            member.truncate(n);
+            member
+        })
+        .map_err(|err| io::Error::other(format!("gzip compression failed: {err}")));
+    // The writer may have stopped; the producer learns that from it.
+    let _ = result.send(compressed);
 }
 
 fn write_in_order<W: Write>(

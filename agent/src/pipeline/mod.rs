@@ -5,6 +5,8 @@
 //! program's stdin.
 
 mod compress;
+mod inflate;
+mod pool;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use flate2::read::MultiGzDecoder;
 use mesbak_format::{Decryptor, Encryptor, FormatError, Key};
 use mesbak_interface::{Compression, Error};
 use openssl::sha::Sha256;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 
 pub use compress::Codec;
 use compress::Compressor;
+use inflate::ParallelGunzip;
 
 /// Blocks in flight between the producer and the compressor.
 const CHANNEL_BLOCKS: usize = 16;
@@ -220,7 +222,10 @@ impl BackupReader {
             let buffered = io::BufReader::with_capacity(1 << 20, decryptor);
             let mut source: Box<dyn Read> = match decompress {
                 None => Box::new(buffered),
-                Some(Compression::Gzip) => Box::new(MultiGzDecoder::new(buffered)),
+                Some(Compression::Gzip) => Box::new(
+                    ParallelGunzip::new(buffered, compress::threads())
+                        .map_err(|err| Error::Failed(format!("cannot start gzip: {err}")))?,
+                ),
                 // Consecutive frames are read as one stream, as `zstd -d` does.
                 Some(Compression::Zstd) => Box::new(
                     zstd::stream::read::Decoder::with_buffer(buffered)
@@ -300,6 +305,8 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use flate2::read::MultiGzDecoder;
+
     use super::*;
 
     fn key() -> Key {
