@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Cursor, Read};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::{Bytes, BytesMut};
@@ -29,7 +30,7 @@ const HEADER_LEN: usize = 10;
 /// Header and trailer: the least a member takes.
 const MIN_MEMBER: usize = 18;
 /// Compressed bytes read from the source at a time.
-const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 256 << 10;
 /// The most a piece (and a member's plain bytes) may take before the
 /// stream is read sequentially: a member mesbak wrote is at most
 /// [`GZIP_BLOCK`] plain, barely more compressed.
@@ -46,6 +47,23 @@ fn is_header(bytes: &[u8]) -> bool {
 /// is exactly one member.
 type Inflated = (Bytes, Option<Vec<u8>>);
 type Job = (Bytes, SyncSender<Inflated>);
+
+/// The agent's inflating workers, one per core, shared by every reader:
+/// a restore reads its base backup and authenticates WAL segments at
+/// once, and each reader's own threads would each leave a malloc arena.
+fn workers() -> io::Result<&'static Pool<Job>> {
+    static WORKERS: OnceLock<Pool<Job>> = OnceLock::new();
+    if let Some(pool) = WORKERS.get() {
+        return Ok(pool);
+    }
+    let pool = Pool::start(
+        "gunzip",
+        super::compress::threads(),
+        Decompressor::new,
+        inflate,
+    )?;
+    Ok(WORKERS.get_or_init(|| pool))
+}
 
 fn inflate(decompressor: &mut Decompressor, (piece, result): Job) {
     let plain = inflate_member(decompressor, &piece);
@@ -73,8 +91,8 @@ fn inflate_member(decompressor: &mut Decompressor, piece: &[u8]) -> Option<Vec<u
 }
 
 /// A gzip decoder over `R` (decrypted payload bytes) that inflates
-/// mesbak's members on `threads` workers, in constant memory: at most
-/// about `2 x threads` members in flight.
+/// mesbak's members on the agent's workers, in constant memory: at most
+/// `window` members in flight.
 pub struct ParallelGunzip<R: Read + 'static> {
     plain: Vec<u8>,
     at: usize,
@@ -98,7 +116,7 @@ struct Splitter<R> {
     /// The whole stream was handed to the workers.
     handed_out: bool,
     checked_start: bool,
-    pool: Pool<Job>,
+    pool: &'static Pool<Job>,
     in_flight: VecDeque<Receiver<Inflated>>,
     window: usize,
 }
@@ -111,9 +129,8 @@ enum Stop {
 }
 
 impl<R: Read + 'static> ParallelGunzip<R> {
-    pub fn new(source: R, threads: usize) -> io::Result<ParallelGunzip<R>> {
-        let threads = threads.max(1);
-        let pool = Pool::start("gunzip", threads, Decompressor::new, inflate)?;
+    pub fn new(source: R, window: usize) -> io::Result<ParallelGunzip<R>> {
+        let pool = workers()?;
         Ok(ParallelGunzip {
             plain: Vec::new(),
             at: 0,
@@ -126,7 +143,7 @@ impl<R: Read + 'static> ParallelGunzip<R> {
                 checked_start: false,
                 pool,
                 in_flight: VecDeque::new(),
-                window: threads * 2,
+                window: window.max(1),
             })),
         })
     }
@@ -168,7 +185,6 @@ impl<R: Read + 'static> ParallelGunzip<R> {
         let Splitter {
             source,
             pending,
-            mut pool,
             in_flight,
             ..
         } = *splitter;
@@ -180,7 +196,6 @@ impl<R: Read + 'static> ParallelGunzip<R> {
                 .map_err(|_| io::Error::other("a gzip worker stopped"))?;
             rest.extend_from_slice(&piece);
         }
-        pool.stop();
         rest.extend_from_slice(&pending);
         let stream: Box<dyn Read> = Box::new(Cursor::new(rest).chain(source));
         self.mode = Mode::Sequential(Box::new(MultiGzDecoder::new(stream)));

@@ -223,7 +223,7 @@ impl BackupReader {
             let mut source: Box<dyn Read> = match decompress {
                 None => Box::new(buffered),
                 Some(Compression::Gzip) => Box::new(
-                    ParallelGunzip::new(buffered, compress::threads())
+                    ParallelGunzip::new(buffered, compress::threads() + 1)
                         .map_err(|err| Error::Failed(format!("cannot start gzip: {err}")))?,
                 ),
                 // Consecutive frames are read as one stream, as `zstd -d` does.
