@@ -56,27 +56,26 @@ const LIST_SETTINGS: &[&str] = &[
 
 /// Reads the facts of `database`.
 pub async fn read(server: &Server, database: &str) -> Result<DatabaseFacts, Error> {
-    server
-        .query_value(
-            database,
-            "SELECT pg_catalog.json_build_object(\
-               'owner', pg_catalog.pg_get_userbyid(d.datdba), \
-               'comment', pg_catalog.shobj_description(d.oid, 'pg_database'), \
-               'acl', CASE WHEN d.datacl IS NULL THEN NULL ELSE \
-                        (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_object(\
-                                 'grantee', CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, \
-                                 'privilege', a.privilege_type, 'grantable', a.is_grantable) \
-                               ORDER BY a.n), '[]'::json) \
-                         FROM pg_catalog.aclexplode(d.datacl) WITH ORDINALITY \
-                              AS a(grantor, grantee, privilege_type, is_grantable, n)) END, \
-               'settings', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_object(\
-                                 'role', CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END, \
-                                 'config', s.setconfig) ORDER BY s.setrole), '[]'::json) \
-                            FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = d.oid)) \
-             FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
-        )
-        .await
+    server.query_value(database, QUERY).await
 }
+
+/// The current database's facts as JSON: one value, so that it can go
+/// into a larger query.
+pub const QUERY: &str = "SELECT pg_catalog.json_build_object(\
+     'owner', pg_catalog.pg_get_userbyid(d.datdba), \
+     'comment', pg_catalog.shobj_description(d.oid, 'pg_database'), \
+     'acl', CASE WHEN d.datacl IS NULL THEN NULL ELSE \
+              (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_object(\
+                       'grantee', CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, \
+                       'privilege', a.privilege_type, 'grantable', a.is_grantable) \
+                     ORDER BY a.n), '[]'::json) \
+               FROM pg_catalog.aclexplode(d.datacl) WITH ORDINALITY \
+                    AS a(grantor, grantee, privilege_type, is_grantable, n)) END, \
+     'settings', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_object(\
+                       'role', CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END, \
+                       'config', s.setconfig) ORDER BY s.setrole), '[]'::json) \
+                  FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = d.oid)) \
+     FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()";
 
 impl DatabaseFacts {
     /// SQL that applies the facts to the current database. Each statement

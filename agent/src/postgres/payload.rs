@@ -13,12 +13,14 @@ use mesbak_interface::Error;
 use tokio_util::sync::CancellationToken;
 
 use super::timescale::{self, Installed};
-use super::{Server, catalog, facts, roles_prelude};
+use super::{Server, facts, roles_prelude};
 use crate::process::{self, Outcome, Spawned};
 
 /// What is read from the server before pg_dump starts.
 pub struct Described {
     pub server_version: String,
+    /// The database's size on the server, in bytes.
+    pub size: u64,
     pub timescaledb: Option<Installed>,
     /// Sentences for the job: what a restore by hand must know.
     pub warnings: Vec<String>,
@@ -39,19 +41,34 @@ pub async fn describe(server: &Server, database: &str) -> Result<Described, Erro
             server.runner.describe()
         ))
     });
-    let in_recovery = server.query_value::<bool>(
-        super::MAINTENANCE_DB,
-        "SELECT pg_catalog.pg_is_in_recovery()",
+    // The rest in one query: each exec costs the engine about as much as
+    // the query itself, and a backup or point-in-time restore waits for this.
+    #[derive(serde::Deserialize)]
+    struct Read {
+        server_version: String,
+        in_recovery: bool,
+        size: u64,
+        timescaledb: Option<Installed>,
+        facts: facts::DatabaseFacts,
+    }
+    let query = format!(
+        "SELECT pg_catalog.json_build_object(\
+               'server_version', pg_catalog.current_setting('server_version'), \
+               'in_recovery', pg_catalog.pg_is_in_recovery(), \
+               'size', pg_catalog.pg_database_size(pg_catalog.current_database()), \
+               'timescaledb', ({}), 'facts', ({}))",
+        timescale::INSTALLED,
+        facts::QUERY
     );
-    let (roles, server_version, timescaledb, facts, in_recovery) = tokio::join!(
-        roles,
-        catalog::server_version(server),
-        timescale::installed(server, database),
-        facts::read(server, database),
+    let read = server.query_value::<Read>(database, &query);
+    let (roles, read) = tokio::join!(roles, read);
+    let Read {
+        server_version,
         in_recovery,
-    );
-    let (server_version, timescaledb, facts) = (server_version?, timescaledb?, facts?);
-    let in_recovery = in_recovery?;
+        size,
+        timescaledb,
+        facts,
+    } = read?;
     let mut prologue = roles_prelude(&roles?);
     let mut epilogue = String::new();
     let mut warnings = Vec::new();
@@ -69,6 +86,7 @@ pub async fn describe(server: &Server, database: &str) -> Result<Described, Erro
     epilogue.push_str(&facts.to_sql());
     Ok(Described {
         server_version,
+        size,
         timescaledb,
         warnings,
         in_recovery,

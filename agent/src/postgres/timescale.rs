@@ -30,16 +30,14 @@ pub struct Installed {
 
 /// TimescaleDB in `database`, if it is there.
 pub async fn installed(server: &Server, database: &str) -> Result<Option<Installed>, Error> {
-    let rows: Vec<Installed> = server
-        .query(
-            database,
-            "SELECT e.extversion AS version, n.nspname AS schema \
-             FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-             WHERE e.extname = 'timescaledb'",
-        )
-        .await?;
-    Ok(rows.into_iter().next())
+    server.query_value(database, INSTALLED).await
 }
+
+/// TimescaleDB in the current database as JSON (`version`, `schema`), or
+/// null: one value, so that it can go into a larger query.
+pub const INSTALLED: &str = "SELECT pg_catalog.json_build_object('version', e.extversion, 'schema', n.nspname) \
+     FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+     WHERE e.extname = 'timescaledb'";
 
 /// What a restore of a TimescaleDB backup will do on this server.
 #[derive(Debug, Clone, PartialEq)]

@@ -100,12 +100,9 @@ pub async fn live(
             false => Ok(None),
         }
     };
-    let (described, size, started) = tokio::join!(
-        payload::describe(&server, database),
-        catalog::database_size(&server, database),
-        early,
-    );
-    let (described, size, started) = (described?, size?, started?);
+    let (described, started) = tokio::join!(payload::describe(&server, database), early);
+    let (described, started) = (described?, started?);
+    let size = described.size;
     Ok(Plan {
         expected: BTreeMap::new(),
         from_metadata: false,
