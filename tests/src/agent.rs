@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -180,6 +180,7 @@ pub struct AgentConfig {
     values: toml::Table,
     raw: Option<String>,
     env: Vec<(String, Option<String>)>,
+    private_mount: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -209,6 +210,7 @@ impl AgentConfig {
             values: toml::Table::new(),
             raw: None,
             env: Vec::new(),
+            private_mount: None,
         };
         let root = config.dir().to_path_buf();
         config
@@ -352,6 +354,15 @@ impl AgentConfig {
         self.env_remove("LD_PRELOAD")
             .env_remove("FAKETIME")
             .env_remove("DONT_FAKE_MONOTONIC")
+    }
+
+    /// Runs the agent in a mount namespace of its own, where `path` (made
+    /// 0700 if missing) is an empty tmpfs: what the agent writes there is
+    /// not what the Docker engine finds at that path, as for an agent in a
+    /// container of its own or an engine on another filesystem view.
+    pub fn private_mount(&mut self, path: &Path) -> &mut AgentConfig {
+        self.private_mount = Some(path.to_owned());
+        self
     }
 
     /// Removes an environment variable from the agent's environment.
@@ -707,11 +718,25 @@ fn start_agent(bus: &Bus, config: &AgentConfig) -> Result<(Child, PathBuf, u64)>
         "===== mesbak-agent --config {} =====",
         path.display()
     )?;
-    let mut cmd = Command::new(binary("mesbak-agent"));
+    let mut cmd = match &config.private_mount {
+        None => Command::new(binary("mesbak-agent")),
+        Some(dir) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            // unshare and sh exec: the agent keeps the child's pid.
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(r#"mount -t tmpfs -o mode=0700 mesbak-private "$0" && exec "$@""#)
+                .arg(dir)
+                .arg(binary("mesbak-agent"));
+            cmd
+        }
+    };
     cmd.arg("--config").arg(&path);
-    for name in SCRUBBED_ENV {
-        cmd.env_remove(name);
-    }
+    scrub(&mut cmd);
     cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .env("RUST_LOG", "debug");
     for (name, value) in &config.env {

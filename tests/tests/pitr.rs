@@ -151,6 +151,12 @@ async fn point_in_time_restore_goes_back_to_each_moment(flavor: Flavor) {
     );
     assert!(!success);
     assert!(stderr.contains("restorable window"), "{stderr}");
+    // The engine here sees the agent's folders: every dump took the FIFO.
+    let log = agent.log();
+    assert!(
+        log.contains("dump_through=fifo") && !log.contains("dump_through=exec"),
+        "the scratch dumps did not all go through the shared folder:\n{log}"
+    );
 
     drop(agent);
 }
@@ -985,7 +991,56 @@ async fn a_long_chain_is_recovered_through_a_window_of_segments(flavor: Flavor) 
     drop(agent);
 }
 
+/// An agent whose folders the Docker engine does not see as it does (an
+/// agent in a container of its own, a remote engine): the scratch cluster's
+/// shared folder shows no proof, so its dump comes through the engine's
+/// exec streams, and restores to the moment all the same.
+async fn an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams(
+    flavor: Flavor,
+) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let mut config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 10);
+    config.private_mount(&config.state_dir().join("shared"));
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+
+    write_moment(&pg, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (moment, expected) = (now(), pg.fingerprint("mes"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_moment(&pg, 2);
+    pg.psql("mes", "DELETE FROM mes_audit.change_log;");
+    ok(&bus, &["pitr", "sync"]);
+
+    let live = pg.fingerprint("mes");
+    let out = ok(&bus, &["test-restore", "--to-time", &moment]);
+    assert!(out.contains("passed"), "{out}");
+    pg.fingerprint("mes")
+        .assert_same(&live, "a test restore to a time changes nothing");
+
+    let out = ok(&bus, &["restore", "--to-time", &moment, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &expected,
+        "restored through exec streams",
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("its dump comes through the engine"),
+        "the missing proof was not noticed:\n{log}"
+    );
+    assert_eq!(
+        log.matches("dump_through=exec").count(),
+        2,
+        "the test restore and the restore did not both dump through exec streams:\n{log}"
+    );
+    drop(agent);
+}
+
 on_both_servers!(
+    an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams,
     a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stopped_again,
     a_long_chain_is_recovered_through_a_window_of_segments,
     a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time,

@@ -306,7 +306,8 @@ pub async fn recover(
         }
         docker.start(&scratch.container).await?;
         let reached = replay(&feed, &server, plan, window, &target_text, more).await?;
-        tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, "scratch cluster recovered");
+        let dump_through = if server.has_shared_dir() { "fifo" } else { "exec" };
+        tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, dump_through = %dump_through, "scratch cluster recovered");
         Ok(server)
     }
     .await;
