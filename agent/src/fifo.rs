@@ -48,9 +48,15 @@ impl SharedDir {
         }
     }
 
-    /// The bind mount that shares it (`host:inside`).
-    pub fn bind(&self) -> String {
-        format!("{}:{}", self.host.display(), self.inside)
+    /// The bind mount that shares it. A `Mounts` bind: the engine refuses
+    /// a source it cannot see rather than create one.
+    pub fn mount(&self) -> bollard::models::Mount {
+        bollard::models::Mount {
+            typ: Some(bollard::models::MountType::BIND),
+            source: Some(self.host.display().to_string()),
+            target: Some(self.inside.clone()),
+            ..Default::default()
+        }
     }
 
     /// Where a container sees the proof file.

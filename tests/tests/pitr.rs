@@ -1036,6 +1036,14 @@ async fn an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_st
         2,
         "the test restore and the restore did not both dump through exec streams:\n{log}"
     );
+    // The engine refused the folder it could not see rather than make one.
+    let engine_view: Vec<_> = std::fs::read_dir(config.state_dir().join("shared"))
+        .unwrap()
+        .collect();
+    assert!(
+        engine_view.is_empty(),
+        "the engine created {engine_view:?} where the agent cannot see it"
+    );
     drop(agent);
 }
 

@@ -249,7 +249,6 @@ pub async fn recover(
                 binds: Some(
                     std::iter::once(format!("{}:{data_dir}", scratch.volume))
                         .chain(readonly.iter().cloned())
-                        .chain(shared.iter().map(SharedDir::bind))
                         .collect(),
                 ),
                 network_mode: Some("none".into()),
@@ -257,7 +256,7 @@ pub async fn recover(
             }),
             ..Default::default()
         };
-        docker.create_container(&scratch.container, create).await?;
+        let shared = create_scratch(&docker, &scratch.container, create, shared).await?;
         let sizes = std::iter::once(store.base_path(&plan.base))
             .chain(plan.segments.iter().map(|s| store.wal_path(s)))
             .filter_map(|path| std::fs::metadata(path).ok())
@@ -783,6 +782,40 @@ pub async fn remove(docker: &Docker, scratch: &Scratch, state_dir: &std::path::P
         tracing::warn!(volume = %scratch.volume, error = %err.message(), "could not remove the scratch volume");
     }
     scratch.shared_dir(state_dir).remove();
+}
+
+/// Creates the scratch container, with `shared` mounted when the engine
+/// can: a `Mounts` bind (unlike `Binds`) makes the engine refuse a source
+/// it does not see instead of creating it in its own view of the
+/// filesystem, where the agent could not remove it. Refused, the container
+/// is created without it and the dump comes through the engine.
+async fn create_scratch(
+    docker: &Docker,
+    container: &str,
+    create: bollard::models::ContainerCreateBody,
+    shared: Option<SharedDir>,
+) -> Result<Option<SharedDir>, Error> {
+    let Some(shared) = shared else {
+        docker.create_container(container, create).await?;
+        return Ok(None);
+    };
+    let mut with_share = create.clone();
+    if let Some(host) = with_share.host_config.as_mut() {
+        host.mounts = Some(vec![shared.mount()]);
+    }
+    match docker.create_container(container, with_share).await {
+        Ok(_) => Ok(Some(shared)),
+        Err(err) => {
+            tracing::info!(
+                container,
+                error = %err,
+                "the Docker engine cannot mount this host's folder into the scratch container: its dump comes through the engine"
+            );
+            shared.remove();
+            docker.create_container(container, create).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// The scratch container's shared folder, when the container sees it: its
