@@ -2,6 +2,7 @@
 //! gateway container that uses one.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -221,6 +222,9 @@ impl VolumeFingerprint {
     }
 }
 
+/// What a stand-in gateway prints once its SIGTERM trap is set.
+const READY: &str = "mesbak-stand-in-ready";
+
 /// A stand-in Ignition gateway: a busybox container
 /// (`mesbak-test-gw-<random>`, `--network none`) with a volume mounted at
 /// [`IGNITION_DATA`], idling until stopped (it exits at once on SIGTERM).
@@ -234,8 +238,7 @@ impl Gateway {
     /// Creates and starts the container.
     pub fn start(volume: &Volume) -> Gateway {
         let gateway = Gateway::create(volume);
-        run(gateway.engine.docker().args(["start", &gateway.name]), None)
-            .unwrap_or_else(|err| panic!("{err:#}"));
+        gateway.start_again();
         gateway
     }
 
@@ -243,7 +246,7 @@ impl Gateway {
     pub fn create(volume: &Volume) -> Gateway {
         Gateway::create_with_script(
             volume,
-            "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done",
+            &format!("trap 'exit 0' TERM INT; echo {READY}; while :; do sleep 1 & wait $!; done"),
         )
     }
 
@@ -307,10 +310,30 @@ impl Gateway {
         .unwrap_or_else(|err| panic!("{err:#}"));
     }
 
-    /// `docker start`.
+    /// `docker start`, then waits until the script has set its trap: a
+    /// SIGTERM before it is ignored (the shell is PID 1) and `docker stop`
+    /// would wait its full timeout.
     pub fn start_again(&self) {
+        let before = self.readies();
         run(self.engine.docker().args(["start", &self.name]), None)
             .unwrap_or_else(|err| panic!("{err:#}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.readies() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the stand-in gateway {} did not set its trap within 30 s",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How often the script has said it is ready (once per start).
+    fn readies(&self) -> usize {
+        run_text(self.engine.docker().args(["logs", &self.name]))
+            .unwrap_or_else(|err| panic!("{err:#}"))
+            .matches(READY)
+            .count()
     }
 
     /// When the container last started (`.State.StartedAt`, RFC 3339):
