@@ -992,9 +992,10 @@ async fn a_long_chain_is_recovered_through_a_window_of_segments(flavor: Flavor) 
 }
 
 /// An agent whose folders the Docker engine does not see as it does (an
-/// agent in a container of its own, a remote engine): the scratch cluster's
-/// shared folder shows no proof, so its dump comes through the engine's
-/// exec streams, and restores to the moment all the same.
+/// agent in a container of its own, a remote engine): the engine refuses to
+/// mount the scratch cluster's shared folder (and makes none), so the dump
+/// comes through the engine's exec streams, and restores to the moment all
+/// the same.
 async fn an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams(
     flavor: Flavor,
 ) {
