@@ -30,6 +30,16 @@ fn ok(bus: &Bus, args: &[&str]) -> String {
     stdout
 }
 
+/// A moment to restore to: the time and the database's fingerprint, each
+/// a second clear of the writes before and after it (the window and the
+/// commit times are read to the second).
+async fn mark_moment(pg: &Postgres) -> (String, Fingerprint) {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let moment = (now(), pg.fingerprint("mes"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    moment
+}
+
 /// The database after a point-in-time restore compared with the one at
 /// that time. Sequences are WAL-logged 32 values ahead, so after recovery
 /// (as after a crash) one may stand up to 32 further: never behind, no
@@ -104,9 +114,7 @@ async fn point_in_time_restore_goes_back_to_each_moment(flavor: Flavor) {
     let mut moments = Vec::new();
     for n in 1..=3 {
         write_moment(&pg, n);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        moments.push((now(), pg.fingerprint("mes")));
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        moments.push(mark_moment(&pg).await);
     }
     pg.psql("mes", "DELETE FROM mes_audit.change_log;");
     if flavor.timescaledb() {
@@ -223,9 +231,7 @@ async fn a_new_server_is_restored_from_base_backup_and_wal_alone(flavor: Flavor)
     let agent = Agent::spawn(&bus, &config).await;
     ok(&bus, &["pitr", "enable", "--yes"]);
     write_moment(&pg, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     write_moment(&pg, 2);
     ok(&bus, &["pitr", "sync"]);
     drop(agent);
@@ -283,9 +289,7 @@ async fn a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stop
     let agent = Agent::spawn(&bus, &config).await;
     ok(&bus, &["pitr", "enable", "--yes"]);
     write_moment(&pg, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     write_moment(&pg, 2);
     ok(&bus, &["pitr", "sync"]);
     pg.stop();
@@ -604,9 +608,7 @@ async fn pitr_files_go_off_site_and_a_restore_reads_them_back() {
     let agent = Agent::spawn(&bus, &config).await;
     ok(&bus, &["pitr", "enable", "--yes"]);
     write_moment(&pg, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     ok(&bus, &["pitr", "base-backup"]);
     write_moment(&pg, 2);
     ok(&bus, &["pitr", "sync"]);
@@ -836,11 +838,9 @@ async fn the_database_restarted_under_shipping_loses_no_segment(flavor: Flavor) 
     );
     // Shipping resumes on its own (the shipper's next round) and on request.
     write_moment(&pg, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
     // The window's end is the newest segment's time in whole seconds:
     // switch in a later second, so `time` lies inside it.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     switch_segments(&pg, 2, "after");
     ok(&bus, &["pitr", "sync"]);
     assert_eq!(server_archive(&pg), "", "segments left on the server");
@@ -878,9 +878,7 @@ async fn a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time(flavor: Fl
     pg.psql("mes", "SELECT pg_switch_wal();");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     write_moment(&pg, 2);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     pg.psql("mes", "SELECT pg_switch_wal();");
     write_moment(&pg, 3);
     pg.psql("mes", "SELECT pg_switch_wal();");
@@ -956,9 +954,7 @@ async fn a_long_chain_is_recovered_through_a_window_of_segments(flavor: Flavor) 
     write_moment(&pg, 1);
     switch_segments(&pg, 60, "long");
     write_moment(&pg, 2);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (time, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (time, expected) = mark_moment(&pg).await;
     pg.psql("mes", "DELETE FROM mes_audit.change_log;");
     ok(&bus, &["pitr", "sync"]);
     assert_chain_whole(&bus, &config, "after 60 segments");
@@ -1007,9 +1003,7 @@ async fn an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_st
     ok(&bus, &["pitr", "enable", "--yes"]);
 
     write_moment(&pg, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (moment, expected) = (now(), pg.fingerprint("mes"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (moment, expected) = mark_moment(&pg).await;
     write_moment(&pg, 2);
     pg.psql("mes", "DELETE FROM mes_audit.change_log;");
     ok(&bus, &["pitr", "sync"]);
