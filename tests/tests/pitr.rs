@@ -1042,7 +1042,116 @@ async fn an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_st
     drop(agent);
 }
 
+/// A `pitr sync` on `agent` that must finish within a minute, while `held`
+/// (a base backup or a recovery) waits at a pause point.
+async fn sync_while_held(agent: &Agent, held: &zbus::zvariant::OwnedObjectPath, what: &str) {
+    let sync = agent.proxy().await.pitr_sync().await.unwrap();
+    let outcome = wait_job_outcome(agent.connection(), &sync, Duration::from_secs(60)).await;
+    assert!(
+        outcome.success,
+        "pitr sync during {what}: {}",
+        outcome.message
+    );
+    let held = job_proxy(agent.connection(), held.as_str()).await;
+    assert_eq!(
+        held.state().await.unwrap(),
+        "running",
+        "{what} ended before the sync: the sync is not proven to run beside it"
+    );
+}
+
+/// A base backup or a point-in-time recovery of a big database takes its
+/// time: WAL shipping goes on meanwhile (a `pitr sync` finishes while
+/// either is held at a pause point), and retention, which deletes files,
+/// waits for the recovery that reads them. Nothing is shipped twice or
+/// lost, and the window reaches the moment written during the recovery.
+async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    let (first, _) = mark_moment(&pg).await;
+    ok(&bus, &["pitr", "sync"]);
+    agent.terminate().await;
+
+    let mut paused = config.clone();
+    paused.env(
+        "MESBAK_TEST_PAUSE_AT",
+        "pitr-base-streaming,pitr-recovery-planned",
+    );
+    let agent = Agent::spawn(&bus, &paused).await;
+    let within = Duration::from_secs(120);
+    let base = agent.proxy().await.pitr_base_backup().await.unwrap();
+    wait_paused(&config, "pitr-base-streaming", &base, &agent, within).await;
+    write_moment(&pg, 2);
+    sync_while_held(&agent, &base, "a base backup").await;
+    std::fs::remove_file(pause_marker(&config, "pitr-base-streaming")).unwrap();
+    let (success, message) = wait_job(agent.connection(), &base).await;
+    assert!(success, "{message}");
+
+    let recovery = agent
+        .proxy()
+        .await
+        .test_restore_to_time(&first)
+        .await
+        .unwrap();
+    wait_paused(&config, "pitr-recovery-planned", &recovery, &agent, within).await;
+    write_moment(&pg, 3);
+    let (third, _) = mark_moment(&pg).await;
+    sync_while_held(&agent, &recovery, "a point-in-time recovery").await;
+    // A base backup goes on too; its retention waits for the recovery.
+    let base = agent.proxy().await.pitr_base_backup().await.unwrap();
+    wait_paused(&config, "pitr-base-streaming", &base, &agent, within).await;
+    std::fs::remove_file(pause_marker(&config, "pitr-base-streaming")).unwrap();
+    wait_for_progress(
+        agent.connection(),
+        &base,
+        "waiting for a point-in-time recovery to finish reading the files before retention",
+        0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base_job = job_proxy(agent.connection(), base.as_str()).await;
+    assert_eq!(
+        base_job.state().await.unwrap(),
+        "running",
+        "retention did not wait for the recovery"
+    );
+    std::fs::remove_file(pause_marker(&config, "pitr-recovery-planned")).unwrap();
+    let (success, message) = wait_job(agent.connection(), &recovery).await;
+    assert!(success, "the test restore to {first}: {message}");
+    let (success, message) = wait_job(agent.connection(), &base).await;
+    assert!(success, "the base backup after the recovery: {message}");
+    // The test restore's load wrote WAL on the live server since.
+    ok(&bus, &["pitr", "sync"]);
+
+    assert_chain_whole(
+        &bus,
+        &config,
+        "after shipping beside a base backup and a recovery",
+    );
+    let status = pitr_status(&bus);
+    assert_eq!(
+        status["base_backups"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
+    let window_to = status["window"]["to"].as_str().unwrap().to_owned();
+    assert!(
+        window_to >= third,
+        "the window ends at {window_to}, before {third}"
+    );
+    assert_eq!(
+        server_archive(&pg),
+        "",
+        "segments left in the server's folder"
+    );
+}
+
 on_both_servers!(
+    shipping_goes_on_during_a_base_backup_and_a_recovery,
     an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams,
     a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stopped_again,
     a_long_chain_is_recovered_through_a_window_of_segments,

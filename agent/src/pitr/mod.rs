@@ -44,13 +44,41 @@ const WAITING_ALERT: usize = 10;
 /// How long `pitr sync` waits for the server to archive the switched segment.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The agent's PITR side: one lock for everything that reads or changes
-/// the PITR files (shipping, base backups, retention, recovery), and what
-/// the last shipping round found.
+/// The agent's PITR side: its locks, and what the last shipping round
+/// found. Shipping, base backups and recoveries each have their own lock,
+/// so a base backup or a point-in-time recovery that takes an hour does not
+/// stop WAL shipping for that hour (the server's archive folder would fill
+/// and the RPO grow with it): they only add files, or read files that are
+/// already there.
 #[derive(Default)]
 pub struct Pitr {
-    lock: tokio::sync::Mutex<()>,
+    /// One shipping round at a time: a round lists the server's archive
+    /// folder, stores what it finds and removes it there.
+    shipping: tokio::sync::Mutex<()>,
+    /// One base backup at a time.
+    base: tokio::sync::Mutex<()>,
+    /// The shipped files: a recovery reads the ones it planned with under
+    /// a read guard, retention deletes (here and off-site) under the write
+    /// guard, so it never takes a file from under a recovery.
+    files: tokio::sync::RwLock<()>,
     last: Mutex<LastRound>,
+}
+
+impl Pitr {
+    /// Holds off retention while a recovery reads the files; when a
+    /// recovery is reading them, `job` says what it waits for meanwhile.
+    pub async fn retention_guard(&self, job: &Job) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        if let Ok(guard) = self.files.try_write() {
+            return guard;
+        }
+        let stage = job.stage();
+        job.set_stage(
+            "waiting for a point-in-time recovery to finish reading the files before retention",
+        );
+        let guard = self.files.write().await;
+        job.set_stage(stage);
+        guard
+    }
 }
 
 impl Pitr {
@@ -238,14 +266,16 @@ pub async fn enable(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
         app.state
             .update(|state| state.pitr = Some(archiving.clone()))?;
         tracing::info!(job = job.id, archive = %directory, "point-in-time recovery enabled");
+        let store = PitrStore::new(&app.config.backup_dir);
         let base = {
-            let _guard = app.pitr.lock.lock().await;
-            let store = PitrStore::new(&app.config.backup_dir);
-            let base = base::take(&app, &job, &store, &server, &archiving).await?;
+            let _base = app.pitr.base.lock().await;
+            base::take(&app, &job, &store, &server, &archiving).await?
+        };
+        {
+            let _shipping = app.pitr.shipping.lock().await;
             server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
             ship_locked(&app, &store, &server, &archiving).await?;
-            base
-        };
+        }
         Ok(format!(
             "point-in-time recovery is on: the server archives its WAL into {directory} ({}), '{container}' was restarted once, the first base backup is {}; WAL is shipped at least every {} s",
             changes.join(", "),
@@ -267,7 +297,7 @@ pub async fn disable(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
         session.ensure_up(&job).await?;
         let server = session.server.clone();
         {
-            let _guard = app.pitr.lock.lock().await;
+            let _shipping = app.pitr.shipping.lock().await;
             let store = PitrStore::new(&app.config.backup_dir);
             job.set_stage("shipping the last WAL segments");
             if let Err(err) = server::switch_and_wait(&server, SYNC_TIMEOUT).await {
@@ -293,7 +323,7 @@ pub async fn sync(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
     let archiving = archiving(&app)?;
     let server = app.database().await?;
     job.set_stage("switching to a new WAL segment and shipping");
-    let _guard = app.pitr.lock.lock().await;
+    let _shipping = app.pitr.shipping.lock().await;
     let switched = server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
     let store = PitrStore::new(&app.config.backup_dir);
     let shipped = ship_locked(&app, &store, &server, &archiving).await;
@@ -313,12 +343,20 @@ pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> 
     let result = async {
         session.ensure_up(&job).await?;
         let server = session.server.clone();
-        let _guard = app.pitr.lock.lock().await;
         let store = PitrStore::new(&app.config.backup_dir);
-        let base = base::take(&app, &job, &store, &server, &archiving).await?;
-        server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
-        ship_locked(&app, &store, &server, &archiving).await?;
-        let removed = apply_retention(&app, &store, &archiving);
+        let base = {
+            let _base = app.pitr.base.lock().await;
+            base::take(&app, &job, &store, &server, &archiving).await?
+        };
+        {
+            let _shipping = app.pitr.shipping.lock().await;
+            server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
+            ship_locked(&app, &store, &server, &archiving).await?;
+        }
+        let removed = {
+            let _retention = app.pitr.retention_guard(&job).await;
+            apply_retention(&app, &store, &archiving)
+        };
         Ok(format!(
             "base backup {} written ({}){}",
             base.id,
@@ -334,7 +372,7 @@ pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> 
     session.end(result, String::clone).await
 }
 
-/// One shipping round with the lock held; records its outcome.
+/// One shipping round with the shipping lock held; records its outcome.
 async fn ship_locked(
     app: &App,
     store: &PitrStore,
@@ -370,7 +408,7 @@ pub fn spawn_shipper(app: Arc<App>) {
             let Some(archiving) = app.state.get().pitr else {
                 continue;
             };
-            let Ok(_guard) = app.pitr.lock.try_lock() else {
+            let Ok(_shipping) = app.pitr.shipping.try_lock() else {
                 continue;
             };
             let server = match app.database().await {
@@ -583,9 +621,10 @@ pub enum Source {
 }
 
 /// Plans a recovery to `target`, then recovers a scratch cluster to that
-/// moment (every file authenticated before it starts). The files are only needed until then:
-/// the PITR lock (retention, shipping's removals) and an off-site spool
-/// are let go before the restore that follows.
+/// moment (every file authenticated before it starts). The files are only
+/// needed until then: the hold on retention and an off-site spool are let
+/// go before the restore that follows. Shipping and base backups go on
+/// meanwhile.
 async fn recover_to(
     app: &App,
     job: &Job,
@@ -593,10 +632,11 @@ async fn recover_to(
     source: &Source,
     planned: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<recover::Recovered, Error> {
-    let planned = || {
+    let planned = async || {
         if let Some(planned) = planned {
             let _ = planned.send(());
         }
+        crate::fault_point::pause(&app.config.state_dir, "pitr-recovery-planned").await;
     };
     if target > OffsetDateTime::now_utc() {
         return Err(Error::InvalidArgument(format!(
@@ -608,7 +648,7 @@ async fn recover_to(
     // PBKDF2 derivation of each version 1 file, and runs it once per key
     // salt for version 2 files (once per agent run that shipped them).
     let key = app.key()?;
-    let _guard = app.pitr.lock.lock().await;
+    let _files = app.pitr.files.read().await;
     match source {
         Source::Local => {
             let segment_size = app
@@ -618,13 +658,13 @@ async fn recover_to(
                 .map_or(16 << 20, |a| a.wal_segment_size);
             let store = PitrStore::new(&app.config.backup_dir);
             let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
-            planned();
+            planned().await;
             recover::recover(app, job, &key, &store, &plan, target, None).await
         }
         Source::Offsite(name) => {
             let (spool, store, plan, later) =
                 crate::offsite::pitr::fetch(app, job, name, target).await?;
-            planned();
+            planned().await;
             let recovered =
                 recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
             drop(spool);

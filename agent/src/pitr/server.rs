@@ -240,6 +240,8 @@ pub async fn switch_and_wait(server: &Server, timeout: Duration) -> Result<Strin
         archived: Option<String>,
         failed: i64,
         last_failed: Option<String>,
+        /// Whether the switched segment is archived (absent before the switch).
+        done: Option<bool>,
     }
     const ARCHIVER: &str = "SELECT pg_catalog.json_build_object('archived', last_archived_wal, \
          'failed', failed_count, 'last_failed', last_failed_wal) FROM pg_catalog.pg_stat_archiver";
@@ -258,13 +260,16 @@ pub async fn switch_and_wait(server: &Server, timeout: Duration) -> Result<Strin
                   (SELECT setting::numeric AS size FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size') AS seg",
         )
         .await?;
+    if switched.len() != 24 || !switched.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Database(format!(
+            "the server named its switched WAL segment '{switched}', which is not a segment name"
+        )));
+    }
+    let archiver = archived_query(&switched);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let now: Archiver = server.query_value(MAINTENANCE_DB, ARCHIVER).await?;
-        // `last_archived_wal` may name a `.backup` or `.history` file: its
-        // segment part is what counts.
-        let segment = now.archived.as_deref().map(|a| a.get(..24).unwrap_or(a));
-        if segment.is_some_and(|a| a >= switched.as_str()) {
+        let now: Archiver = server.query_value(MAINTENANCE_DB, &archiver).await?;
+        if now.done == Some(true) {
             return Ok(switched);
         }
         if now.failed > before.failed {
@@ -282,6 +287,25 @@ pub async fn switch_and_wait(server: &Server, timeout: Duration) -> Result<Strin
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The archiver's counters and whether `segment` (a checked segment name)
+/// is archived. `last_archived_wal` cannot say: it names the file archived
+/// last, and a base backup's `.backup` file, named after the segment the
+/// backup started in, is archived after the later segment its end
+/// switched out whenever a segment was switched during the backup. So the
+/// status folder answers: archived is a `.done`, or neither a `.ready` nor
+/// the segment itself left in `pg_wal` (removed or recycled after its
+/// archiving, with its status file).
+fn archived_query(segment: &str) -> String {
+    format!(
+        "SELECT pg_catalog.json_build_object('archived', a.last_archived_wal, \
+           'failed', a.failed_count, 'last_failed', a.last_failed_wal, \
+           'done', EXISTS (SELECT 1 FROM pg_catalog.pg_ls_archive_statusdir() WHERE name = '{segment}.done') \
+              OR (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_ls_archive_statusdir() WHERE name = '{segment}.ready') \
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_ls_waldir() WHERE name = '{segment}'))) \
+         FROM pg_catalog.pg_stat_archiver AS a"
+    )
 }
 
 #[cfg(test)]
