@@ -9,7 +9,10 @@
 //!   the agent's peak RSS;
 //! - RPO: for marker commits during the load, the time from the commit to
 //!   its segment lying encrypted in the backup folder (target:
-//!   `ship_interval_secs` + 10 s);
+//!   `ship_interval_secs` + 10 s), overall and for the markers committed
+//!   while a base backup runs (one is started `MESBAK_BENCH_BASE_AT`
+//!   seconds into the load, default half-way, 0 for none: the plant's
+//!   weekly base backup runs while the plant writes);
 //! - a point-in-time restore against a plain restore of a dump of the same
 //!   database, grown to `MESBAK_BENCH_RESTORE_MIB` (default 150) first
 //!   (target: 1.5x).
@@ -205,23 +208,49 @@ async fn bench(flavor: Flavor, seconds: u64) {
     // Marker commits every 2 s; each one's RPO is the time until its
     // segment appears in the backup folder (measured from before the
     // commit: an upper bound).
-    let mut pending: Vec<(String, Instant)> = Vec::new();
+    // (segment, commit time, committed while the base backup ran)
+    let mut pending: Vec<(String, Instant, bool)> = Vec::new();
+    let mut rpo_during_base = Vec::new();
     let mut marker = 0;
     let mut rss = 0;
-    let markers = |pending: &mut Vec<(String, Instant)>, rpo: &mut Vec<Duration>| {
-        pending.retain(|(segment, committed)| {
+    let markers = |pending: &mut Vec<(String, Instant, bool)>,
+                   rpo: &mut Vec<Duration>,
+                   rpo_during_base: &mut Vec<Duration>| {
+        pending.retain(|(segment, committed, during_base)| {
             let waited = committed.elapsed();
             let done = shipped(&config, segment) || waited > RPO_GIVE_UP;
             if done {
                 rpo.push(waited);
+                if *during_base {
+                    rpo_during_base.push(waited);
+                }
             }
             !done
         });
     };
+    let base_at = env_u64("MESBAK_BENCH_BASE_AT", seconds / 2);
+    // The base backup's job, its start and (once over) its length.
+    let mut base: Option<(zbus::zvariant::OwnedObjectPath, Instant)> = None;
+    let mut base_took: Option<Duration> = None;
     while started.elapsed() < Duration::from_secs(seconds) {
+        if base_at > 0 && base.is_none() && started.elapsed() >= Duration::from_secs(base_at) {
+            let job = agent.proxy().await.pitr_base_backup().await.unwrap();
+            base = Some((job, Instant::now()));
+        }
+        if let (Some((job, since)), None) = (&base, base_took) {
+            let state = job_proxy(agent.connection(), job.as_str())
+                .await
+                .state()
+                .await
+                .unwrap_or_default();
+            if state != "running" {
+                base_took = Some(since.elapsed());
+            }
+        }
         if started.elapsed() >= Duration::from_secs(2 * marker) {
             marker += 1;
             let committed = Instant::now();
+            let during_base = base.is_some() && base_took.is_none();
             let segment = pg.psql(
                 "mes",
                 &format!(
@@ -229,9 +258,9 @@ async fn bench(flavor: Flavor, seconds: u64) {
                      SELECT pg_walfile_name(pg_current_wal_insert_lsn());"
                 ),
             );
-            pending.push((segment, committed));
+            pending.push((segment, committed, during_base));
         }
-        markers(&mut pending, &mut rpo);
+        markers(&mut pending, &mut rpo, &mut rpo_during_base);
         rss = rss.max(peak_rss_kib(agent.pid()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -277,9 +306,14 @@ async fn bench(flavor: Flavor, seconds: u64) {
     // The markers still waiting are waited for (the load is over: their
     // segments are in the backlog counted above).
     while !pending.is_empty() {
-        markers(&mut pending, &mut rpo);
+        markers(&mut pending, &mut rpo, &mut rpo_during_base);
         rss = rss.max(peak_rss_kib(agent.pid()));
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A base backup still running ends first (it must succeed).
+    if let Some((job, since)) = base.take() {
+        let took = finished(&agent, job, since).await;
+        base_took.get_or_insert(Duration::from_secs_f64(took));
     }
     // What is left is shipped by a sync.
     ctl(&bus, &["pitr", "sync"]);
@@ -287,6 +321,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     rss = rss.max(peak_rss_kib(agent.pid()));
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     rpo.sort();
+    rpo_during_base.sort();
     let worst = rpo.last().copied().unwrap_or_default();
     let median = rpo.get(rpo.len() / 2).copied().unwrap_or_default();
     let wal_rate = mib(wal_bytes) / elapsed.as_secs_f64();
@@ -337,6 +372,23 @@ async fn bench(flavor: Flavor, seconds: u64) {
         rpo.len(),
         rpo_target.as_secs()
     );
+    if let Some(took) = base_took {
+        println!(
+            "  RPO while a base backup ran      median {:.1} s, worst {:.1} s over {} markers (base backup started {base_at} s into the load, took {:.1} s)",
+            rpo_during_base
+                .get(rpo_during_base.len() / 2)
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            rpo_during_base
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            rpo_during_base.len(),
+            took.as_secs_f64()
+        );
+    }
     println!(
         "  agent peak RSS during the load   {:8.1} MiB (target < 64)",
         rss as f64 / 1024.0
