@@ -1064,7 +1064,9 @@ async fn sync_while_held(agent: &Agent, held: &zbus::zvariant::OwnedObjectPath, 
 /// time: WAL shipping goes on meanwhile (a `pitr sync` finishes while
 /// either is held at a pause point), and retention, which deletes files,
 /// waits for the recovery that reads them. Nothing is shipped twice or
-/// lost, and the window reaches the moment written during the recovery.
+/// lost, the window reaches the moment written during the recovery, and
+/// the base backup taken while a sync shipped its first segment restores
+/// to that moment exactly.
 async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
     let bus = Bus::start();
     let pg = Postgres::with_fixture_on(flavor);
@@ -1081,7 +1083,7 @@ async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
         "MESBAK_TEST_PAUSE_AT",
         "pitr-base-streaming,pitr-recovery-planned",
     );
-    let agent = Agent::spawn(&bus, &paused).await;
+    let mut agent = Agent::spawn(&bus, &paused).await;
     let within = Duration::from_secs(120);
     let base = agent.proxy().await.pitr_base_backup().await.unwrap();
     wait_paused(&config, "pitr-base-streaming", &base, &agent, within).await;
@@ -1099,7 +1101,7 @@ async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
         .unwrap();
     wait_paused(&config, "pitr-recovery-planned", &recovery, &agent, within).await;
     write_moment(&pg, 3);
-    let (third, _) = mark_moment(&pg).await;
+    let (third, at_third) = mark_moment(&pg).await;
     sync_while_held(&agent, &recovery, "a point-in-time recovery").await;
     // A base backup goes on too; its retention waits for the recovery.
     let base = agent.proxy().await.pitr_base_backup().await.unwrap();
@@ -1147,6 +1149,15 @@ async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
         server_archive(&pg),
         "",
         "segments left in the server's folder"
+    );
+
+    agent.terminate().await;
+    let _agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["restore", "--to-time", &third, "--yes"]);
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &at_third,
+        "restored from the base backup taken beside a sync",
     );
 }
 
