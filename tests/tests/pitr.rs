@@ -1062,8 +1062,9 @@ async fn sync_while_held(agent: &Agent, held: &zbus::zvariant::OwnedObjectPath, 
 
 /// A base backup or a point-in-time recovery of a big database takes its
 /// time: WAL shipping goes on meanwhile (a `pitr sync` finishes while
-/// either is held at a pause point), and retention, which deletes files,
-/// waits for the recovery that reads them. Nothing is shipped twice or
+/// either is held at a pause point), and so does a base backup beside the
+/// recovery, leaving its retention, which deletes files, to the recovery
+/// that reads them, to run as it lets them go. Nothing is shipped twice or
 /// lost, the window reaches the moment written during the recovery, and
 /// the base backup taken while a sync shipped its first segment restores
 /// to that moment exactly.
@@ -1103,29 +1104,28 @@ async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
     write_moment(&pg, 3);
     let (third, at_third) = mark_moment(&pg).await;
     sync_while_held(&agent, &recovery, "a point-in-time recovery").await;
-    // A base backup goes on too; its retention waits for the recovery.
+    // A base backup goes on too; its retention is left to the recovery,
+    // which runs it as it lets the files go.
     let base = agent.proxy().await.pitr_base_backup().await.unwrap();
     wait_paused(&config, "pitr-base-streaming", &base, &agent, within).await;
     std::fs::remove_file(pause_marker(&config, "pitr-base-streaming")).unwrap();
-    wait_for_progress(
-        agent.connection(),
-        &base,
-        "waiting for a point-in-time recovery to finish reading the files before retention",
-        0,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let base_job = job_proxy(agent.connection(), base.as_str()).await;
-    assert_eq!(
-        base_job.state().await.unwrap(),
-        "running",
-        "retention did not wait for the recovery"
+    let outcome = wait_job_outcome(agent.connection(), &base, Duration::from_secs(120)).await;
+    assert!(
+        outcome.success
+            && outcome
+                .message
+                .contains("retention runs when the point-in-time recovery reading the files ends"),
+        "the base backup beside the recovery: {}",
+        outcome.message
     );
+    assert!(!agent.log().contains("deferred PITR retention ran"));
     std::fs::remove_file(pause_marker(&config, "pitr-recovery-planned")).unwrap();
     let (success, message) = wait_job(agent.connection(), &recovery).await;
     assert!(success, "the test restore to {first}: {message}");
-    let (success, message) = wait_job(agent.connection(), &base).await;
-    assert!(success, "the base backup after the recovery: {message}");
+    assert!(
+        agent.log().contains("deferred PITR retention ran"),
+        "the recovery did not run the deferred retention"
+    );
     // The test restore's load wrote WAL on the live server since.
     ok(&bus, &["pitr", "sync"]);
 

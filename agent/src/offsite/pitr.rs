@@ -600,7 +600,7 @@ async fn copy_wal(
 
 /// PITR retention on `target`; returns what went.
 async fn expire(app: &App, job: &Job, target: &Target) -> Result<Vec<String>, Error> {
-    let _retention = app.pitr.retention_guard(job).await;
+    let _retention = app.pitr.offsite_retention_guard(job).await;
     let name = &target.name;
     let copies = app.offsite.queue.get(name).pitr;
     let bases: Vec<BaseInfo> = copies.bases.values().cloned().collect();

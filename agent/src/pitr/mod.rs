@@ -20,6 +20,7 @@ mod ship;
 mod store;
 mod tar_stream;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,27 +58,46 @@ pub struct Pitr {
     shipping: tokio::sync::Mutex<()>,
     /// One base backup at a time.
     base: tokio::sync::Mutex<()>,
-    /// The shipped files: a recovery reads the ones it planned with under
-    /// a read guard, retention deletes (here and off-site) under the write
-    /// guard, so it never takes a file from under a recovery.
-    files: tokio::sync::RwLock<()>,
+    /// The files in the backup folder: a recovery from them reads the ones
+    /// it planned with under a read guard, retention deletes under the
+    /// write guard, so it never takes a file from under a recovery.
+    local_files: tokio::sync::RwLock<()>,
+    /// Set when a base backup's retention found a recovery reading the
+    /// files: it runs when that recovery ends, rather than hold the base
+    /// backup's job (and its off-site copy) for the recovery's length.
+    retention_due: AtomicBool,
+    /// The same for the files on the off-site targets: a recovery from
+    /// one, and retention there (which waits: off-site recoveries are
+    /// rare, and its off-site sync has nothing else to hold up).
+    offsite_files: tokio::sync::RwLock<()>,
     last: Mutex<LastRound>,
 }
 
 impl Pitr {
-    /// Holds off retention while a recovery reads the files; when a
-    /// recovery is reading them, `job` says what it waits for meanwhile.
-    pub async fn retention_guard(&self, job: &Job) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        if let Ok(guard) = self.files.try_write() {
+    /// Holds off off-site retention while a recovery reads the files of
+    /// an off-site target; when one is reading them, `job` says what it
+    /// waits for meanwhile.
+    pub async fn offsite_retention_guard(
+        &self,
+        job: &Job,
+    ) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        if let Ok(guard) = self.offsite_files.try_write() {
             return guard;
         }
         let stage = job.stage();
         job.set_stage(
-            "waiting for a point-in-time recovery to finish reading the files before retention",
+            "waiting for a point-in-time recovery to finish reading the off-site files before retention there",
         );
-        let guard = self.files.write().await;
+        let guard = self.offsite_files.write().await;
         job.set_stage(stage);
         guard
+    }
+
+    fn files(&self, source: &Source) -> &tokio::sync::RwLock<()> {
+        match source {
+            Source::Local => &self.local_files,
+            Source::Offsite(_) => &self.offsite_files,
+        }
     }
 }
 
@@ -353,19 +373,11 @@ pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> 
             server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
             ship_locked(&app, &store, &server, &archiving).await?;
         }
-        let removed = {
-            let _retention = app.pitr.retention_guard(&job).await;
-            apply_retention(&app, &store, &archiving)
-        };
+        let retention = retention_after_base(&app, &job, &store, &archiving);
         Ok(format!(
-            "base backup {} written ({}){}",
+            "base backup {} written ({}){retention}",
             base.id,
             human_bytes(base.size_bytes),
-            if removed.is_empty() {
-                String::new()
-            } else {
-                format!("; retention removed {}", removed.join(", "))
-            }
         ))
     }
     .await;
@@ -648,29 +660,77 @@ async fn recover_to(
     // PBKDF2 derivation of each version 1 file, and runs it once per key
     // salt for version 2 files (once per agent run that shipped them).
     let key = app.key()?;
-    let _files = app.pitr.files.read().await;
-    match source {
-        Source::Local => {
-            let segment_size = app
-                .state
-                .get()
-                .pitr
-                .map_or(16 << 20, |a| a.wal_segment_size);
-            let store = PitrStore::new(&app.config.backup_dir);
-            let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
-            planned().await;
-            recover::recover(app, job, &key, &store, &plan, target, None).await
-        }
-        Source::Offsite(name) => {
-            let (spool, store, plan, later) =
-                crate::offsite::pitr::fetch(app, job, name, target).await?;
-            planned().await;
-            let recovered =
-                recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
-            drop(spool);
-            recovered
+    let recovered = async {
+        let _files = app.pitr.files(source).read().await;
+        match source {
+            Source::Local => {
+                let segment_size = app
+                    .state
+                    .get()
+                    .pitr
+                    .map_or(16 << 20, |a| a.wal_segment_size);
+                let store = PitrStore::new(&app.config.backup_dir);
+                let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
+                planned().await;
+                recover::recover(app, job, &key, &store, &plan, target, None).await
+            }
+            Source::Offsite(name) => {
+                let (spool, store, plan, later) =
+                    crate::offsite::pitr::fetch(app, job, name, target).await?;
+                planned().await;
+                let recovered =
+                    recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
+                drop(spool);
+                recovered
+            }
         }
     }
+    .await;
+    if *source == Source::Local {
+        run_deferred_retention(app).await;
+    }
+    recovered
+}
+
+/// Retention after a base backup: now, or, while a recovery reads the
+/// files, when that recovery ends. Returns what to add to the job's
+/// message.
+fn retention_after_base(app: &App, job: &Job, store: &PitrStore, archiving: &Archiving) -> String {
+    // The flag first: whoever finds the files free with it set runs the
+    // retention (this job now, or the recovery as it lets them go), in
+    // whichever order the two meet.
+    app.pitr.retention_due.store(true, Ordering::SeqCst);
+    let Ok(_retention) = app.pitr.local_files.try_write() else {
+        tracing::info!(
+            job = job.id,
+            "PITR retention deferred: a point-in-time recovery is reading the files"
+        );
+        return "; retention runs when the point-in-time recovery reading the files ends".into();
+    };
+    if !app.pitr.retention_due.swap(false, Ordering::SeqCst) {
+        return String::new();
+    }
+    let removed = apply_retention(app, store, archiving);
+    if removed.is_empty() {
+        String::new()
+    } else {
+        format!("; retention removed {}", removed.join(", "))
+    }
+}
+
+/// Runs the retention a base backup deferred while a recovery read the
+/// files in the backup folder.
+async fn run_deferred_retention(app: &App) {
+    if !app.pitr.retention_due.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let Some(archiving) = app.state.get().pitr else {
+        return;
+    };
+    let _retention = app.pitr.local_files.write().await;
+    let store = PitrStore::new(&app.config.backup_dir);
+    let removed = apply_retention(app, &store, &archiving);
+    tracing::info!(removed = %removed.join(", "), "deferred PITR retention ran");
 }
 
 /// What a point-in-time restore restores, in its messages and records.
