@@ -99,9 +99,7 @@ impl Pitr {
             Source::Offsite(_) => &self.offsite_files,
         }
     }
-}
 
-impl Pitr {
     /// The last shipping round (what health judges shipping by).
     pub fn last_round(&self) -> LastRound {
         self.last.lock().expect("pitr lock").clone()
