@@ -450,8 +450,8 @@ async fn bench(flavor: Flavor, seconds: u64) {
             .await;
         plain.push(finished(&agent, job.unwrap(), t).await);
         // Each restore writes its database's size in WAL: shipped now, or
-        // the shipping round it starts would hold the next restore up
-        // (a point-in-time restore takes the PITR lock) and count against it.
+        // shipping it would share the cores with the next restore and
+        // count against it.
         ctl(&bus, &["restore", "--drop-previous", "--yes"]);
         ctl(&bus, &["pitr", "sync"]);
         let t = Instant::now();
