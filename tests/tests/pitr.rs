@@ -62,6 +62,18 @@ fn assert_recovered(actual: Fingerprint, expected: &Fingerprint, what: &str) {
     actual.assert_same(expected, what);
 }
 
+/// A server with the fixture and an agent with point-in-time recovery on,
+/// `ship_interval_secs` (the server's `archive_timeout`) an hour: the only
+/// segment switches are the test's.
+async fn enabled_without_timed_switches(flavor: Flavor) -> (Bus, Postgres, AgentConfig, Agent) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
+    let agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    (bus, pg, config, agent)
+}
+
 fn pitr_status(bus: &Bus) -> serde_json::Value {
     serde_json::from_str(&ok(bus, &["pitr", "status", "--json"])).unwrap()
 }
@@ -376,11 +388,7 @@ fn server_archive(pg: &Postgres) -> String {
 }
 
 async fn an_agent_killed_while_shipping_or_recovering_loses_nothing(flavor: Flavor) {
-    let bus = Bus::start();
-    let pg = Postgres::with_fixture_on(flavor);
-    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
-    let mut agent = Agent::spawn(&bus, &config).await;
-    ok(&bus, &["pitr", "enable", "--yes"]);
+    let (bus, pg, config, mut agent) = enabled_without_timed_switches(flavor).await;
     write_moment(&pg, 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (time, expected) = (now(), pg.fingerprint("mes"));
@@ -749,11 +757,7 @@ fn assert_chain_whole(bus: &Bus, config: &AgentConfig, what: &str) {
 /// (the hidden file goes at the next start), the server's backup ends with
 /// the connection, the next base backup works and no WAL is lost.
 async fn an_agent_killed_during_a_base_backup_leaves_no_partial_one(flavor: Flavor) {
-    let bus = Bus::start();
-    let pg = Postgres::with_fixture_on(flavor);
-    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
-    let mut agent = Agent::spawn(&bus, &config).await;
-    ok(&bus, &["pitr", "enable", "--yes"]);
+    let (bus, pg, config, mut agent) = enabled_without_timed_switches(flavor).await;
     write_moment(&pg, 1);
     ok(&bus, &["pitr", "sync"]);
     agent.terminate().await;
@@ -862,12 +866,8 @@ async fn the_database_restarted_under_shipping_loses_no_segment(flavor: Flavor) 
 /// segments until it passes the target; the restore gives exactly the
 /// database at the target, not the one at the end of that first segment.
 async fn a_backlog_archived_in_a_burst_is_recovered_to_the_exact_time(flavor: Flavor) {
-    let bus = Bus::start();
-    let pg = Postgres::with_fixture_on(flavor);
     // No timed segment switches: only the test's.
-    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
-    let agent = Agent::spawn(&bus, &config).await;
-    ok(&bus, &["pitr", "enable", "--yes"]);
+    let (bus, pg, config, agent) = enabled_without_timed_switches(flavor).await;
     let folder = pg.psql(
         "postgres",
         "SELECT current_setting('data_directory') || '/mesbak_wal';",
@@ -946,11 +946,7 @@ fn watch_scratch_wal(label: String, done: std::sync::Arc<std::sync::atomic::Atom
 /// MiB), the replayed ones removed, and the restore still gives exactly
 /// the database at the target.
 async fn a_long_chain_is_recovered_through_a_window_of_segments(flavor: Flavor) {
-    let bus = Bus::start();
-    let pg = Postgres::with_fixture_on(flavor);
-    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
-    let agent = Agent::spawn(&bus, &config).await;
-    ok(&bus, &["pitr", "enable", "--yes"]);
+    let (bus, pg, config, agent) = enabled_without_timed_switches(flavor).await;
     write_moment(&pg, 1);
     switch_segments(&pg, 60, "long");
     write_moment(&pg, 2);
@@ -1069,11 +1065,7 @@ async fn sync_while_held(agent: &Agent, held: &zbus::zvariant::OwnedObjectPath, 
 /// the base backup taken while a sync shipped its first segment restores
 /// to that moment exactly.
 async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
-    let bus = Bus::start();
-    let pg = Postgres::with_fixture_on(flavor);
-    let config = AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", 3600);
-    let mut agent = Agent::spawn(&bus, &config).await;
-    ok(&bus, &["pitr", "enable", "--yes"]);
+    let (bus, pg, config, mut agent) = enabled_without_timed_switches(flavor).await;
     write_moment(&pg, 1);
     let (first, _) = mark_moment(&pg).await;
     ok(&bus, &["pitr", "sync"]);

@@ -285,15 +285,7 @@ pub async fn enable(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
             .update(|state| state.pitr = Some(archiving.clone()))?;
         tracing::info!(job = job.id, archive = %directory, "point-in-time recovery enabled");
         let store = PitrStore::new(&app.config.backup_dir);
-        let base = {
-            let _base = app.pitr.base.lock().await;
-            base::take(&app, &job, &store, &server, &archiving).await?
-        };
-        {
-            let _shipping = app.pitr.shipping.lock().await;
-            server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
-            ship_locked(&app, &store, &server, &archiving).await?;
-        }
+        let base = take_base(&app, &job, &store, &server, &archiving).await?;
         Ok(format!(
             "point-in-time recovery is on: the server archives its WAL into {directory} ({}), '{container}' was restarted once, the first base backup is {}; WAL is shipped at least every {} s",
             changes.join(", "),
@@ -341,12 +333,10 @@ pub async fn sync(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> {
     let archiving = archiving(&app)?;
     let server = app.database().await?;
     job.set_stage("switching to a new WAL segment and shipping");
-    let _shipping = app.pitr.shipping.lock().await;
-    let switched = server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
     let store = PitrStore::new(&app.config.backup_dir);
-    let shipped = ship_locked(&app, &store, &server, &archiving).await;
+    let synced = switch_and_ship(&app, &store, &server, &archiving).await;
     server.release().await;
-    let shipped = shipped?;
+    let (switched, shipped) = synced?;
     Ok(format!(
         "WAL shipped up to segment {switched} ({} files, {} of WAL)",
         shipped.files,
@@ -362,15 +352,7 @@ pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> 
         session.ensure_up(&job).await?;
         let server = session.server.clone();
         let store = PitrStore::new(&app.config.backup_dir);
-        let base = {
-            let _base = app.pitr.base.lock().await;
-            base::take(&app, &job, &store, &server, &archiving).await?
-        };
-        {
-            let _shipping = app.pitr.shipping.lock().await;
-            server::switch_and_wait(&server, SYNC_TIMEOUT).await?;
-            ship_locked(&app, &store, &server, &archiving).await?;
-        }
+        let base = take_base(&app, &job, &store, &server, &archiving).await?;
         let retention = retention_after_base(&app, &job, &store, &archiving);
         Ok(format!(
             "base backup {} written ({}){retention}",
@@ -380,6 +362,36 @@ pub async fn base_backup(app: Arc<App>, job: Arc<Job>) -> Result<String, Error> 
     }
     .await;
     session.end(result, String::clone).await
+}
+
+/// A base backup (one at a time), then the WAL up to its end shipped.
+async fn take_base(
+    app: &App,
+    job: &Job,
+    store: &PitrStore,
+    server: &Server,
+    archiving: &Archiving,
+) -> Result<chain::BaseInfo, Error> {
+    let base = {
+        let _base = app.pitr.base.lock().await;
+        base::take(app, job, store, server, archiving).await?
+    };
+    switch_and_ship(app, store, server, archiving).await?;
+    Ok(base)
+}
+
+/// Switches the server to a new segment and ships everything up to it;
+/// returns the switched segment's name and what was shipped.
+async fn switch_and_ship(
+    app: &App,
+    store: &PitrStore,
+    server: &Server,
+    archiving: &Archiving,
+) -> Result<(String, ship::Shipped), Error> {
+    let _shipping = app.pitr.shipping.lock().await;
+    let switched = server::switch_and_wait(server, SYNC_TIMEOUT).await?;
+    let shipped = ship_locked(app, store, server, archiving).await?;
+    Ok((switched, shipped))
 }
 
 /// One shipping round with the shipping lock held; records its outcome.
