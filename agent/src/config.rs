@@ -493,6 +493,20 @@ impl Config {
                 format!("'{archive_dir}' must be a plain folder name like mesbak_wal"),
             ));
         }
+        // The folder is inside the data directory: PostgreSQL's own folders,
+        // and the one a point-in-time recovery feeds WAL through, are not
+        // free (base backups leave the archive folder's files out).
+        let lower = archive_dir.to_ascii_lowercase();
+        if matches!(lower.as_str(), "base" | "global" | "mesbak_restore_wal")
+            || lower.starts_with("pg_")
+        {
+            return Err(invalid(
+                "pitr.archive_dir",
+                format!(
+                    "'{archive_dir}' is a folder PostgreSQL or mesbak already uses in the data directory; choose another name like mesbak_wal"
+                ),
+            ));
+        }
         if self.retention.days == 0 {
             return Err(invalid(
                 "retention.days",
@@ -719,6 +733,23 @@ mod tests {
         assert!(
             err.contains("`backup.compression`") && err.contains("zstd"),
             "{err}"
+        );
+
+        for folder in ["../x", "pg_wal", "PG_xact", "base", "global"] {
+            let err = load(&format!("[pitr]\narchive_dir = \"{folder}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`pitr.archive_dir`") && err.contains("mesbak_wal"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            load("[pitr]\narchive_dir = \"plant_wal\"\n", &[])
+                .unwrap()
+                .pitr
+                .archive_dir,
+            "plant_wal"
         );
 
         let err = load("[health]\nlisten = \"everywhere\"\n", &[])

@@ -1153,7 +1153,119 @@ async fn shipping_goes_on_during_a_base_backup_and_a_recovery(flavor: Flavor) {
     );
 }
 
+/// The entries of the newest base backup, as GNU tar lists them.
+fn newest_base_entries(config: &AgentConfig) -> Vec<String> {
+    let dir = config.backup_dir().join("pitr/base");
+    let mut bases: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.gz.enc"))
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    bases.sort();
+    let newest = bases.last().expect("a base backup");
+    let mut plain = Vec::new();
+    let file = std::fs::File::open(newest).unwrap();
+    std::io::Read::read_to_end(
+        &mut mesbak_format::Decryptor::new(file, &config.key()).unwrap(),
+        &mut plain,
+    )
+    .unwrap();
+    let mut tar = std::process::Command::new("tar")
+        .args(["-tzf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = tar.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &plain));
+    let out = tar.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "GNU tar cannot read {}: {}",
+        newest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A base backup leaves out the files waiting in the server's archive
+/// folder (segments are shipped on their own; a base backup taken while
+/// shipping is behind would carry them twice): the folder's own entry
+/// stays, GNU tar reads the base backup whole, and a point-in-time restore
+/// from it gives the moment exactly.
+async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
+    let (bus, pg, config, agent) = enabled_without_timed_switches(flavor).await;
+    let folder = pg.psql(
+        "postgres",
+        "SELECT current_setting('data_directory') || '/mesbak_wal';",
+    );
+    // What an archiver killed mid-copy leaves: a temporary file, never
+    // shipped, that stays in the folder.
+    pg.exec(
+        &format!(
+            "head -c 3M /dev/urandom > '{folder}/archtemp.000000010000000000000042.1.1' && chown postgres '{folder}/archtemp.000000010000000000000042.1.1'"
+        ),
+        "leave an archiver's temporary file",
+    );
+    switch_segments(&pg, 3, "waiting");
+    write_moment(&pg, 1);
+    ok(&bus, &["pitr", "base-backup"]);
+
+    let entries = newest_base_entries(&config);
+    assert!(
+        entries.iter().any(|e| e == "global/pg_control"),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e == "mesbak_wal/"),
+        "the archive folder's own entry is gone: {entries:?}"
+    );
+    let inside: Vec<&String> = entries
+        .iter()
+        .filter(|e| e.starts_with("mesbak_wal/") && e.as_str() != "mesbak_wal/")
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "archive files in the base backup: {inside:?}"
+    );
+    let log = agent.log();
+    let left_out: u64 = log
+        .lines()
+        .filter(|line| line.contains("base backup written"))
+        .next_back()
+        .and_then(|line| line.split("archive_files_left_out=").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no base backup's left-out count in the log:\n{log}"));
+    assert!(
+        left_out >= 1,
+        "the temporary file was not left out: {left_out}"
+    );
+    assert!(
+        server_archive(&pg).contains("archtemp."),
+        "the server's folder lost the archiver's file"
+    );
+
+    write_moment(&pg, 2);
+    let (time, expected) = mark_moment(&pg).await;
+    write_moment(&pg, 3);
+    ok(&bus, &["pitr", "sync"]);
+    assert_chain_whole(&bus, &config, "after the base backup");
+    ok(&bus, &["restore", "--to-time", &time, "--yes"]);
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &expected,
+        "restored from a base backup without the archive folder's files",
+    );
+}
+
 on_both_servers!(
+    a_base_backup_leaves_out_the_servers_archive_folder,
     shipping_goes_on_during_a_base_backup_and_a_recovery,
     an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams,
     a_stopped_server_is_started_while_the_scratch_cluster_recovers_and_stopped_again,

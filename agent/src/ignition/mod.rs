@@ -65,7 +65,7 @@ use crate::verify;
 
 use helper::{create_helper, remove_helper, run_script};
 use recovery::recover_with;
-pub use tar::{RootAttrs, TarWalker};
+pub use tar::{EntrySpan, RootAttrs, TarWalker};
 
 /// Where helper containers mount the volume.
 const MOUNT: &str = "/volume";

@@ -18,6 +18,16 @@ pub struct RootAttrs {
     pub nanos: u32,
 }
 
+/// An entry of a tar stream: its name, and where it lies in the stream,
+/// from its first header block (extended headers included) to the end of
+/// its data's padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySpan<'a> {
+    pub name: &'a str,
+    pub start: u64,
+    pub end: u64,
+}
+
 /// Follows a tar stream without keeping it: checks every header's checksum,
 /// honours PAX and GNU extended headers, counts entries, reads the root
 /// entry's attributes and notices the end-of-archive marker.
@@ -48,6 +58,9 @@ pub struct TarWalker {
     ended: bool,
     /// Bytes of the stream taken so far.
     position: u64,
+    /// Where the entry being read starts: its first header block, extended
+    /// headers included.
+    entry_start: u64,
     /// Entries (files, folders, links...) seen.
     pub entries: u64,
     /// The root entry's attributes, when the archive starts with `./`.
@@ -60,12 +73,12 @@ impl TarWalker {
         self.feed_entries(data, |_| {})
     }
 
-    /// Takes the next bytes of the stream, handing `entry` the name of
-    /// each entry whose header they complete.
+    /// Takes the next bytes of the stream, handing `entry` each entry whose
+    /// header they complete.
     pub fn feed_entries(
         &mut self,
         mut data: &[u8],
-        mut entry: impl FnMut(&str),
+        mut entry: impl FnMut(&EntrySpan),
     ) -> Result<(), String> {
         while !data.is_empty() && !self.ended {
             if self.skip > 0 {
@@ -74,6 +87,9 @@ impl TarWalker {
                 self.position += n as u64;
                 data = &data[n..];
                 continue;
+            }
+            if self.block.is_empty() && self.extended.is_none() && !self.awaiting_entry {
+                self.entry_start = self.position;
             }
             let n = (512 - self.block.len()).min(data.len());
             self.block.extend_from_slice(&data[..n]);
@@ -105,7 +121,23 @@ impl TarWalker {
         self.position - self.block.len() as u64 - 512 * u64::from(self.zero_blocks)
     }
 
-    fn next_block(&mut self, block: &[u8], entry: &mut dyn FnMut(&str)) -> Result<(), String> {
+    /// How many bytes of the stream are known to come before the entry
+    /// whose headers are still being read (or, between entries, before the
+    /// end-of-archive marker): what lies before it is whole entries, their
+    /// data as it comes, and global headers.
+    pub fn settled(&self) -> u64 {
+        if self.awaiting_entry || self.extended.is_some() {
+            self.entry_start
+        } else {
+            self.before_end()
+        }
+    }
+
+    fn next_block(
+        &mut self,
+        block: &[u8],
+        entry: &mut dyn FnMut(&EntrySpan),
+    ) -> Result<(), String> {
         if let Some((kind, size, mut data)) = self.extended.take() {
             data.extend_from_slice(block);
             if (data.len() as u64) < size {
@@ -136,7 +168,7 @@ impl TarWalker {
         self.header(block, entry)
     }
 
-    fn header(&mut self, block: &[u8], entry: &mut dyn FnMut(&str)) -> Result<(), String> {
+    fn header(&mut self, block: &[u8], entry: &mut dyn FnMut(&EntrySpan)) -> Result<(), String> {
         let stored = octal(&block[148..156])
             .ok_or_else(|| format!("unreadable header checksum after {} entries", self.entries))?;
         // The unsigned sum with the checksum field as spaces (POSIX).
@@ -247,12 +279,6 @@ impl TarWalker {
                     .unwrap_or(0),
             });
         }
-        entry(&name);
-        self.entries += 1;
-        self.pax.clear();
-        self.long_name = None;
-        self.pending.clear();
-        self.awaiting_entry = false;
         // Links, devices, folders and FIFOs carry no data. Readers disagree
         // on whether a size there means data follows (POSIX and the `tar`
         // crate: for folders and devices; Go's, i.e. Docker's: never), so
@@ -261,12 +287,22 @@ impl TarWalker {
             if size != 0 {
                 return Err(format!(
                     "a link, folder or device entry with a data size ({size} bytes) after {} entries",
-                    self.entries
+                    self.entries + 1
                 ));
             }
         } else {
             self.skip = size.div_ceil(512) * 512;
         }
+        entry(&EntrySpan {
+            name: &name,
+            start: self.entry_start,
+            end: self.position + self.skip,
+        });
+        self.entries += 1;
+        self.pax.clear();
+        self.long_name = None;
+        self.pending.clear();
+        self.awaiting_entry = false;
         Ok(())
     }
 
@@ -465,6 +501,48 @@ mod tests {
         tar.extend(entry("./very/long/na", b'0', b"xy"));
         tar.extend(vec![0u8; 1024]);
         tar
+    }
+
+    #[test]
+    fn each_entry_spans_its_extended_headers_header_and_data() {
+        let tar = archive();
+        let expected = [
+            ("./", 0, 512),
+            ("./a b/", 512, 1024),
+            ("./a b/file", 1024, 1024 + 512 + 1536),
+            // PAX header (2 blocks), header, data.
+            ("./ünï/ long name", 3072, 3072 + 2048),
+            ("./link", 5120, 5632),
+            // GNU long name (2 blocks), header, data.
+            ("./very/long/name", 5632, 5632 + 2048),
+        ];
+        for piece in [1, 7, 511, 512, 513, 4096, tar.len()] {
+            let mut walker = TarWalker::default();
+            let mut spans = Vec::new();
+            for chunk in tar.chunks(piece) {
+                walker
+                    .feed_entries(chunk, |span| {
+                        spans.push((span.name.to_owned(), span.start, span.end))
+                    })
+                    .unwrap();
+            }
+            let expected: Vec<(String, u64, u64)> = expected
+                .iter()
+                .map(|(name, start, end)| (name.to_string(), *start, *end))
+                .collect();
+            assert_eq!(spans, expected, "piece {piece}");
+            assert_eq!(walker.settled(), 7680, "piece {piece}");
+        }
+        // Within an entry's extended header, nothing after its start is settled.
+        let mut walker = TarWalker::default();
+        walker.feed(&tar[..3072 + 700]).unwrap();
+        assert_eq!(walker.settled(), 3072);
+        walker.feed(&tar[3072 + 700..3072 + 1024 + 10]).unwrap();
+        assert_eq!(walker.settled(), 3072);
+        walker
+            .feed(&tar[3072 + 1024 + 10..3072 + 1536 + 100])
+            .unwrap();
+        assert_eq!(walker.settled(), 3072 + 1536 + 100);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Physical base backups: `pg_basebackup` inside the database container, its
-//! tar stream (the data directory, WAL left to the archive) compressed and
+//! tar stream (the data directory, WAL left to the archive, and so the
+//! files waiting in the server's archive folder left out) compressed and
 //! encrypted into `pitr/base/` in the mesbak format, with metadata: where in
 //! the WAL it starts (read from the stream's `backup_label`), the timeline,
 //! when it started and finished, the server's versions.
@@ -11,7 +12,7 @@ use time::OffsetDateTime;
 use super::chain::BaseInfo;
 use super::server::Archiving;
 use super::store::{BASE_SUFFIX, PitrStore};
-use super::tar_stream::TarWalk;
+use super::tar_stream::{TarWalk, tar_end};
 use crate::app::App;
 use crate::jobs::{Job, now_rfc3339};
 use crate::pipeline::BackupWriter;
@@ -73,16 +74,19 @@ pub async fn take(
     let mut head = Vec::new();
     let mut label = None;
     let mut first = true;
-    let mut archive = TarWalk::default();
-    while let Some(block) = spawned.stdout.recv().await {
+    let mut archive = TarWalk::leaving_out(archiving.archive_folder());
+    let mut parts = Vec::new();
+    'stream: while let Some(block) = spawned.stdout.recv().await {
         if label.is_none() && head.len() < 64 * 1024 {
             head.extend_from_slice(&block);
             label = parse_label(&head);
         }
-        archive.feed(&block);
         let block: Bytes = block;
-        if !writer.write(block).await {
-            break;
+        archive.pass(&block, &mut parts);
+        for part in parts.drain(..) {
+            if !writer.write(part).await {
+                break 'stream;
+            }
         }
         if std::mem::take(&mut first) {
             // A test crashes the agent here: half a base backup written.
@@ -90,6 +94,8 @@ pub async fn take(
         }
     }
     drop(spawned.stdout);
+    // Whole or not (the check below decides), the stream ends as a tar does.
+    writer.write(tar_end()).await;
     let outcome = process::join(spawned.done).await;
     let written = writer.finish().await?;
     outcome?.check(|detail| {
@@ -127,7 +133,15 @@ pub async fn take(
     let json = serde_json::to_vec_pretty(&info).expect("metadata serialises");
     pending.commit(Some(&json))?;
     job.add_file(id.clone());
-    tracing::info!(job = job.id, file = %id, bytes = info.size_bytes, start_wal = %info.start_wal, "base backup written");
+    tracing::info!(
+        job = job.id,
+        file = %id,
+        bytes = info.size_bytes,
+        start_wal = %info.start_wal,
+        archive_files_left_out = archive.left_out_files,
+        archive_bytes_left_out = archive.left_out_bytes,
+        "base backup written"
+    );
     Ok(info)
 }
 

@@ -285,7 +285,15 @@ pub async fn recover(
         let entries = feed.entries(&plan.segments[..window], true, job.bytes_done.clone());
         let (shared, (), ()) = tokio::try_join!(
             async { Ok(proven(&docker, &scratch.container, shared, &token).await) },
-            Box::pin(upload_base(key, job, &feed, store, plan, entries)),
+            Box::pin(upload_base(
+                key,
+                job,
+                &feed,
+                store,
+                plan,
+                &app.config.pitr.archive_dir,
+                entries
+            )),
             Box::pin(authenticate(key, job, store, &plan.segments[window..])),
         )?;
         job.set_stage(format!(
@@ -501,13 +509,16 @@ fn segment_start(segment: &WalFile, segment_size: u64) -> u64 {
 
 /// Extracts the base backup (a tar of the data directory) into the
 /// scratch container's data directory, `window` (the first segments and
-/// the standby signal) after it in the same archive.
+/// the standby signal) after it in the same archive. The files of the
+/// server's archive folder that base backups of older agents carry stay
+/// out: the cluster recovers with archiving off, from the shipped WAL.
 async fn upload_base(
     key: &Key,
     job: &Job,
     feed: &Feed<'_>,
     store: &PitrStore,
     plan: &RecoveryPlan,
+    archive_folder: &str,
     window: SegmentEntries,
 ) -> Result<(), Error> {
     let path = store.base_path(&plan.base);
@@ -519,10 +530,11 @@ async fn upload_base(
         job.bytes_done.clone(),
     );
     let base = plan.base.id.clone();
+    let archive_folder = archive_folder.to_owned();
     let produce = |sender: TarSender| async move {
         let sent = async {
             // The base backup's entries without its end-of-archive marker.
-            let mut archive = TarWalk::default();
+            let mut archive = TarWalk::leaving_out(&archive_folder);
             let mut parts = Vec::new();
             while let Some(block) = reader.blocks.recv().await {
                 archive.pass(&block, &mut parts);

@@ -28,6 +28,19 @@ pub struct Archiving {
     pub timeline: u32,
 }
 
+impl Archiving {
+    /// The archive folder's path inside the data directory (the name the
+    /// data directory's tar stream gives it).
+    pub fn archive_folder(&self) -> &str {
+        // Outside the data directory (never, as `pitr enable` sets it) it is
+        // not in the stream at all: the absolute path matches no entry.
+        self.archive_directory
+            .strip_prefix(self.data_directory.trim_end_matches('/'))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(&self.archive_directory)
+    }
+}
+
 /// The server's settings that archiving touches.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Settings {
@@ -324,6 +337,30 @@ mod tests {
             timeline: 1,
             server_version_num: 170002,
         }
+    }
+
+    #[test]
+    fn the_archive_folder_is_named_as_in_the_data_directory() {
+        let archiving = |data: &str, archive: &str| Archiving {
+            enabled_at: String::new(),
+            data_directory: data.into(),
+            archive_directory: archive.into(),
+            wal_segment_size: 16 << 20,
+            timeline: 1,
+        };
+        let folder = |data, archive| archiving(data, archive).archive_folder().to_owned();
+        assert_eq!(
+            folder(
+                "/var/lib/postgresql/data",
+                "/var/lib/postgresql/data/mesbak_wal"
+            ),
+            "mesbak_wal"
+        );
+        assert_eq!(folder("/pgdata/", "/pgdata/mesbak_wal"), "mesbak_wal");
+        assert_eq!(
+            folder("/pgdata", "/pgdata2/mesbak_wal"),
+            "/pgdata2/mesbak_wal"
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub async fn ship(
             "WAL shipping needs database.container".into(),
         ));
     };
-    // The round holds the PITR lock: nothing else adds to the WAL folder,
+    // The round holds the shipping lock: nothing else adds to the WAL folder,
     // one listing serves every file.
     let listing = store.wal(archiving.wal_segment_size);
     let stored: std::collections::HashSet<&str> = listing.iter().map(|f| f.name.as_str()).collect();

@@ -3,9 +3,12 @@
 //! the end of its output: the engine closes an exec's output 2 s after the
 //! program ended if its reader has not taken it all, and a base backup
 //! without its last files, `global/pg_control` last of all, would only fail
-//! the restore that needs it), passed on without its end-of-archive marker
-//! so WAL segments can follow in the same upload, and the headers of the
-//! entries the agent adds itself.
+//! the restore that needs it), passed on without the files of the server's
+//! WAL archive folder and without its end-of-archive marker (so WAL
+//! segments can follow in the same upload), and the headers of the entries
+//! the agent adds itself.
+
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use mesbak_interface::Error;
@@ -16,56 +19,101 @@ const BLOCK: usize = 512;
 
 /// Follows a data directory's tar stream with [`TarWalker`] (every header
 /// checked as the `tar` crate and GNU tar read it), noting whether
-/// `global/pg_control` passed.
+/// `global/pg_control` passed, and leaves out the files of the server's own
+/// WAL archive folder when told its name.
 #[derive(Default)]
 pub struct TarWalk {
     walker: TarWalker,
+    /// `<folder>/` whose files are left out (the folder's own entry stays).
+    left_out: Option<String>,
     /// `global/pg_control` was among the entries.
     control_file: bool,
     /// What the walker found damaged.
     damage: Option<String>,
-    /// Bytes [`TarWalk::pass`] holds back: they may start the
-    /// end-of-archive marker.
+    /// Where in the stream the entries left out lie; those that may still
+    /// have bytes to come.
+    dropping: Vec<Range<u64>>,
+    /// Files left out, and their bytes in the stream.
+    pub left_out_files: u64,
+    pub left_out_bytes: u64,
+    /// Bytes [`TarWalk::pass`] holds back: they may start an entry left
+    /// out or the end-of-archive marker.
     held: BytesMut,
 }
 
 impl TarWalk {
+    /// A walk that leaves out the files in the data directory's `folder`
+    /// (the server's WAL archive folder: they are shipped on their own, and
+    /// a base backup taken while shipping is behind would carry them twice).
+    pub fn leaving_out(folder: &str) -> TarWalk {
+        TarWalk {
+            left_out: Some(format!("{}/", folder.trim_end_matches('/'))),
+            ..TarWalk::default()
+        }
+    }
+
     /// Follows `data`, the next bytes of the stream.
-    pub fn feed(&mut self, data: &[u8]) {
+    fn feed(&mut self, data: &[u8]) {
         if self.damage.is_some() {
             return;
         }
-        let control_file = &mut self.control_file;
-        let fed = self
-            .walker
-            .feed_entries(data, |name| *control_file |= name == "global/pg_control");
+        let (control_file, left_out, dropping) =
+            (&mut self.control_file, &self.left_out, &mut self.dropping);
+        let (files, bytes) = (&mut self.left_out_files, &mut self.left_out_bytes);
+        let fed = self.walker.feed_entries(data, |entry| {
+            *control_file |= entry.name == "global/pg_control";
+            let inside = left_out.as_deref().is_some_and(|folder| {
+                entry.name.len() > folder.len() && entry.name.starts_with(folder)
+            });
+            if inside {
+                dropping.push(entry.start..entry.end);
+                *files += 1;
+                *bytes += entry.end - entry.start;
+            }
+        });
         self.damage = fed.err();
     }
 
     /// Follows `block` and hands on into `out` what is known to come before
-    /// the end-of-archive marker (bytes that may start it are held back
-    /// until that is told), so that more entries can follow in the same
-    /// stream. Nothing more goes on once the stream is damaged.
+    /// the end-of-archive marker, without the entries left out (bytes that
+    /// may start either are held back until that is told), so that more
+    /// entries can follow in the same stream. Nothing more goes on once the
+    /// stream is damaged.
     pub fn pass(&mut self, block: &Bytes, out: &mut Vec<Bytes>) {
         let start = self.walker.position();
         self.feed(block);
         if self.damage.is_some() {
             return;
         }
-        let end = self.walker.before_end();
+        let settled = self.walker.settled();
         let held_start = start - self.held.len() as u64;
-        let from_held = (end.saturating_sub(held_start) as usize).min(self.held.len());
-        if from_held > 0 {
-            out.push(self.held.split_to(from_held).freeze());
+        let held = self.held.split().freeze();
+        for (origin, bytes) in [(held_start, held), (start, block.clone())] {
+            let cut = (settled.saturating_sub(origin) as usize).min(bytes.len());
+            self.hand_on(origin, &bytes.slice(..cut), out);
+            if !self.walker.complete() {
+                self.held.extend_from_slice(&bytes[cut..]);
+            }
         }
-        let from_block = (end.saturating_sub(start) as usize).min(block.len());
-        if from_block > 0 {
-            out.push(block.slice(..from_block));
+        self.dropping.retain(|range| range.end > settled);
+    }
+
+    /// Hands on `bytes`, which start at `origin` in the stream, without
+    /// those of the entries left out.
+    fn hand_on(&self, origin: u64, bytes: &Bytes, out: &mut Vec<Bytes>) {
+        let end = origin + bytes.len() as u64;
+        let mut at = origin;
+        for range in &self.dropping {
+            if range.end <= at || range.start >= end {
+                continue;
+            }
+            if range.start > at {
+                out.push(bytes.slice((at - origin) as usize..(range.start - origin) as usize));
+            }
+            at = range.end.min(end);
         }
-        if self.walker.complete() {
-            self.held.clear();
-        } else {
-            self.held.extend_from_slice(&block[from_block..]);
+        if at < end {
+            out.push(bytes.slice((at - origin) as usize..));
         }
     }
 
@@ -85,6 +133,11 @@ impl TarWalk {
             "pg_basebackup's output has {problem}; {then}, and if it happens again look at this machine's disk and load"
         )))
     }
+}
+
+/// The end-of-archive marker: two empty blocks.
+pub fn tar_end() -> Bytes {
+    Bytes::from_static(&[0u8; 2 * BLOCK])
 }
 
 /// A ustar header for `name` of `size` bytes, owned by `owner` (uid, gid).
@@ -228,6 +281,59 @@ mod tests {
                     "extra"
                 ]
             );
+        }
+    }
+
+    #[test]
+    fn the_archive_folders_files_are_left_out_however_the_stream_is_split() {
+        let long = format!("mesbak_wal/{}", "x".repeat(120));
+        // (name, size, kept)
+        let entries: Vec<(&str, usize, bool)> = vec![
+            ("backup_label", 200, true),
+            ("mesbak_wal/", 0, true),
+            ("mesbak_wal/000000010000000000000003", 16 * 1024, false),
+            ("mesbak_wal/archtemp", 700, false),
+            ("mesbak_wal_old/file", 5, true),
+            (&long, 3, false),
+            ("base/5/16384", 8192, true),
+            ("mesbak_wal/000000010000000000000004", 512, false),
+            ("global/pg_control", 8192, true),
+        ];
+        let build = |all: bool| {
+            let mut builder = tar::Builder::new(Vec::new());
+            for (name, size, kept) in &entries {
+                if !(all || *kept) {
+                    continue;
+                }
+                let mut header = tar::Header::new_ustar();
+                header.set_mode(0o600);
+                if name.ends_with('/') {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, name, &[][..]).unwrap();
+                } else {
+                    header.set_size(*size as u64);
+                    // A long name goes in a GNU long-name header first.
+                    builder
+                        .append_data(&mut header, name, &vec![name.len() as u8; *size][..])
+                        .unwrap();
+                }
+            }
+            builder.into_inner().unwrap()
+        };
+        let (tar, kept) = (build(true), build(false));
+        for block in [1, 100, 512, 1000, 4096, 20000, tar.len()] {
+            let mut walk = TarWalk::leaving_out("mesbak_wal");
+            let mut out = Vec::new();
+            for piece in tar.chunks(block) {
+                walk.pass(&Bytes::copy_from_slice(piece), &mut out);
+            }
+            walk.check(THEN).unwrap();
+            assert_eq!(walk.left_out_files, 4, "split every {block} bytes");
+            let mut joined: Vec<u8> = out.concat();
+            joined.extend_from_slice(&tar_end());
+            assert_eq!(joined.len(), kept.len(), "split every {block} bytes");
+            assert!(joined == kept, "split every {block} bytes");
         }
     }
 }
