@@ -1236,8 +1236,7 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
     let log = agent.log();
     let left_out: u64 = log
         .lines()
-        .filter(|line| line.contains("base backup written"))
-        .next_back()
+        .rfind(|line| line.contains("base backup written"))
         .and_then(|line| line.split("archive_files_left_out=").nth(1))
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
