@@ -168,6 +168,29 @@ pub struct Schedule {
     pub dropin_dir: PathBuf,
 }
 
+/// The folders of a PostgreSQL (13 to 17) data directory, and the one a
+/// point-in-time recovery feeds WAL through: no name for the archive folder.
+const DATA_DIRECTORY_FOLDERS: &[&str] = &[
+    "base",
+    "global",
+    "pg_commit_ts",
+    "pg_dynshmem",
+    "pg_logical",
+    "pg_multixact",
+    "pg_notify",
+    "pg_replslot",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat",
+    "pg_stat_tmp",
+    "pg_subtrans",
+    "pg_tblspc",
+    "pg_twophase",
+    "pg_wal",
+    "pg_xact",
+    "mesbak_restore_wal",
+];
+
 /// Point-in-time recovery: continuous WAL archiving on the database server,
 /// shipped by the agent; physical base backups.
 #[derive(Debug, Clone, Deserialize)]
@@ -495,11 +518,9 @@ impl Config {
         }
         // The folder is inside the data directory: PostgreSQL's own folders,
         // and the one a point-in-time recovery feeds WAL through, are not
-        // free (base backups leave the archive folder's files out).
-        let lower = archive_dir.to_ascii_lowercase();
-        if matches!(lower.as_str(), "base" | "global" | "mesbak_restore_wal")
-            || lower.starts_with("pg_")
-        {
+        // free (base backups leave the archive folder's files out). Only
+        // those names: any other one worked before and must go on loading.
+        if DATA_DIRECTORY_FOLDERS.contains(&archive_dir.as_str()) {
             return Err(invalid(
                 "pitr.archive_dir",
                 format!(
@@ -735,7 +756,7 @@ mod tests {
             "{err}"
         );
 
-        for folder in ["../x", "pg_wal", "PG_xact", "base", "global"] {
+        for folder in ["../x", "pg_wal", "pg_xact", "base", "global"] {
             let err = load(&format!("[pitr]\narchive_dir = \"{folder}\"\n"), &[])
                 .unwrap_err()
                 .to_string();
@@ -745,11 +766,11 @@ mod tests {
             );
         }
         assert_eq!(
-            load("[pitr]\narchive_dir = \"plant_wal\"\n", &[])
+            load("[pitr]\narchive_dir = \"pg_archive\"\n", &[])
                 .unwrap()
                 .pitr
                 .archive_dir,
-            "plant_wal"
+            "pg_archive"
         );
 
         let err = load("[health]\nlisten = \"everywhere\"\n", &[])

@@ -356,8 +356,10 @@ const FEED_BATCH: usize = 16;
 /// removed (a restore a week after the base backup must not need the
 /// week's WAL on disk at once).
 const FEED_AHEAD_BYTES: u64 = 512 << 20;
-/// How soon the standby looks again for a segment it did not have.
-const RETRY: Duration = Duration::from_millis(200);
+/// How soon the standby looks again for a segment it did not have: a
+/// segment fed while it waits is replayed at most this much later. A look
+/// is a `test -f` (a fork), so waiting costs nothing worth counting.
+const RETRY: Duration = Duration::from_millis(50);
 /// How long the scratch cluster may show no sign of progress before it
 /// starts answering.
 const STALL: Duration = Duration::from_secs(120);
@@ -392,6 +394,7 @@ async fn replay(
     let mut fed_at: Option<(tokio::time::Instant, u64)> = None;
     let mut quiet = (String::new(), tokio::time::Instant::now());
     let started = tokio::time::Instant::now();
+    let mut answered = false;
     loop {
         if !feed
             .docker
@@ -408,11 +411,22 @@ async fn replay(
         let state = server
             .query_value::<Replay>(MAINTENANCE_DB, REPLAY_STATE)
             .await;
+        if state.is_ok() && !std::mem::replace(&mut answered, true) {
+            tracing::debug!(
+                after_ms = started.elapsed().as_millis() as u64,
+                "the scratch cluster answers (consistent)"
+            );
+        }
         if let Ok(state) = &state {
             if state.replayed != progress.0 {
                 progress = (state.replayed, tokio::time::Instant::now());
             }
             if state.stopped {
+                tracing::debug!(
+                    after_ms = started.elapsed().as_millis() as u64,
+                    replayed = state.replayed,
+                    "the scratch cluster paused at the target"
+                );
                 let log = feed.docker.logs_tail(feed.container, 200).await;
                 return Ok(log
                     .lines()
@@ -466,6 +480,12 @@ async fn replay(
                         remote.fetch(batch).await?;
                     }
                     feed.give(batch, &mut given, &mut last_fed).await?;
+                    tracing::debug!(
+                        segments = batch.len(),
+                        replayed = state.replayed,
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "WAL past the target's segment fed to the scratch cluster (no commit after the target yet)"
+                    );
                     later = rest;
                     batch_size = (batch_size * 2).min(FEED_BATCH);
                     fed_at = Some((tokio::time::Instant::now(), state.replayed));
