@@ -188,6 +188,7 @@ const DATA_DIRECTORY_FOLDERS: &[&str] = &[
     "pg_twophase",
     "pg_wal",
     "pg_xact",
+    // recover.rs's RESTORE_WAL.
     "mesbak_restore_wal",
 ];
 
