@@ -24,6 +24,8 @@
 //! `MESBAK_BENCH_SERVERS` which servers (`postgres15,timescaledb`, the
 //! default). `MESBAK_BENCH_LEVELS=1,2,4,6,zstd:1,zstd:3` first compares
 //! compression levels (gzip unless prefixed `zstd:`).
+//! `MESBAK_BENCH_AGENT_LOG=<dir>` keeps a copy of the agent's log of each
+//! round (the restore's stages, timed).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -289,6 +291,12 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         assert!(outcome.success, "{}", outcome.message);
         r.downtime = writer.last_downtime();
         r.rss_restore_kib = peak_rss_kib(agent.pid());
+        if let Some(dir) = std::env::var_os("MESBAK_BENCH_AGENT_LOG") {
+            let copy = std::path::Path::new(&dir).join(format!("database-{flavor:?}-{round}.log"));
+            std::fs::create_dir_all(&dir).expect("create MESBAK_BENCH_AGENT_LOG's folder");
+            std::fs::copy(agent.log_path(), &copy).expect("copy the agent's log");
+            eprintln!("agent log: {}", copy.display());
+        }
         let drop = proxy
             .drop_previous("")
             .await
