@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chain::{RecoveryPlan, WalFile, WalKind};
 use super::store::PitrStore;
-use super::tar_stream::{TarWalk, tar_header, tar_padding};
+use super::tar_stream::{TarWalk, tar_end, tar_header, tar_padding};
 use crate::app::App;
 use crate::docker::{Docker, TarSender};
 use crate::fifo::SharedDir;
@@ -665,7 +665,7 @@ impl SegmentEntries {
             let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, owner)?;
             let _ = sender.send(Ok(signal)).await;
         }
-        let _ = sender.send(Ok(Bytes::from(vec![0u8; 1024]))).await;
+        let _ = sender.send(Ok(tar_end())).await;
         Ok(())
     }
 }
