@@ -1263,7 +1263,102 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
     );
 }
 
+/// The later segment's count in the last "scratch cluster recovered" line.
+fn later_prefed(agent: &Agent) -> u32 {
+    let log = agent.log();
+    log.lines()
+        .rfind(|line| line.contains("scratch cluster recovered"))
+        .and_then(|line| line.split("later_prefed=").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no recovery's later_prefed in the log:\n{log}"))
+}
+
+/// The segment after the target's goes in before the scratch cluster
+/// starts, when it authenticates: a recovery that needs it (no commit
+/// after the target in the target's segment) finds it there. A damaged
+/// one stays out and fails nothing when the recovery does not need it;
+/// a damaged segment a recovery needs is refused before anything changes.
+async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flavor) {
+    let (bus, pg, config, agent) = enabled_without_timed_switches(flavor).await;
+    // The target's segment ends with nothing committed after the target.
+    write_moment(&pg, 1);
+    let (needs_next, at_needs_next) = mark_moment(&pg).await;
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    write_moment(&pg, 2);
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    ok(&bus, &["pitr", "sync"]);
+    ok(&bus, &["restore", "--to-time", &needs_next, "--yes"]);
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &at_needs_next,
+        "restored from the target's segment and the next",
+    );
+    assert_eq!(
+        later_prefed(&agent),
+        1,
+        "the next segment was not fed first"
+    );
+
+    // A commit after the target in the target's own segment; the next
+    // segment (holding the third moment) damaged.
+    write_moment(&pg, 3);
+    let (own, at_own) = mark_moment(&pg).await;
+    write_moment(&pg, 4);
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    ok(&bus, &["pitr", "sync"]);
+    let before = shipped_segments(&config);
+    write_moment(&pg, 5);
+    let (inside_damaged, _) = mark_moment(&pg).await;
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    ok(&bus, &["pitr", "sync"]);
+    assert_chain_whole(&bus, &config, "before the damage");
+    let damaged = shipped_segments(&config)
+        .into_iter()
+        .find(|name| !before.contains(name))
+        .expect("the fifth moment's segment was shipped");
+    let wal_dir = config.backup_dir().join("pitr/wal");
+    let file = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{damaged}_"))
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+
+    ok(&bus, &["restore", "--to-time", &own, "--yes"]);
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &at_own,
+        "restored past a damaged segment it did not need",
+    );
+    assert_eq!(later_prefed(&agent), 0, "the damaged segment went in");
+    assert!(
+        agent
+            .log()
+            .contains("a WAL segment past the target's did not authenticate"),
+        "the damaged segment was not noticed"
+    );
+
+    let (success, _, stderr) = ctl(&bus, &["restore", "--to-time", &inside_damaged, "--yes"]);
+    assert!(!success, "a time inside a damaged segment was restored");
+    assert!(stderr.contains(&damaged), "{stderr}");
+    assert_recovered(
+        pg.fingerprint("mes"),
+        &at_own,
+        "the live database after a refused restore",
+    );
+}
+
 on_both_servers!(
+    the_segment_after_the_targets_goes_in_first_unless_damaged,
     a_base_backup_leaves_out_the_servers_archive_folder,
     shipping_goes_on_during_a_base_backup_and_a_recovery,
     an_agent_the_engine_cannot_share_a_folder_with_restores_through_exec_streams,

@@ -283,8 +283,23 @@ pub async fn recover(
         // reaches them (a week after the base backup is some 10,000
         // segments, 160 GiB unpacked).
         let window = plan.segments.len().min(feed.ahead());
-        let entries = feed.entries(&plan.segments[..window], true, job.bytes_done.clone());
-        let (shared, (), ()) = tokio::try_join!(
+        let mut entries = feed.entries(&plan.segments[..window], true, job.bytes_done.clone());
+        // The first later segment follows them when the whole chain goes in
+        // and the segment is here (not off-site): the first commit after the
+        // target is often in it, and feeding it only once the standby has
+        // replayed the rest costs a round (an exec, an upload, a look). A
+        // standby that pauses before it never reads it. It goes in only if
+        // a check beside the unpack authenticated it: a damaged segment the
+        // recovery may not need must not fail the restore.
+        if window == plan.segments.len()
+            && more.is_none()
+            && let Some(segment) = plan.later.first()
+        {
+            entries.spare = Some(Spare::check(key, store, segment));
+            let size = std::fs::metadata(store.wal_path(segment)).map_or(0, |m| m.len());
+            job.bytes_total.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        }
+        let (shared, later_fed, ()) = tokio::try_join!(
             async { Ok(proven(&docker, &scratch.container, shared, &token).await) },
             Box::pin(upload_base(
                 key,
@@ -313,9 +328,9 @@ pub async fn recover(
             server = server.with_shared_dir(shared);
         }
         docker.start(&scratch.container).await?;
-        let reached = replay(&feed, &server, plan, window, &target_text, more).await?;
+        let reached = replay(&feed, &server, plan, (window, later_fed), &target_text, more).await?;
         let dump_through = if server.has_shared_dir() { "fifo" } else { "exec" };
-        tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, dump_through = %dump_through, "scratch cluster recovered");
+        tracing::info!(job = job.id, target = %target_text, base = %plan.base.id, reached = %reached, later_prefed = later_fed, dump_through = %dump_through, "scratch cluster recovered");
         Ok(server)
     }
     .await;
@@ -366,7 +381,8 @@ const RETRY: Duration = Duration::from_millis(50);
 const STALL: Duration = Duration::from_secs(120);
 
 /// Waits while the scratch cluster replays, feeding it the rest of
-/// `plan.segments` (the first `fed` went in before the start) whenever
+/// `plan.segments` (the first `fed.0` went in before the start, and the
+/// first `fed.1` of `plan.later` with them) whenever
 /// less than half a window is left ahead of the replay, and `plan.later`
 /// a batch at a time whenever it has replayed everything it was given,
 /// until it pauses at the target or has replayed the whole chain. Replayed
@@ -376,7 +392,7 @@ async fn replay(
     feed: &Feed<'_>,
     server: &Server,
     plan: &RecoveryPlan,
-    fed: usize,
+    (fed, later_fed): (usize, usize),
     target_text: &str,
     more: Option<&LaterWal>,
 ) -> Result<String, Error> {
@@ -384,12 +400,15 @@ async fn replay(
     // The last replay position and when it was reached.
     let mut progress = (0u64, tokio::time::Instant::now());
     let mut due = &plan.segments[fed..];
-    let mut later = plan.later.as_slice();
+    let (fed_later, mut later) = plan.later.split_at(later_fed);
     // The segments in the scratch volume not yet known to be replayed.
-    let mut given: std::collections::VecDeque<WalFile> =
-        plan.segments[..fed].iter().cloned().collect();
-    let mut last_fed = plan.segments[..fed].last().cloned();
-    let mut batch_size = 1;
+    let mut given: std::collections::VecDeque<WalFile> = plan.segments[..fed]
+        .iter()
+        .chain(fed_later)
+        .cloned()
+        .collect();
+    let mut last_fed = given.back().cloned();
+    let mut batch_size = 2usize.pow(later_fed as u32).min(FEED_BATCH);
     // When the last batch went in, and how far the replay stood then: the
     // standby may still be in its wait from before it.
     let mut fed_at: Option<(tokio::time::Instant, u64)> = None;
@@ -541,7 +560,7 @@ async fn upload_base(
     plan: &RecoveryPlan,
     archive_folder: &str,
     window: SegmentEntries,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let path = store.base_path(&plan.base);
     let mut reader = BackupReader::start(
         plan.base.id.clone(),
@@ -562,7 +581,7 @@ async fn upload_base(
                 for part in parts.drain(..) {
                     if sender.send(Ok(part)).await.is_err() {
                         // The engine refused the archive: its error says why.
-                        return Ok(());
+                        return Ok(0);
                     }
                 }
             }
@@ -579,13 +598,13 @@ async fn upload_base(
         .docker
         .upload_from(feed.container, feed.data_dir, produce)
         .await;
-    produced??;
-    uploaded
+    let later_fed = produced??;
+    uploaded.map(|()| later_fed)
 }
 
 /// Ends an upload's tar stream with `result`'s error, if any, so that the
 /// engine refuses the archive.
-async fn fail_stream(sender: &TarSender, result: Result<(), Error>) -> Result<(), Error> {
+async fn fail_stream<T>(sender: &TarSender, result: Result<T, Error>) -> Result<T, Error> {
     if let Err(err) = &result {
         let _ = sender.send(Err(io::Error::other(err.message()))).await;
     }
@@ -604,69 +623,128 @@ struct SegmentEntries {
     /// before the segments, the `standby.signal` that makes the cluster a
     /// standby after them.
     first: bool,
+    /// A segment that follows the others if its check authenticated it.
+    spare: Option<Spare>,
     /// Counts the encrypted bytes read.
     progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// A segment put in only if a check run beforehand authenticated it.
+struct Spare {
+    name: String,
+    path: std::path::PathBuf,
+    checked: tokio::task::JoinHandle<bool>,
+}
+
+impl Spare {
+    /// Starts the check of `segment`, beside whatever comes before it.
+    fn check(key: &Key, store: &PitrStore, segment: &WalFile) -> Spare {
+        let (name, path) = (segment.name.clone(), store.wal_path(segment));
+        let checked = tokio::spawn({
+            let (key, name, path) = (key.clone(), name.clone(), path.clone());
+            async move {
+                let checked = match open_backup(&path) {
+                    Ok(file) => BackupReader::start(name.clone(), file, key, None, Arc::default())
+                        .drain()
+                        .await
+                        .map(|_| ()),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = &checked {
+                    tracing::warn!(segment = %name, error = %err.message(), "a WAL segment past the target's did not authenticate; it is fed only if the recovery reaches it");
+                }
+                checked.is_ok()
+            }
+        });
+        Spare {
+            name,
+            path,
+            checked,
+        }
+    }
+}
+
 impl SegmentEntries {
-    /// Sends the entries and the end-of-archive marker. A segment copied
-    /// while still being written is shorter than a segment, which a standby
-    /// takes as not there yet. A damaged file never gets in whole: each
-    /// chunk is authenticated before it is sent, and a file that ends early
-    /// fails the stream. A refused archive ends the sending early: the
-    /// upload's error says why.
-    async fn send(self, sender: &TarSender) -> Result<(), Error> {
-        let (owner, size) = (self.owner, self.segment_size);
+    /// Sends the entries and the end-of-archive marker; returns how many
+    /// spares went in (0 or 1). A segment copied while still being written is
+    /// shorter than a segment, which a standby takes as not there yet. A
+    /// damaged file never gets in whole: each chunk is authenticated before
+    /// it is sent, and a file that ends early fails the stream. A refused
+    /// archive ends the sending early: the upload's error says why.
+    async fn send(mut self, sender: &TarSender) -> Result<usize, Error> {
         if self.first {
             let directory = tar_header(
                 &format!("{RESTORE_WAL}/"),
                 0,
                 tar::EntryType::Directory,
-                owner,
+                self.owner,
             )?;
             let _ = sender.send(Ok(directory)).await;
         }
-        for (name, path) in self.segments {
-            let header = tar_header(
-                &format!("{RESTORE_WAL}/{name}"),
-                size,
-                tar::EntryType::Regular,
-                owner,
-            )?;
-            if sender.send(Ok(header)).await.is_err() {
-                return Ok(());
-            }
-            let mut reader = BackupReader::start(
-                name.clone(),
-                open_backup(&path)?,
-                self.key.clone(),
-                Some(Compression::Gzip),
-                self.progress.clone(),
-            );
-            let mut sent = 0u64;
-            while let Some(block) = reader.blocks.recv().await {
-                sent += block.len() as u64;
-                if sender.send(Ok(block)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            reader.finish().await?;
-            let padding = tar_padding(sent);
-            if padding > 0 {
-                let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
-            }
-            if sent != size {
-                return Err(Error::Integrity(format!(
-                    "WAL segment {name} holds {sent} bytes, not {size}"
-                )));
+        for (name, path) in &self.segments {
+            if !self.send_segment(name, path, sender).await? {
+                return Ok(0);
             }
         }
+        let mut spare_sent = 0;
+        if let Some(spare) = self.spare.take()
+            && spare.checked.await.unwrap_or(false)
+        {
+            if !self.send_segment(&spare.name, &spare.path, sender).await? {
+                return Ok(0);
+            }
+            spare_sent = 1;
+        }
         if self.first {
-            let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, owner)?;
+            let signal = tar_header("standby.signal", 0, tar::EntryType::Regular, self.owner)?;
             let _ = sender.send(Ok(signal)).await;
         }
         let _ = sender.send(Ok(tar_end())).await;
-        Ok(())
+        Ok(spare_sent)
+    }
+
+    /// Sends one segment's entry; false when the archive was refused.
+    async fn send_segment(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        sender: &TarSender,
+    ) -> Result<bool, Error> {
+        let size = self.segment_size;
+        let header = tar_header(
+            &format!("{RESTORE_WAL}/{name}"),
+            size,
+            tar::EntryType::Regular,
+            self.owner,
+        )?;
+        if sender.send(Ok(header)).await.is_err() {
+            return Ok(false);
+        }
+        let mut reader = BackupReader::start(
+            name.to_owned(),
+            open_backup(path)?,
+            self.key.clone(),
+            Some(Compression::Gzip),
+            self.progress.clone(),
+        );
+        let mut sent = 0u64;
+        while let Some(block) = reader.blocks.recv().await {
+            sent += block.len() as u64;
+            if sender.send(Ok(block)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        reader.finish().await?;
+        let padding = tar_padding(sent);
+        if padding > 0 {
+            let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
+        }
+        if sent != size {
+            return Err(Error::Integrity(format!(
+                "WAL segment {name} holds {sent} bytes, not {size}"
+            )));
+        }
+        Ok(true)
     }
 }
 
@@ -780,6 +858,7 @@ impl Feed<'_> {
             // data directory to its server's user.
             owner: (0, 0),
             first,
+            spare: None,
             progress,
         }
     }
@@ -793,7 +872,7 @@ impl Feed<'_> {
             ..self.entries(segments, false, Arc::default())
         };
         let produce = |sender: TarSender| async move {
-            let sent = entries.send(&sender).await;
+            let sent = entries.send(&sender).await.map(|_| ());
             fail_stream(&sender, sent).await
         };
         let (produced, uploaded) = self
