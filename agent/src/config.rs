@@ -168,6 +168,10 @@ pub struct Schedule {
     pub dropin_dir: PathBuf,
 }
 
+/// Where a point-in-time recovery's scratch cluster reads the WAL it is fed,
+/// inside its data directory.
+pub const RESTORE_WAL_FOLDER: &str = "mesbak_restore_wal";
+
 /// The folders of a PostgreSQL (13 to 17) data directory, and the one a
 /// point-in-time recovery feeds WAL through: no name for the archive folder.
 const DATA_DIRECTORY_FOLDERS: &[&str] = &[
@@ -188,8 +192,7 @@ const DATA_DIRECTORY_FOLDERS: &[&str] = &[
     "pg_twophase",
     "pg_wal",
     "pg_xact",
-    // recover.rs's RESTORE_WAL.
-    "mesbak_restore_wal",
+    RESTORE_WAL_FOLDER,
 ];
 
 /// Point-in-time recovery: continuous WAL archiving on the database server,

@@ -48,8 +48,8 @@ use crate::storage::open_backup;
 /// Label on scratch containers and volumes: the owning agent's state folder.
 pub const SCRATCH_LABEL: &str = "org.mesbak.pitr-scratch";
 /// Where the recovery reads WAL segments from, inside the data directory
-/// (config.rs refuses the name for `pitr.archive_dir`).
-const RESTORE_WAL: &str = "mesbak_restore_wal";
+/// (refused as a name for `pitr.archive_dir`).
+const RESTORE_WAL: &str = crate::config::RESTORE_WAL_FOLDER;
 /// How long recovery may go without replaying anything (a long chain
 /// takes as long as it takes).
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
