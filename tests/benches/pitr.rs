@@ -15,7 +15,8 @@
 //!   weekly base backup runs while the plant writes);
 //! - a point-in-time restore against a plain restore of a dump of the same
 //!   database, grown to `MESBAK_BENCH_RESTORE_MIB` (default 150) first
-//!   (target: 1.5x).
+//!   (target: 1.5x), in turn `MESBAK_BENCH_RESTORE_ROUNDS` times (default
+//!   3); the shipper ships neither restore's WAL while it is timed.
 //!
 //! `cargo bench -p mesbak-tests --bench pitr`; `MESBAK_BENCH_AGENT_LOG=<dir>`
 //! keeps a copy of the agent's log (per-segment shipping times at debug).
