@@ -1233,14 +1233,7 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
         inside.is_empty(),
         "archive files in the base backup: {inside:?}"
     );
-    let log = agent.log();
-    let left_out: u64 = log
-        .lines()
-        .rfind(|line| line.contains("base backup written"))
-        .and_then(|line| line.split("archive_files_left_out=").nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no base backup's left-out count in the log:\n{log}"));
+    let left_out = last_logged_number(&agent, "base backup written", "archive_files_left_out");
     assert!(
         left_out >= 1,
         "the temporary file was not left out: {left_out}"
@@ -1263,15 +1256,16 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
     );
 }
 
-/// The later segment's count in the last "scratch cluster recovered" line.
-fn later_prefed(agent: &Agent) -> u32 {
+/// The number logged as `field=` on the agent's last log line holding `line`.
+#[track_caller]
+fn last_logged_number(agent: &Agent, line: &str, field: &str) -> u64 {
     let log = agent.log();
     log.lines()
-        .rfind(|line| line.contains("scratch cluster recovered"))
-        .and_then(|line| line.split("later_prefed=").nth(1))
+        .rfind(|l| l.contains(line))
+        .and_then(|l| l.split(&format!("{field}=")).nth(1))
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no recovery's later_prefed in the log:\n{log}"))
+        .unwrap_or_else(|| panic!("no {field} on a '{line}' line in the log:\n{log}"))
 }
 
 /// The segment after the target's goes in before the scratch cluster
@@ -1295,7 +1289,7 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
         "restored from the target's segment and the next",
     );
     assert_eq!(
-        later_prefed(&agent),
+        last_logged_number(&agent, "scratch cluster recovered", "later_prefed"),
         1,
         "the next segment was not fed first"
     );
@@ -1339,7 +1333,11 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
         &at_own,
         "restored past a damaged segment it did not need",
     );
-    assert_eq!(later_prefed(&agent), 0, "the damaged segment went in");
+    assert_eq!(
+        last_logged_number(&agent, "scratch cluster recovered", "later_prefed"),
+        0,
+        "the damaged segment went in"
+    );
     assert!(
         agent
             .log()
