@@ -1347,7 +1347,13 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
 
     let (success, _, stderr) = ctl(&bus, &["restore", "--to-time", &inside_damaged, "--yes"]);
     assert!(!success, "a time inside a damaged segment was restored");
-    assert!(stderr.contains(&damaged), "{stderr}");
+    assert!(
+        stderr.contains(&format!("WAL segment {damaged} is damaged"))
+            && stderr.contains("nothing was changed")
+            && stderr.contains("restore an earlier time"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_recovered(
         pg.fingerprint("mes"),
         &at_own,

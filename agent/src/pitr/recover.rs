@@ -111,9 +111,10 @@ async fn authenticate(
             let progress = job.bytes_done.clone();
             async move {
                 let file = open_backup(&path)?;
-                BackupReader::start(id, file, key.clone(), None, progress)
+                BackupReader::start(id.clone(), file, key.clone(), None, progress)
                     .drain()
                     .await
+                    .map_err(|err| unusable_segment(&id, err))
             }
         })
         .buffer_unordered(parallel);
@@ -121,6 +122,21 @@ async fn authenticate(
         checked?;
     }
     Ok(())
+}
+
+/// A needed WAL segment that fails authentication, said for a
+/// point-in-time restore: what a technician can do differs from a backup
+/// file's "use another backup". The file's own verdict goes to the log.
+fn unusable_segment(name: &str, err: Error) -> Error {
+    match err {
+        Error::Integrity(detail) => {
+            tracing::warn!(segment = %name, detail = %detail, "a WAL segment the recovery needs is damaged");
+            Error::Integrity(format!(
+                "WAL segment {name} is damaged (it fails authentication) and the recovery needs it, so nothing was changed; restore an earlier time, or this one from an off-site copy with `--from NAME`"
+            ))
+        }
+        other => other,
+    }
 }
 
 /// A scratch cluster recovered to the target time, its replay stopped
@@ -734,7 +750,10 @@ impl SegmentEntries {
                 return Ok(false);
             }
         }
-        reader.finish().await?;
+        reader
+            .finish()
+            .await
+            .map_err(|err| unusable_segment(name, err))?;
         let padding = tar_padding(sent);
         if padding > 0 {
             let _ = sender.send(Ok(Bytes::from(vec![0u8; padding]))).await;
