@@ -124,15 +124,17 @@ async fn authenticate(
     Ok(())
 }
 
-/// A needed WAL segment that fails authentication, said for a
-/// point-in-time restore: what a technician can do differs from a backup
-/// file's "use another backup". The file's own verdict goes to the log.
+/// A damaged WAL segment the recovery needs, said for a point-in-time
+/// restore: what a technician can do is not a backup file's "use another
+/// backup" (every damage verdict of the format says that; the file's own
+/// goes to the log). Other verdicts (a wrong key, a newer format) keep
+/// their own advice.
 fn unusable_segment(name: &str, err: Error) -> Error {
     match err {
-        Error::Integrity(detail) => {
+        Error::Integrity(detail) if detail.contains("use another backup") => {
             tracing::warn!(segment = %name, detail = %detail, "a WAL segment the recovery needs is damaged");
             Error::Integrity(format!(
-                "WAL segment {name} is damaged (it fails authentication) and the recovery needs it, so nothing was changed; restore an earlier time, or this one from an off-site copy with `--from NAME`"
+                "WAL segment {name} is damaged and the recovery needs it, so nothing was changed; restore an earlier time, or this one from an off-site copy with `--from NAME`"
             ))
         }
         other => other,
@@ -976,5 +978,48 @@ async fn proven(
             "the Docker engine does not show the scratch container this host's folder: its dump comes through the engine"
         );
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesbak_format::FormatError;
+
+    use super::*;
+    use crate::pipeline::read_error;
+
+    #[test]
+    fn a_damaged_segment_is_said_for_a_recovery_and_a_wrong_key_is_not() {
+        let name = "000000010000000000000007";
+        let damaged = [
+            FormatError::CorruptChunk {
+                index: 0,
+                offset: 71,
+            },
+            FormatError::Truncated { offset: 4096 },
+            FormatError::TrailingData { offset: 4096 },
+            FormatError::CorruptHeader("salt"),
+        ];
+        for verdict in damaged {
+            let said = unusable_segment(name, read_error(name, verdict)).message();
+            assert!(
+                said.starts_with(&format!("WAL segment {name} is damaged"))
+                    && said.contains("restore an earlier time")
+                    && !said.contains("another backup"),
+                "{said}"
+            );
+        }
+        for verdict in [
+            || FormatError::WrongKey,
+            || FormatError::UnsupportedVersion(9),
+        ] {
+            let said = unusable_segment(name, read_error(name, verdict())).message();
+            assert_eq!(said, read_error(name, verdict()).message());
+        }
+        let unreadable = || Error::Failed("cannot read backup x: disk I/O error".into());
+        assert_eq!(
+            unusable_segment(name, unreadable()).message(),
+            unreadable().message()
+        );
     }
 }
