@@ -291,12 +291,10 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         assert!(outcome.success, "{}", outcome.message);
         r.downtime = writer.last_downtime();
         r.rss_restore_kib = peak_rss_kib(agent.pid());
-        if let Some(dir) = std::env::var_os("MESBAK_BENCH_AGENT_LOG") {
-            let copy = std::path::Path::new(&dir).join(format!("database-{flavor:?}-{round}.log"));
-            std::fs::create_dir_all(&dir).expect("create MESBAK_BENCH_AGENT_LOG's folder");
-            std::fs::copy(agent.log_path(), &copy).expect("copy the agent's log");
-            eprintln!("agent log: {}", copy.display());
-        }
+        keep_agent_log(
+            agent.log_path(),
+            &format!("database-{flavor:?}-{round}.log"),
+        );
         let drop = proxy
             .drop_previous("")
             .await

@@ -493,12 +493,7 @@ async fn bench(flavor: Flavor, seconds: u64) {
     };
     rss = rss.max(peak_rss_kib(agent.pid()));
     let size = pg.database_size("mes");
-    if let Some(dir) = std::env::var_os("MESBAK_BENCH_AGENT_LOG") {
-        let copy = std::path::Path::new(&dir).join(format!("pitr-{flavor:?}.log"));
-        std::fs::create_dir_all(&dir).expect("create MESBAK_BENCH_AGENT_LOG's folder");
-        std::fs::copy(agent.log_path(), &copy).expect("copy the agent's log");
-        eprintln!("agent log: {}", copy.display());
-    }
+    keep_agent_log(agent.log_path(), &format!("pitr-{flavor:?}.log"));
 
     println!(
         "  point-in-time target             {target}: from base backup {base}, \

@@ -1,6 +1,17 @@
 //! What the benchmarks read about a process and the machine: one copy for
 //! every bench.
 
+/// With `MESBAK_BENCH_AGENT_LOG=<dir>`, copies the agent's log `log` into
+/// that folder as `name`, for reading the stages a run went through.
+pub fn keep_agent_log(log: &std::path::Path, name: &str) {
+    if let Some(dir) = std::env::var_os("MESBAK_BENCH_AGENT_LOG") {
+        let copy = std::path::Path::new(&dir).join(name);
+        std::fs::create_dir_all(&dir).expect("create MESBAK_BENCH_AGENT_LOG's folder");
+        std::fs::copy(log, &copy).expect("copy the agent's log");
+        eprintln!("agent log: {}", copy.display());
+    }
+}
+
 /// `name` from the environment as a number, else `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

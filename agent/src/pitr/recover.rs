@@ -110,9 +110,7 @@ async fn authenticate(
         .map(|(id, path)| {
             let progress = job.bytes_done.clone();
             async move {
-                let file = open_backup(&path)?;
-                BackupReader::start(id.clone(), file, key.clone(), None, progress)
-                    .drain()
+                authenticate_segment(key, &id, &path, progress)
                     .await
                     .map_err(|err| unusable_segment(&id, err))
             }
@@ -122,6 +120,20 @@ async fn authenticate(
         checked?;
     }
     Ok(())
+}
+
+/// Authenticates one segment's file: every chunk decrypted and dropped.
+async fn authenticate_segment(
+    key: &Key,
+    name: &str,
+    path: &std::path::Path,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(), Error> {
+    let file = open_backup(path)?;
+    BackupReader::start(name.to_owned(), file, key.clone(), None, progress)
+        .drain()
+        .await
+        .map(|_| ())
 }
 
 /// A damaged WAL segment the recovery needs, said for a point-in-time
@@ -661,13 +673,7 @@ impl Spare {
         let checked = tokio::spawn({
             let (key, name, path) = (key.clone(), name.clone(), path.clone());
             async move {
-                let checked = match open_backup(&path) {
-                    Ok(file) => BackupReader::start(name.clone(), file, key, None, Arc::default())
-                        .drain()
-                        .await
-                        .map(|_| ()),
-                    Err(err) => Err(err),
-                };
+                let checked = authenticate_segment(&key, &name, &path, Arc::default()).await;
                 if let Err(err) = &checked {
                     tracing::warn!(segment = %name, error = %err.message(), "a WAL segment past the target's did not authenticate; it is fed only if the recovery reaches it");
                 }
