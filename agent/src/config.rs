@@ -133,6 +133,25 @@ pub struct Retention {
 #[serde(deny_unknown_fields, default)]
 pub struct Restore {
     pub stop_containers: Vec<String>,
+    /// psql sessions that share a restore's table data, indexes and keys
+    /// (as pg_restore -j); 0 = one per core, at most 4; 1 = the whole load
+    /// in one session.
+    pub load_sessions: u32,
+}
+
+impl Restore {
+    /// The most sessions a load may use.
+    pub const MAX_LOAD_SESSIONS: u32 = 16;
+
+    /// Worker sessions beside a load's main one (which runs what must go
+    /// in order): none when the load runs in one session.
+    pub fn load_workers(&self) -> usize {
+        let sessions = match self.load_sessions {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            n => n as usize,
+        };
+        if sessions > 1 { sessions } else { 0 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +314,7 @@ impl Default for Restore {
     fn default() -> Self {
         Restore {
             stop_containers: vec!["mes-ignition".into()],
+            load_sessions: 0,
         }
     }
 }
@@ -497,6 +517,16 @@ impl Config {
                     levels.start(),
                     levels.end(),
                     Codec::default_level(self.backup.compression)
+                ),
+            ));
+        }
+        if self.restore.load_sessions > Restore::MAX_LOAD_SESSIONS {
+            return Err(invalid(
+                "restore.load_sessions",
+                format!(
+                    "{} is out of range; use 1 to {} sessions, or 0 for one per core",
+                    self.restore.load_sessions,
+                    Restore::MAX_LOAD_SESSIONS
                 ),
             ));
         }

@@ -124,7 +124,7 @@ impl DumpReader {
 }
 
 /// `schema.table` from the start of a COPY statement.
-fn qualified_name(text: &str) -> Option<String> {
+pub fn qualified_name(text: &str) -> Option<String> {
     let (schema, rest) = split_ident(text)?;
     let rest = rest.strip_prefix('.')?;
     let (table, _) = split_ident(rest)?;

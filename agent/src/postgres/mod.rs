@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::fifo::SharedDir;
 use crate::process::{Runner, Spawned};
 
-pub use dump::DumpReader;
+pub use dump::{DumpReader, qualified_name};
 pub use roles::roles_prelude;
 pub use session::Session;
 

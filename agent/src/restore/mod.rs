@@ -276,7 +276,8 @@ async fn restore_database(
     let stop = job.cancel_token().child_token();
     let load = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
-        let loaded = load::load(job, server, plan, timescale, &new_db, &stop).await?;
+        let workers = app.config.restore.load_workers();
+        let loaded = load::load(job, server, plan, timescale, &new_db, workers, &stop).await?;
         if plan.lacks_database_facts && live_exists {
             // The old stack's dump lacks the database's own settings,
             // grants and comment: keep the live database's, or the swap

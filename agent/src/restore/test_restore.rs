@@ -123,6 +123,7 @@ async fn checks(app: &App, job: &Job, plan: &Plan) -> Result<String, Error> {
                 plan,
                 timescale.as_ref(),
                 &scratch,
+                app.config.restore.load_workers(),
                 &job.cancel_token(),
             )
             .await?;

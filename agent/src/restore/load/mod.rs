@@ -1,21 +1,28 @@
 //! Loading a backup into a new database: created like the live one,
 //! streamed through psql with ON_ERROR_STOP (TimescaleDB's prologue and
-//! epilogue around it), the extension updated where the server's is newer,
-//! and the rows each COPY stored compared with the backup's.
+//! epilogue around it), tables' data, indexes and keys shared by several
+//! sessions as pg_restore -j would, the extension updated where the
+//! server's is newer, and the rows each COPY stored compared with the
+//! backup's.
+
+mod route;
+mod sessions;
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use mesbak_interface::Error;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
+
+use route::Router;
+use sessions::{Sessions, Stopped};
 
 use super::plan::{Input, Plan};
 use crate::jobs::Job;
 use crate::pipeline::BackupReader;
 use crate::postgres::payload::{Payload, Piece};
 use crate::postgres::{DumpReader, MAINTENANCE_DB, Server, quote_ident, quote_literal, timescale};
-use crate::process;
 
 /// What a load cut short by `Cancel` leaves.
 pub const CANCELLED_LOAD: &str =
@@ -74,14 +81,18 @@ pub async fn create_database_like(
 /// Streams the plan's SQL (a backup file, or a recovered cluster's live
 /// dump) into `database` through psql with ON_ERROR_STOP, wrapped in
 /// TimescaleDB's prologue and epilogue when it has TimescaleDB, then
-/// updates the extension where planned. Stops with the job's cancelled
-/// error when `stop` (the job's token or a child of it) is cancelled.
+/// updates the extension where planned. From the first table data on,
+/// `workers` more psql sessions share the data, indexes and keys
+/// ([`route`], [`sessions`]). Stops with the job's cancelled error when
+/// `stop` (the job's token or a child of it) is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub async fn load(
     job: &Job,
     server: &Server,
     plan: &Plan,
     timescale: Option<&timescale::RestorePlan>,
     database: &str,
+    workers: usize,
     stop: &CancellationToken,
 ) -> Result<Loaded, Error> {
     let label = plan.label();
@@ -89,100 +100,86 @@ pub async fn load(
     let mut sql = Sql::open(job, plan).await?;
     let mut dump = DumpReader::default();
     let mut plain_bytes = 0u64;
-    let spawned = server
-        .spawn(
-            "psql",
-            &["-X", "-v", "ON_ERROR_STOP=1", "-d", database],
-            true,
-        )
-        .await?;
-    let process::Spawned {
-        mut stdout,
-        stdin,
-        done,
-    } = spawned;
-    let mut stdin = stdin.ok_or_else(|| Error::Failed("psql has no input".into()))?;
-    // psql reports `COPY <rows>` per COPY it ran; everything else is noise.
-    let copy_reports = tokio::spawn(async move {
-        let mut counts = Vec::new();
-        let mut line = Vec::new();
-        while let Some(block) = stdout.recv().await {
-            for &byte in block.iter() {
-                if byte == b'\n' {
-                    if let Some(rows) = line.strip_prefix(b"COPY ") {
-                        counts.extend(
-                            std::str::from_utf8(rows)
-                                .ok()
-                                .and_then(|r| r.parse::<u64>().ok()),
-                        );
-                    }
-                    line.clear();
-                } else if line.len() < 64 {
-                    line.push(byte);
-                }
-            }
-        }
-        counts
-    });
+    let mut router = Router::default();
+    let mut sessions = Sessions::start(server, database, workers).await?;
     let (prologue, epilogue) = match timescale {
         Some(ts) => (timescale::prologue(&ts.version), timescale::epilogue()),
         None => (String::new(), ""),
     };
-    let mut fed = stdin.write_all(prologue.as_bytes()).await.is_ok();
-    while fed {
-        let block = match sql.next(stop).await {
-            Piece::Block(block) => block,
+    let mut routed = Vec::new();
+    router.route(&Bytes::from(prologue), &mut routed);
+    let mut fed = Ok(());
+    'feeding: loop {
+        for piece in routed.drain(..) {
+            fed = sessions.feed(piece, stop).await;
+            if fed.is_err() {
+                break 'feeding;
+            }
+        }
+        match sql.next(stop).await {
+            Piece::Block(block) => {
+                dump.feed(&block);
+                plain_bytes += block.len() as u64;
+                if sql.counts_itself() {
+                    job.bytes_done
+                        .fetch_add(block.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                router.route(&block, &mut routed);
+            }
             Piece::End => break,
             Piece::Cancelled => {
-                // psql is cut off; the caller drops the database it filled.
-                done.abort();
-                copy_reports.abort();
-                return Err(job.cancelled_error(CANCELLED_LOAD));
+                fed = Err(Stopped::Cancelled);
+                break;
             }
-        };
-        // psql's output ends only when psql does: it stopped at an error
-        // (ON_ERROR_STOP), so the rest of the dump would be fed to no one.
-        if copy_reports.is_finished() {
-            fed = false;
-            break;
         }
-        dump.feed(&block);
-        plain_bytes += block.len() as u64;
-        if sql.counts_itself() {
-            job.bytes_done
-                .fetch_add(block.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    if fed.is_ok() {
+        router.route(&Bytes::from_static(epilogue.as_bytes()), &mut routed);
+        router.finish(&mut routed);
+        for piece in routed.drain(..) {
+            fed = sessions.feed(piece, stop).await;
+            if fed.is_err() {
+                break;
+            }
         }
-        fed = stdin.write_all(&block).await.is_ok();
     }
-    if fed {
-        fed = stdin.write_all(epilogue.as_bytes()).await.is_ok();
-    }
-    let _ = stdin.shutdown().await;
-    drop(stdin);
+    let failed = match fed {
+        Ok(()) => false,
+        Err(Stopped::Cancelled) => {
+            // psql is cut off; the caller drops the database it filled.
+            sessions.kill();
+            return Err(job.cancelled_error(CANCELLED_LOAD));
+        }
+        Err(Stopped::Failed(err)) => {
+            sessions.kill();
+            return Err(err);
+        }
+        Err(Stopped::Ended) => true,
+    };
     // A source that stopped early (psql gave up) is not waited for.
-    let read = if fed { sql.finish().await } else { Ok(()) };
-    let outcome = process::join(done).await?;
-    let copy_reports = copy_reports.await.unwrap_or_default();
+    let read = if failed { Ok(()) } else { sql.finish().await };
+    let finished = sessions
+        .finish(failed, |detail| {
+            // The server's own words for ENOSPC ("could not extend file ...").
+            if detail.contains("No space left on device") {
+                Error::NoSpace(format!(
+                    "the database server's disk became full while {label} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry"
+                ))
+            } else {
+                Error::Database(format!(
+                    "psql stopped restoring {label} into '{database}': {detail}"
+                ))
+            }
+        })
+        .await;
     // A source that failed (a damaged file, a dump cut short) explains
     // whatever psql made of it.
     read?;
-    outcome.check(|detail| {
-        // The server's own words for ENOSPC ("could not extend file ...").
-        if detail.contains("No space left on device") {
-            Error::NoSpace(format!(
-                "the database server's disk became full while {label} was being loaded into '{database}'; the live database was not changed and the partial copy is dropped: free space where the server keeps its data, then retry"
-            ))
-        } else {
-            Error::Database(format!(
-                "psql stopped restoring {label} into '{database}': {detail}"
-            ))
-        }
-    })?;
-    if !fed {
+    let Some(finished) = finished? else {
         return Err(Error::Database(format!(
             "psql stopped reading while restoring {label} into '{database}'"
         )));
-    }
+    };
     if plan.from_metadata {
         let differences = compare_rows(&plan.expected, &dump.table_rows);
         if !differences.is_empty() {
@@ -196,11 +193,9 @@ pub async fn load(
         job.set_stage(format!("updating TimescaleDB in '{database}' to {to}"));
         timescale::update_extension(server, database, to).await?;
     }
-    let copied_rows = (copy_reports.len() == dump.copy_order.len())
-        .then(|| dump.copy_order.iter().cloned().zip(copy_reports).collect());
     Ok(Loaded {
         plain_bytes,
-        copied_rows,
+        copied_rows: finished.copied_rows,
         stream_rows: dump.table_rows,
     })
 }
