@@ -790,6 +790,24 @@ mod tests {
             "{err}"
         );
 
+        let err = load("[restore]\nload_sessions = 17\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`restore.load_sessions`") && err.contains("1 to 16"),
+            "{err}"
+        );
+        let sessions = |n: u32| {
+            let restore = Restore {
+                load_sessions: n,
+                ..Restore::default()
+            };
+            restore.load_workers()
+        };
+        assert_eq!((sessions(1), sessions(2), sessions(16)), (0, 2, 16));
+        // One per core, at most 4; a one-core machine loads in one session.
+        assert!(matches!(sessions(0), 0 | 2..=4), "{}", sessions(0));
+
         for folder in ["../x", "pg_wal", "pg_xact", "base", "global"] {
             let err = load(&format!("[pitr]\narchive_dir = \"{folder}\"\n"), &[])
                 .unwrap_err()

@@ -631,6 +631,19 @@ impl Agent {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// The number after `field=` on the last log line that contains
+    /// `line`; panics with the log when there is none.
+    #[track_caller]
+    pub fn last_logged_number(&self, line: &str, field: &str) -> u64 {
+        let log = self.log();
+        log.lines()
+            .rfind(|l| l.contains(line))
+            .and_then(|l| l.split(&format!("{field}=")).nth(1))
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} on a '{line}' line in the log:\n{log}"))
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.poll_exit().is_none()

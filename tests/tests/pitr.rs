@@ -1233,7 +1233,7 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
         inside.is_empty(),
         "archive files in the base backup: {inside:?}"
     );
-    let left_out = last_logged_number(&agent, "base backup written", "archive_files_left_out");
+    let left_out = agent.last_logged_number("base backup written", "archive_files_left_out");
     assert!(
         left_out >= 1,
         "the temporary file was not left out: {left_out}"
@@ -1254,18 +1254,6 @@ async fn a_base_backup_leaves_out_the_servers_archive_folder(flavor: Flavor) {
         &expected,
         "restored from a base backup without the archive folder's files",
     );
-}
-
-/// The number logged as `field=` on the agent's last log line holding `line`.
-#[track_caller]
-fn last_logged_number(agent: &Agent, line: &str, field: &str) -> u64 {
-    let log = agent.log();
-    log.lines()
-        .rfind(|l| l.contains(line))
-        .and_then(|l| l.split(&format!("{field}=")).nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} on a '{line}' line in the log:\n{log}"))
 }
 
 /// The segment after the target's goes in before the scratch cluster
@@ -1289,7 +1277,7 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
         "restored from the target's segment and the next",
     );
     assert_eq!(
-        last_logged_number(&agent, "scratch cluster recovered", "later_prefed"),
+        agent.last_logged_number("scratch cluster recovered", "later_prefed"),
         1,
         "the next segment was not fed first"
     );
@@ -1334,7 +1322,7 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
         "restored past a damaged segment it did not need",
     );
     assert_eq!(
-        last_logged_number(&agent, "scratch cluster recovered", "later_prefed"),
+        agent.last_logged_number("scratch cluster recovered", "later_prefed"),
         0,
         "the damaged segment went in"
     );

@@ -100,7 +100,12 @@ pub async fn load(
     let mut sql = Sql::open(job, plan).await?;
     let mut dump = DumpReader::default();
     let mut plain_bytes = 0u64;
-    let mut router = Router::default();
+    // One session loads a table in one COPY.
+    let mut router = Router::with_piece_bytes(if workers > 0 {
+        route::PIECE_BYTES
+    } else {
+        usize::MAX
+    });
     let mut sessions = Sessions::start(server, database, workers).await?;
     let (prologue, epilogue) = match timescale {
         Some(ts) => (timescale::prologue(&ts.version), timescale::epilogue()),
@@ -180,6 +185,18 @@ pub async fn load(
             "psql stopped reading while restoring {label} into '{database}'"
         )));
     };
+    let [serial_ms, data_ms, build_ms] = finished.spent_ms;
+    tracing::info!(
+        job = job.id,
+        database,
+        sessions = finished.sessions,
+        copies = finished.copies,
+        builds = finished.builds,
+        serial_ms,
+        data_ms,
+        build_ms,
+        "loaded"
+    );
     if plan.from_metadata {
         let differences = compare_rows(&plan.expected, &dump.table_rows);
         if !differences.is_empty() {

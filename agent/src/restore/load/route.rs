@@ -84,13 +84,8 @@ pub struct Router {
     piece_bytes: usize,
 }
 
-impl Default for Router {
-    fn default() -> Self {
-        Router::with_piece_bytes(PIECE_BYTES)
-    }
-}
-
 impl Router {
+    /// A router that cuts tables' rows into pieces of `piece_bytes`.
     pub fn with_piece_bytes(piece_bytes: usize) -> Router {
         Router {
             entry: Entry::Preamble,
@@ -445,12 +440,19 @@ SET default_tablespace = '';\n\n\
         assert!(main.contains("CREATE TABLE public.t (\n    id integer\n);"));
         assert!(main.contains("ADD CONSTRAINT t_fk FOREIGN KEY"));
         assert!(main.ends_with("\\unrestrict KEY\n\nSELECT 1;\n"));
-        assert!(!main.contains("COPY") && !main.contains("t_pkey PRIMARY") && !main.contains("CREATE INDEX"));
+        assert!(
+            !main.contains("COPY")
+                && !main.contains("t_pkey PRIMARY")
+                && !main.contains("CREATE INDEX")
+        );
         // Every byte goes somewhere, once.
         let routed: usize = whole
             .iter()
             .map(|r| match r {
-                Routed::Main { text, .. } | Routed::Setting(text) | Routed::Start { text, .. } | Routed::More(text) => text.len(),
+                Routed::Main { text, .. }
+                | Routed::Setting(text)
+                | Routed::Start { text, .. }
+                | Routed::More(text) => text.len(),
             })
             .sum();
         assert_eq!(routed, DUMP.len());
@@ -458,21 +460,34 @@ SET default_tablespace = '';\n\n\
         for r in &whole {
             if let Routed::Main { text, statement } = r {
                 let line = std::str::from_utf8(text).unwrap().trim_end();
-                assert_eq!(*statement, !(line.is_empty() || line.starts_with("--")), "{line:?}");
+                assert_eq!(
+                    *statement,
+                    !(line.is_empty() || line.starts_with("--")),
+                    "{line:?}"
+                );
             }
         }
         // The same wherever blocks end.
         for block in [1, 2, 3, 5, 64] {
-            assert_eq!(sessions(&route_in_blocks(DUMP.as_bytes(), block, PIECE_BYTES)), sessions(&whole), "blocks of {block}");
+            assert_eq!(
+                sessions(&route_in_blocks(DUMP.as_bytes(), block, PIECE_BYTES)),
+                sessions(&whole),
+                "blocks of {block}"
+            );
         }
     }
 
     #[test]
     fn a_tables_rows_are_cut_into_pieces_at_row_ends() {
-        let mut dump = String::from("--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\nCOPY public.t (id, note) FROM stdin;\n");
+        let mut dump = String::from(
+            "--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\nCOPY public.t (id, note) FROM stdin;\n",
+        );
         let mut rows = 0;
         while dump.len() < 5000 {
-            dump.push_str(&format!("{rows}\tnote {} \\\\. \\N\n", "x".repeat(rows % 37)));
+            dump.push_str(&format!(
+                "{rows}\tnote {} \\\\. \\N\n",
+                "x".repeat(rows % 37)
+            ));
             rows += 1;
         }
         dump.push_str("\\N\t\\.\n\\.\n\nSELECT 1;\n");
@@ -480,9 +495,20 @@ SET default_tablespace = '';\n\n\
         for block in [1, 2, 3, 7, 100, 10_000] {
             let routed = route_in_blocks(dump.as_bytes(), block, 1000);
             let (main, _, beside) = sessions(&routed);
-            assert_eq!(main, "--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\n\nSELECT 1;\n", "blocks of {block}");
-            let pieces: Vec<&str> = beside.split("|Copy { table: \"public.t\" }:").skip(1).collect();
-            assert!(pieces.len() >= 5, "{} pieces in blocks of {block}", pieces.len());
+            assert_eq!(
+                main,
+                "--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\n\nSELECT 1;\n",
+                "blocks of {block}"
+            );
+            let pieces: Vec<&str> = beside
+                .split("|Copy { table: \"public.t\" }:")
+                .skip(1)
+                .collect();
+            assert!(
+                pieces.len() >= 5,
+                "{} pieces in blocks of {block}",
+                pieces.len()
+            );
             let mut seen = 0;
             for piece in &pieces {
                 let body = piece
@@ -500,13 +526,17 @@ SET default_tablespace = '';\n\n\
     fn text_without_pg_dumps_headings_stays_in_order() {
         let sql = "CREATE TABLE t (id int);\nCOPY t (id) FROM stdin;\n1\n\\.\nCREATE INDEX i ON t (id);\nSET x = 1;\n";
         let (main, settings, beside) = sessions(&route_in_blocks(sql.as_bytes(), 4, PIECE_BYTES));
-        assert_eq!((main.as_str(), beside.as_str()), (sql.replace("SET x = 1;\n", "").as_str(), ""));
+        assert_eq!(
+            (main.as_str(), beside.as_str()),
+            (sql.replace("SET x = 1;\n", "").as_str(), "")
+        );
         assert_eq!(settings, "SET x = 1;\n");
     }
 
     #[test]
     fn an_index_entry_that_is_not_a_plain_statement_stays_in_order() {
-        let sql = "--\n-- Name: i; Type: INDEX; Schema: public; Owner: o\n--\n\nDO $$ BEGIN END $$;\n";
+        let sql =
+            "--\n-- Name: i; Type: INDEX; Schema: public; Owner: o\n--\n\nDO $$ BEGIN END $$;\n";
         let (main, _, beside) = sessions(&route_in_blocks(sql.as_bytes(), 1000, PIECE_BYTES));
         assert_eq!((main.as_str(), beside.as_str()), (sql, ""));
     }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesbak_interface::Error;
@@ -27,9 +28,10 @@ const QUEUED_BYTES: usize = 2 * PIECE_BYTES;
 /// The kinds of work that may not overlap: each needs the one before it
 /// finished.
 #[derive(Clone, Copy, PartialEq, Debug)]
+#[repr(usize)]
 enum Phase {
     /// Statements in order, in the main session.
-    Serial,
+    Serial = 0,
     /// Tables' COPY data.
     Data,
     /// Indexes, primary keys and unique constraints.
@@ -157,6 +159,15 @@ pub struct Finished {
     /// Rows stored per table, as psql reported each COPY; None when the
     /// reports could not be matched to the COPY statements sent.
     pub copied_rows: Option<BTreeMap<String, u64>>,
+    /// Sessions used, the main one included.
+    pub sessions: usize,
+    /// COPY statements (tables, or pieces of them) and indexes or keys,
+    /// each of which may have gone beside others.
+    pub copies: usize,
+    pub builds: usize,
+    /// Time spent in each phase, in order: statements, data, indexes and
+    /// keys (with one session, the time feeding them).
+    pub spent_ms: [u128; 3],
 }
 
 pub struct Sessions<'a> {
@@ -178,6 +189,10 @@ pub struct Sessions<'a> {
     /// What markers start with: unique to this load.
     marker: String,
     marks: u64,
+    copies: usize,
+    builds: usize,
+    phase_started: Instant,
+    spent: [Duration; 3],
 }
 
 impl<'a> Sessions<'a> {
@@ -205,6 +220,10 @@ impl<'a> Sessions<'a> {
             next_worker: 0,
             marker,
             marks: 0,
+            copies: 0,
+            builds: 0,
+            phase_started: Instant::now(),
+            spent: [Duration::ZERO; 3],
         })
     }
 
@@ -241,8 +260,12 @@ impl<'a> Sessions<'a> {
                     _ => self.pick(),
                 };
                 let session = &mut self.sessions[target];
-                if let Unit::Copy { table } = unit {
-                    session.copies.push(table);
+                match unit {
+                    Unit::Copy { table } => {
+                        session.copies.push(table);
+                        self.copies += 1;
+                    }
+                    Unit::Build => self.builds += 1,
                 }
                 session.busy = true;
                 self.current = target;
@@ -277,11 +300,15 @@ impl<'a> Sessions<'a> {
         if phase == self.phase {
             return Ok(());
         }
+        if self.workers > 0 {
+            self.wait_for_all(stop).await?;
+        }
+        self.spent[self.phase as usize] += self.phase_started.elapsed();
+        self.phase_started = Instant::now();
         self.phase = phase;
         if self.workers == 0 {
             return Ok(());
         }
-        self.wait_for_all(stop).await?;
         if phase != Phase::Serial && self.sessions.len() == 1 {
             self.start_workers().await.map_err(Stopped::Failed)?;
         }
@@ -383,8 +410,13 @@ impl<'a> Sessions<'a> {
         if let Some(err) = first_error {
             return Err(err);
         }
+        self.spent[self.phase as usize] += self.phase_started.elapsed();
         Ok((!failed).then(|| Finished {
             copied_rows: all_matched.then_some(copied),
+            sessions: self.sessions.len(),
+            copies: self.copies,
+            builds: self.builds,
+            spent_ms: self.spent.map(|d| d.as_millis()),
         }))
     }
 }
