@@ -25,7 +25,9 @@
 //! default). `MESBAK_BENCH_LEVELS=1,2,4,6,zstd:1,zstd:3` first compares
 //! compression levels (gzip unless prefixed `zstd:`).
 //! `MESBAK_BENCH_AGENT_LOG=<dir>` keeps a copy of the agent's log of each
-//! round (the restore's stages, timed).
+//! round (the restore's stages, timed). `MESBAK_BENCH_LOAD_SESSIONS=1`
+//! restores in one psql session (`restore.load_sessions`; default: the
+//! agent's, one per core).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -227,6 +229,12 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         let mut config = AgentConfig::for_postgres(&pg)
             .with("restore.stop_containers", vec![writer.name.clone()]);
         config.unset("backup.compression_level");
+        if let Ok(sessions) = std::env::var("MESBAK_BENCH_LOAD_SESSIONS") {
+            let sessions: i64 = sessions
+                .parse()
+                .expect("MESBAK_BENCH_LOAD_SESSIONS: a number of sessions");
+            config.set("restore.load_sessions", sessions);
+        }
         config
     };
     let zstd_config = {
