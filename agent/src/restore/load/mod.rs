@@ -163,6 +163,14 @@ pub async fn load(
     };
     // A source that stopped early (psql gave up) is not waited for.
     let read = if failed { Ok(()) } else { sql.finish().await };
+    let shared = if workers > 0 {
+        format!(
+            " (the load ran in {} sessions: if it fails the same way again, set `[restore] load_sessions = 1` and retry)",
+            workers + 1
+        )
+    } else {
+        String::new()
+    };
     let finished = sessions
         .finish(failed, |detail| {
             // The server's own words for ENOSPC ("could not extend file ...").
@@ -172,7 +180,7 @@ pub async fn load(
                 ))
             } else {
                 Error::Database(format!(
-                    "psql stopped restoring {label} into '{database}': {detail}"
+                    "psql stopped restoring {label} into '{database}': {detail}{shared}"
                 ))
             }
         })
@@ -182,7 +190,7 @@ pub async fn load(
     read?;
     let Some(finished) = finished? else {
         return Err(Error::Database(format!(
-            "psql stopped reading while restoring {label} into '{database}'"
+            "psql stopped reading while restoring {label} into '{database}'{shared}"
         )));
     };
     let [serial_ms, data_ms, build_ms] = finished.spent_ms;

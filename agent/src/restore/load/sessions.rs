@@ -81,11 +81,16 @@ impl Session {
         let mut stdin = stdin.ok_or_else(|| Error::Failed("psql has no input".into()))?;
         let (input, mut queue) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
         let writer = tokio::spawn(async move {
+            let mut written = 0u64;
             // The permit goes back once the bytes are written.
             while let Some((block, _room)) = queue.recv().await {
-                if stdin.write_all(&block).await.is_err() {
+                if let Err(err) = stdin.write_all(&block).await {
+                    // psql ended, or its input broke: either way the load
+                    // stops, and this says which.
+                    tracing::warn!(error = %err, written, "writing to a psql session of a load failed");
                     break;
                 }
+                written += block.len() as u64;
             }
             let _ = stdin.shutdown().await;
         });
@@ -193,6 +198,9 @@ pub struct Sessions<'a> {
     builds: usize,
     phase_started: Instant,
     spent: [Duration; 3],
+    /// The session whose psql was found ended (or not reading): the one
+    /// that says why the load stopped.
+    ended: Option<usize>,
 }
 
 impl<'a> Sessions<'a> {
@@ -224,6 +232,7 @@ impl<'a> Sessions<'a> {
             builds: 0,
             phase_started: Instant::now(),
             spent: [Duration::ZERO; 3],
+            ended: None,
         })
     }
 
@@ -231,7 +240,8 @@ impl<'a> Sessions<'a> {
     pub async fn feed(&mut self, routed: Routed, stop: &CancellationToken) -> Result<(), Stopped> {
         // A session whose psql ended stopped at an error (ON_ERROR_STOP):
         // the rest of the SQL would be fed to no one.
-        if self.sessions.iter().any(|s| s.reports.is_finished()) {
+        if let Some(index) = self.sessions.iter().position(|s| s.reports.is_finished()) {
+            self.ended = Some(index);
             return Err(Stopped::Ended);
         }
         match routed {
@@ -240,12 +250,12 @@ impl<'a> Sessions<'a> {
                     self.enter(Phase::Serial, stop).await?;
                     self.sessions[0].busy = true;
                 }
-                self.sessions[0].send(text, stop).await
+                self.send_to(0, text, stop).await
             }
             Routed::Setting(text) => {
                 self.settings.push(text.clone());
-                for session in &self.sessions {
-                    session.send(text.clone(), stop).await?;
+                for index in 0..self.sessions.len() {
+                    self.send_to(index, text.clone(), stop).await?;
                 }
                 Ok(())
             }
@@ -269,10 +279,25 @@ impl<'a> Sessions<'a> {
                 }
                 session.busy = true;
                 self.current = target;
-                session.send(text, stop).await
+                self.send_to(target, text, stop).await
             }
-            Routed::More(text) => self.sessions[self.current].send(text, stop).await,
+            Routed::More(text) => self.send_to(self.current, text, stop).await,
         }
+    }
+
+    /// Sends `text` to one session; one that ended is noted as the one
+    /// that says why.
+    async fn send_to(
+        &mut self,
+        index: usize,
+        text: Bytes,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let sent = self.sessions[index].send(text, stop).await;
+        if matches!(sent, Err(Stopped::Ended)) {
+            self.ended.get_or_insert(index);
+        }
+        sent
     }
 
     /// The worker with the most room in its queue (the main session when
@@ -355,18 +380,24 @@ impl<'a> Sessions<'a> {
             "SELECT '{}{number}' AS mesbak_load;\n",
             self.marker
         ));
-        for session in self.sessions.iter().filter(|s| s.busy) {
-            session.send(query.clone(), stop).await?;
+        let busy: Vec<usize> = (0..self.sessions.len())
+            .filter(|&index| self.sessions[index].busy)
+            .collect();
+        for &index in &busy {
+            self.send_to(index, query.clone(), stop).await?;
         }
-        for session in self.sessions.iter_mut().filter(|s| s.busy) {
-            let mut marked = session.marked.clone();
+        for index in busy {
+            let mut marked = self.sessions[index].marked.clone();
             tokio::select! {
                 seen = marked.wait_for(|&seen| seen >= number) => {
-                    seen.map_err(|_| Stopped::Ended)?;
+                    if seen.is_err() {
+                        self.ended.get_or_insert(index);
+                        return Err(Stopped::Ended);
+                    }
                 }
                 _ = stop.cancelled() => return Err(Stopped::Cancelled),
             }
-            session.busy = false;
+            self.sessions[index].busy = false;
         }
         Ok(())
     }
@@ -379,8 +410,8 @@ impl<'a> Sessions<'a> {
     }
 
     /// Ends the input of every session and waits for them; after `failed`
-    /// (feeding stopped early) the sessions still running are stopped and
-    /// the one that ended says why (None: none did). `fail` makes psql's
+    /// (feeding stopped early) the sessions still running are stopped but
+    /// the one found ended, which says why (None: none did). `fail` makes psql's
     /// words an error.
     pub async fn finish(
         mut self,
@@ -390,8 +421,9 @@ impl<'a> Sessions<'a> {
         let mut first_error = None;
         let mut all_matched = true;
         let mut copied: BTreeMap<String, u64> = BTreeMap::new();
-        for session in &mut self.sessions {
-            if failed && !session.reports.is_finished() {
+        let ended = self.ended;
+        for (index, session) in self.sessions.iter_mut().enumerate() {
+            if failed && ended != Some(index) && !session.reports.is_finished() {
                 session.kill();
                 continue;
             }
