@@ -209,10 +209,17 @@ impl Docker {
                     tokio::select! {
                         frame = output.next() => frame,
                         _ = check.tick(), if with_stdin => {
+                            // Only an exit code says it ended: the first ask
+                            // comes as the start call returns, and an exec
+                            // the engine has not started yet is not running
+                            // either. Taken for ended, a psql loading a big
+                            // table (silent for seconds) lost its input.
                             exited = api
                                 .inspect_exec(&exec_id)
                                 .await
-                                .is_ok_and(|inspect| inspect.running == Some(false));
+                                .is_ok_and(|inspect| {
+                                    inspect.running == Some(false) && inspect.exit_code.is_some()
+                                });
                             continue;
                         }
                     }

@@ -229,12 +229,7 @@ async fn bench(flavor: Flavor, size_mib: u64, rounds: u64) {
         let mut config = AgentConfig::for_postgres(&pg)
             .with("restore.stop_containers", vec![writer.name.clone()]);
         config.unset("backup.compression_level");
-        if let Ok(sessions) = std::env::var("MESBAK_BENCH_LOAD_SESSIONS") {
-            let sessions: i64 = sessions
-                .parse()
-                .expect("MESBAK_BENCH_LOAD_SESSIONS: a number of sessions");
-            config.set("restore.load_sessions", sessions);
-        }
+        load_sessions_from_env(&mut config);
         config
     };
     let zstd_config = {

@@ -19,7 +19,9 @@
 //!   3); the shipper ships neither restore's WAL while it is timed.
 //!
 //! `cargo bench -p mesbak-tests --bench pitr`; `MESBAK_BENCH_AGENT_LOG=<dir>`
-//! keeps a copy of the agent's log (per-segment shipping times at debug).
+//! keeps a copy of the agent's log (per-segment shipping times at debug);
+//! `MESBAK_BENCH_LOAD_SESSIONS=0` has both restores load in one psql
+//! session per core.
 //!
 //! The load is PostgreSQL-bound, not agent-bound, so the debug profile
 //! measures it too: `cargo build --benches -p mesbak-tests`, then run
@@ -101,8 +103,9 @@ async fn main() {
 async fn bench(flavor: Flavor, seconds: u64) {
     let bus = Bus::start();
     let pg = Postgres::with_fixture_on(flavor);
-    let config =
+    let mut config =
         AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", SHIP_INTERVAL as i64);
+    load_sessions_from_env(&mut config);
     let agent = Agent::spawn(&bus, &config).await;
     ctl(&bus, &["pitr", "enable", "--yes"]);
     let c = pg.name().to_owned();

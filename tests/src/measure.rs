@@ -12,6 +12,17 @@ pub fn keep_agent_log(log: &std::path::Path, name: &str) {
     }
 }
 
+/// With `MESBAK_BENCH_LOAD_SESSIONS=<n>`, has the agent's restores load in
+/// `n` psql sessions (`restore.load_sessions`; 0 = one per core).
+pub fn load_sessions_from_env(config: &mut crate::AgentConfig) {
+    if let Ok(sessions) = std::env::var("MESBAK_BENCH_LOAD_SESSIONS") {
+        let sessions: i64 = sessions
+            .parse()
+            .expect("MESBAK_BENCH_LOAD_SESSIONS: a number of sessions");
+        config.set("restore.load_sessions", sessions);
+    }
+}
+
 /// `name` from the environment as a number, else `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
