@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,11 @@ pub fn mesbakctl(bus: &Bus) -> Command {
     let mut cmd = bus.command(binary("mesbakctl"));
     scrub(&mut cmd);
     cmd
+}
+
+/// Runs `mesbakctl args` as root against `bus` to its end.
+pub fn mesbakctl_output(bus: &Bus, args: &[&str]) -> Output {
+    mesbakctl(bus).args(args).output().expect("run mesbakctl")
 }
 
 /// `mesbakctl` as the unprivileged `user` (see [`crate::OPERATOR`],

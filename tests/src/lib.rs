@@ -41,8 +41,8 @@ mod writer;
 
 pub use agent::{
     Agent, AgentConfig, DEFAULT_JOB_TIMEOUT, JobOutcome, STARTUP_TIMEOUT, agent_proxy, binary,
-    job_proxy, libfaketime, mesbakctl, mesbakctl_as, pause_marker, wait_for_progress, wait_job,
-    wait_job_outcome, wait_paused, write_private,
+    job_proxy, libfaketime, mesbakctl, mesbakctl_as, mesbakctl_output, pause_marker,
+    wait_for_progress, wait_job, wait_job_outcome, wait_paused, write_private,
 };
 pub use bus::{Bus, OPERATOR, OUTSIDER, as_user, policy_file};
 pub use engine::{Engine, PrivateEngine};

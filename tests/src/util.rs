@@ -78,6 +78,17 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with `stdin` fed to it, and returns its output; fails with the
 /// command line, exit status and stderr when it does not exit 0.
+/// A finished command's exit status, stdout and stderr, for a failed
+/// assertion's message.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
     let output = run_unchecked(cmd, stdin)?;
     if !output.status.success() {

@@ -7,9 +7,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mesbak_interface::BackupInfo;
+use mesbak_tests::util::output_text;
 use mesbak_tests::*;
 
 const DUMP_NAME: &str = "mes_2024-10-11_000001.sql.gz";
@@ -17,22 +18,9 @@ const TAR_NAME: &str = "ignition-20241011-000001.tar.gz";
 const DUMP_ID: &str = "mes_2024-10-11_000001.sql.gz.enc";
 const TAR_ID: &str = "ignition_2024-10-11_000001.tar.gz.enc";
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ctl(bus: &Bus, args: &[&str]) -> Output {
-    mesbakctl(bus).args(args).output().unwrap()
-}
-
 fn list(bus: &Bus) -> Vec<BackupInfo> {
-    let out = ctl(bus, &["list", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(bus, &["list", "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let backups = value.get("backups").cloned().unwrap_or(value);
     serde_json::from_value(backups).unwrap()
@@ -56,7 +44,7 @@ fn old_backups(pg: &Postgres, volume: &Volume) -> (tempfile::TempDir, PathBuf) {
         ])
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", text(&dump));
+    assert!(dump.status.success(), "{}", output_text(&dump));
     fs::write(backups.join("database").join(DUMP_NAME), &dump.stdout).unwrap();
     // The README's hand-typed Ignition backup.
     let tar = Command::new("docker")
@@ -75,7 +63,7 @@ fn old_backups(pg: &Postgres, volume: &Volume) -> (tempfile::TempDir, PathBuf) {
         ])
         .output()
         .unwrap();
-    assert!(tar.status.success(), "{}", text(&tar));
+    assert!(tar.status.success(), "{}", output_text(&tar));
     fs::write(backups.join("README.md"), "old stack's notes\n").unwrap();
     (dir, backups)
 }
@@ -116,8 +104,8 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
     let dump_sha = sha(&dump_path);
 
     // A dry run checks and writes nothing.
-    let out = ctl(&bus, &["import", "--dry-run", backups.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["import", "--dry-run", backups.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(&format!("would be imported as {DUMP_ID}")),
@@ -130,8 +118,8 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
     assert!(folder_entries(&config.backup_dir()).is_empty());
 
     // The folder imports both, under the old files' time.
-    let out = ctl(&bus, &["import", backups.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["import", backups.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sha(&dump_path), dump_sha, "the original is only read");
     let listed = list(&bus);
     let ids: Vec<&str> = listed.iter().map(|b| b.id.as_str()).collect();
@@ -157,15 +145,15 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
             assert_eq!(*rows, pg.count("mes", &quoted), "rows of {table}");
         }
     }
-    let text_list = ctl(&bus, &["list"]);
+    let text_list = mesbakctl_output(&bus, &["list"]);
     assert!(
         String::from_utf8_lossy(&text_list.stdout).contains("imported"),
         "{}",
-        text(&text_list)
+        output_text(&text_list)
     );
     // Imported twice: left as it is.
-    let again = ctl(&bus, &["import", dump_path.to_str().unwrap()]);
-    assert!(again.status.success(), "{}", text(&again));
+    let again = mesbakctl_output(&bus, &["import", dump_path.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", output_text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already imported"));
 
     // Health: an imported backup is not a fresh one.
@@ -178,11 +166,11 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
     assert_ne!(proxy.health().await.unwrap(), "healthy");
 
     for id in [DUMP_ID, TAR_ID] {
-        let out = ctl(&bus, &["verify", id]);
-        assert!(out.status.success(), "{}", text(&out));
+        let out = mesbakctl_output(&bus, &["verify", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
     }
-    let out = ctl(&bus, &["test-restore", DUMP_ID]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["test-restore", DUMP_ID]);
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // Restores bring back the data: the database through a handed-over
     // file path, the volume by id.
@@ -191,13 +179,13 @@ async fn old_backups_import_and_restore_like_any_other(flavor: Flavor) {
         "CREATE TABLE public.made_after_the_old_backup (x int)",
     );
     let imported_file = config.backup_dir().join("database").join(DUMP_ID);
-    let out = ctl(&bus, &["restore", imported_file.to_str().unwrap(), "--yes"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["restore", imported_file.to_str().unwrap(), "--yes"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     pg.fingerprint("mes")
         .assert_same(&original, "restore of an imported pg_dump | gzip");
     volume.sh("rm -rf /data/* && echo changed > /data/new-file");
-    let out = ctl(&bus, &["restore", TAR_ID, "--yes"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["restore", TAR_ID, "--yes"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     volume
         .fingerprint()
         .assert_same(&original_volume, "restore of an imported tar czf");
@@ -228,11 +216,11 @@ async fn damaged_and_foreign_files_are_refused_with_nothing_added(flavor: Flavor
         (&not_a_dump, "not a database dump"),
         (&unknown, "not an old backup's name"),
     ] {
-        let out = ctl(
+        let out = mesbakctl_output(
             &bus,
             &["import", good.to_str().unwrap(), file.to_str().unwrap()],
         );
-        assert!(!out.status.success(), "{}", text(&out));
+        assert!(!out.status.success(), "{}", output_text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(reason), "{reason}: {stderr}");
         assert!(
@@ -245,8 +233,8 @@ async fn damaged_and_foreign_files_are_refused_with_nothing_added(flavor: Flavor
     let tar = fs::read(backups.join("ignition").join(TAR_NAME)).unwrap();
     let cut_tar = old.path().join("ignition-20241012-000001.tar.gz");
     fs::write(&cut_tar, &tar[..tar.len() * 2 / 3]).unwrap();
-    let out = ctl(&bus, &["import", cut_tar.to_str().unwrap()]);
-    assert!(!out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(&bus, &["import", cut_tar.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(folder_entries(&config.backup_dir()).is_empty());
     assert!(list(&bus).is_empty());
 }
@@ -285,17 +273,17 @@ async fn files_are_handed_over_with_the_callers_permissions() {
         .arg(&private)
         .output()
         .unwrap();
-    assert!(chown.status.success(), "{}", text(&chown));
+    assert!(chown.status.success(), "{}", output_text(&chown));
     let out = mesbakctl_as(&bus, OPERATOR)
         .args(["verify", copy.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = mesbakctl_as(&bus, OPERATOR)
         .args(["test-restore", copy.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // A root-only file: mesbakctl (as the operator) cannot open it.
     let root_only = place.path().join(&id);
@@ -305,11 +293,11 @@ async fn files_are_handed_over_with_the_callers_permissions() {
         .args(["verify", root_only.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A symlink is refused, whoever asks.
@@ -320,13 +308,13 @@ async fn files_are_handed_over_with_the_callers_permissions() {
             .args(["verify", link.to_str().unwrap()])
             .output()
             .unwrap(),
-        ctl(&bus, &["verify", link.to_str().unwrap()]),
+        mesbakctl_output(&bus, &["verify", link.to_str().unwrap()]),
     ] {
-        assert!(!out.status.success(), "{}", text(&out));
+        assert!(!out.status.success(), "{}", output_text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("symlink"),
             "{}",
-            text(&out)
+            output_text(&out)
         );
     }
     // Ids keep working.
@@ -334,7 +322,7 @@ async fn files_are_handed_over_with_the_callers_permissions() {
         .args(["verify", &id])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 /// `mesbakctl config import-env`: the seed stack's .env as mesbak.toml
@@ -353,7 +341,7 @@ fn config_import_env_prints_the_toml_without_secrets() {
         .arg(&env)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let parsed: toml::Table = stdout.parse().unwrap();
     assert_eq!(parsed["database"]["name"].as_str(), Some("mes"));

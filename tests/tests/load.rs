@@ -5,23 +5,11 @@
 //! psql's words and leaves the live database as it was.
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mesbak_interface::RestoreOptions;
+use mesbak_tests::util::output_text;
 use mesbak_tests::*;
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ctl(bus: &Bus, args: &[&str]) -> Output {
-    mesbakctl(bus).args(args).output().unwrap()
-}
 
 async fn restore(agent: &Agent, id: &str) -> JobOutcome {
     let job = agent
@@ -95,7 +83,7 @@ fn plain_dump(pg: &Postgres) -> String {
         .args(["exec", pg.name(), "pg_dump", "-U", ADMIN, "mes"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -147,8 +135,8 @@ fn import_changed(bus: &Bus, pg: &Postgres, name: &str, change: impl Fn(&str) ->
     writing.join().unwrap();
     let path = dir.path().join(name);
     fs::write(&path, &gzipped.stdout).unwrap();
-    let out = ctl(bus, &["import", path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = mesbakctl_output(bus, &["import", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     format!("{name}.enc")
 }
 
@@ -173,37 +161,35 @@ async fn a_session_stopping_at_an_error_stops_the_load_and_changes_nothing(flavo
         let (_, rest) = row.split_once('\t').unwrap();
         format!("not a value\t{rest}")
     });
-    let outcome = restore(&agent, &unreadable).await;
-    assert!(!outcome.success, "a row no table can take was restored");
-    assert!(
-        outcome.message.contains("psql stopped restoring")
-            && outcome.message.contains("invalid input syntax"),
-        "{}",
-        outcome.message
+    let refused_unchanged = |outcome: JobOutcome, psql_says: &str, when: &str| {
+        assert!(!outcome.success, "restored {when}");
+        assert!(
+            outcome.message.contains("psql stopped restoring")
+                && outcome.message.contains(psql_says),
+            "{}",
+            outcome.message
+        );
+        assert!(!outcome.message.contains('\n'), "{}", outcome.message);
+        pg.fingerprint("mes").assert_same(&original, when);
+        assert_eq!(pg.databases(), databases);
+        assert!(writer.is_running(), "the writer was left stopped {when}");
+    };
+    refused_unchanged(
+        restore(&agent, &unreadable).await,
+        "invalid input syntax",
+        "after a load stopped in its data",
     );
-    assert!(!outcome.message.contains('\n'), "{}", outcome.message);
-    pg.fingerprint("mes")
-        .assert_same(&original, "after a load stopped in its data");
-    assert_eq!(pg.databases(), databases);
-    assert!(writer.is_running(), "the writer was left stopped");
 
     // The row twice: the data loads, and the primary key (or the chunk's
     // unique key) cannot be built.
     let duplicated = import_changed(&bus, &pg, "mes_2024-10-12_000001.sql.gz", |row| {
         format!("{row}{row}")
     });
-    let outcome = restore(&agent, &duplicated).await;
-    assert!(!outcome.success, "a duplicated key was restored");
-    assert!(
-        outcome.message.contains("psql stopped restoring")
-            && outcome.message.contains("could not create unique index"),
-        "{}",
-        outcome.message
+    refused_unchanged(
+        restore(&agent, &duplicated).await,
+        "could not create unique index",
+        "after a load stopped building a key",
     );
-    pg.fingerprint("mes")
-        .assert_same(&original, "after a load stopped building a key");
-    assert_eq!(pg.databases(), databases);
-    assert!(writer.is_running(), "the writer was left stopped");
 }
 
 on_both_servers!(

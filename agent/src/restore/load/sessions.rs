@@ -194,7 +194,6 @@ pub struct Sessions<'a> {
     /// What markers start with: unique to this load.
     marker: String,
     marks: u64,
-    copies: usize,
     builds: usize,
     phase_started: Instant,
     spent: [Duration; 3],
@@ -228,7 +227,6 @@ impl<'a> Sessions<'a> {
             next_worker: 0,
             marker,
             marks: 0,
-            copies: 0,
             builds: 0,
             phase_started: Instant::now(),
             spent: [Duration::ZERO; 3],
@@ -271,10 +269,7 @@ impl<'a> Sessions<'a> {
                 };
                 let session = &mut self.sessions[target];
                 match unit {
-                    Unit::Copy { table } => {
-                        session.copies.push(table);
-                        self.copies += 1;
-                    }
+                    Unit::Copy { table } => session.copies.push(table),
                     Unit::Build => self.builds += 1,
                 }
                 session.busy = true;
@@ -446,7 +441,7 @@ impl<'a> Sessions<'a> {
         Ok((!failed).then(|| Finished {
             copied_rows: all_matched.then_some(copied),
             sessions: self.sessions.len(),
-            copies: self.copies,
+            copies: self.sessions.iter().map(|s| s.copies.len()).sum(),
             builds: self.builds,
             spent_ms: self.spent.map(|d| d.as_millis()),
         }))
