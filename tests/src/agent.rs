@@ -621,6 +621,15 @@ impl Agent {
         &self.connection
     }
 
+    /// Backs the database up, asserts that it worked, and returns the
+    /// backup's id.
+    pub async fn backup_database(&self) -> String {
+        let job = self.proxy().await.backup("database").await.unwrap();
+        let outcome = wait_job_outcome(&self.connection, &job, DEFAULT_JOB_TIMEOUT).await;
+        assert!(outcome.success, "{}", outcome.message);
+        outcome.files[0].clone()
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -139,10 +139,7 @@ async fn a_second_mutating_job_is_busy() {
     let agent = Agent::spawn(&bus, &AgentConfig::for_postgres(&pg)).await;
     let proxy = agent.proxy().await;
     // A backup that exists, so a restore of it could start.
-    let job = proxy.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let existing = outcome.files[0].clone();
+    let existing = agent.backup_database().await;
     pg.load_bulk("mes", 40);
     let before = pg.fingerprint("mes");
 

@@ -41,10 +41,7 @@ async fn sessions_share_the_load_and_every_row_and_key_comes_back(flavor: Flavor
     pg.psql("mes", "REFRESH MATERIALIZED VIEW mes_core.mv_daily_output;");
     let mut config = AgentConfig::for_postgres(&pg).with("restore.load_sessions", 3);
     let agent = Agent::spawn(&bus, &config).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let backup_id = outcome.files[0].clone();
+    let backup_id = agent.backup_database().await;
     let original = pg.fingerprint("mes");
 
     pg.psql(

@@ -152,10 +152,7 @@ async fn a_missing_key_is_never_answered_with_make_a_new_one() {
     let pg = Postgres::start_with_fixture();
     let config = AgentConfig::for_postgres(&pg).with("ignition.volume", "");
     let agent = Agent::spawn(&bus, &config).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let id = outcome.files[0].clone();
+    let id = agent.backup_database().await;
     let file = config.backup_dir().join("database").join(&id);
     let key = std::fs::read(config.key_file()).unwrap();
     std::fs::remove_file(config.key_file()).unwrap();
@@ -390,10 +387,7 @@ async fn destructive_commands_name_what_changes_and_need_a_yes() {
         .with("retention.keep_last", 1)
         .with("restore.stop_containers", vec!["mes-writer-that-is-named"]);
     let agent = Agent::spawn(&bus, &config).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let id = outcome.files[0].clone();
+    let id = agent.backup_database().await;
     let before = pg.fingerprint("mes");
     let databases = pg.databases();
 

@@ -116,10 +116,7 @@ async fn host_mode_backs_up_restores_and_tests_over_tcp() {
     let config = AgentConfig::for_postgres(&pg);
     let agent = Agent::spawn(&bus, &config).await;
     let original = pg.fingerprint("mes");
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let backup_id = outcome.files[0].clone();
+    let backup_id = agent.backup_database().await;
 
     pg.psql("mes", "DELETE FROM mes_audit.change_log;");
     let out = mesbakctl(&bus)

@@ -28,10 +28,7 @@ async fn setup(flavor: Flavor, bulk_mib: u64) -> Setup {
     let config =
         AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
     let agent = Agent::spawn(&bus, &config).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let backup_id = outcome.files[0].clone();
+    let backup_id = agent.backup_database().await;
     Setup {
         bus,
         pg,
@@ -452,10 +449,7 @@ async fn a_restore_without_room_for_a_second_copy_is_refused(flavor: Flavor) {
     let config =
         AgentConfig::for_postgres(&pg).with("restore.stop_containers", vec![writer.name.clone()]);
     let agent = Agent::spawn(&bus, &config).await;
-    let job = agent.proxy().await.backup("database").await.unwrap();
-    let outcome = wait_job_outcome(agent.connection(), &job, DEFAULT_JOB_TIMEOUT).await;
-    assert!(outcome.success, "{}", outcome.message);
-    let backup_id = outcome.files[0].clone();
+    let backup_id = agent.backup_database().await;
     // A first restore has room; it keeps the replaced database.
     let out = mesbakctl(&bus)
         .args(["restore", &backup_id, "--yes"])

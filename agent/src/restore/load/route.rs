@@ -40,9 +40,10 @@ pub enum Unit {
 }
 
 /// Rows per piece of a table's COPY, in bytes: small enough that two
-/// sessions share a 20 MiB table, large enough that a piece's own COPY
-/// statement costs nothing.
-pub const PIECE_BYTES: usize = 2 * 1024 * 1024;
+/// sessions share a 10 MiB table and that each session's queue (two
+/// pieces) keeps the agent's memory flat, large enough that a piece's own
+/// COPY statement costs nothing.
+pub const PIECE_BYTES: usize = 1024 * 1024;
 /// A line outside COPY data longer than this is not one of pg_dump's
 /// markers: it is passed on without being held whole.
 const LINE_CAP: usize = 1024 * 1024;
