@@ -18,6 +18,13 @@ use crate::config::Config;
 const JOB_STOP_GRACE: Duration = Duration::from_secs(75);
 
 pub async fn run(config: Config) -> Result<(), Error> {
+    // Taken before anything else: a stop that arrives during the start-up
+    // repairs waits for them and then stops cleanly, instead of killing the
+    // agent half-way through one.
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|err| Error::Failed(format!("cannot handle SIGTERM: {err}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|err| Error::Failed(format!("cannot handle SIGINT: {err}")))?;
     let targets = crate::notify::targets(&config).map_err(|err| Error::Config(err.to_string()))?;
     let app = Arc::new(App::new(config)?);
     app.notifier.start(targets);
@@ -99,10 +106,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         });
     }
 
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|err| Error::Failed(format!("cannot handle SIGTERM: {err}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|err| Error::Failed(format!("cannot handle SIGINT: {err}")))?;
     let bus_lost = tokio::select! {
         _ = term.recv() => None,
         _ = int.recv() => None,

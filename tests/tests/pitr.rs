@@ -369,6 +369,18 @@ fn shipped_segments(config: &AgentConfig) -> Vec<String> {
     names
 }
 
+/// The name of the WAL segment after `name` (16 MiB segments: 256 to a
+/// log file).
+fn next_segment(name: &str) -> String {
+    let number = |from: usize| u32::from_str_radix(&name[from..from + 8], 16).unwrap();
+    let (timeline, log, segment) = (&name[..8], number(8), number(16));
+    if segment == 0xFF {
+        format!("{timeline}{:08X}{:08X}", log + 1, 0)
+    } else {
+        format!("{timeline}{log:08X}{:08X}", segment + 1)
+    }
+}
+
 fn hidden_files(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -1287,18 +1299,23 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
     write_moment(&pg, 3);
     let (own, at_own) = mark_moment(&pg).await;
     write_moment(&pg, 4);
-    pg.psql("mes", "SELECT pg_switch_wal();");
-    ok(&bus, &["pitr", "sync"]);
-    let before = shipped_segments(&config);
+    // The segment after the one the switch completes: the server's own
+    // background writes (autovacuum, TimescaleDB's job scheduler) may put
+    // WAL into it before the fifth moment, so it is named, not guessed
+    // from what the next sync ships.
+    let damaged = next_segment(
+        pg.psql("mes", "SELECT pg_walfile_name(pg_switch_wal());")
+            .trim(),
+    );
     write_moment(&pg, 5);
     let (inside_damaged, _) = mark_moment(&pg).await;
     pg.psql("mes", "SELECT pg_switch_wal();");
     ok(&bus, &["pitr", "sync"]);
     assert_chain_whole(&bus, &config, "before the damage");
-    let damaged = shipped_segments(&config)
-        .into_iter()
-        .find(|name| !before.contains(name))
-        .expect("the fifth moment's segment was shipped");
+    assert!(
+        shipped_segments(&config).contains(&damaged),
+        "segment {damaged}, after the target's, was shipped"
+    );
     let wal_dir = config.backup_dir().join("pitr/wal");
     let file = std::fs::read_dir(&wal_dir)
         .unwrap()
@@ -1315,6 +1332,13 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
     bytes[middle] ^= 0x55;
     std::fs::write(&file, &bytes).unwrap();
 
+    eprintln!(
+        "DEBUG own={own} damaged={damaged} files={:?}",
+        std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
     ok(&bus, &["restore", "--to-time", &own, "--yes"]);
     assert_recovered(
         pg.fingerprint("mes"),
