@@ -25,9 +25,9 @@
 //! default). `MESBAK_BENCH_LEVELS=1,2,4,6,zstd:1,zstd:3` first compares
 //! compression levels (gzip unless prefixed `zstd:`).
 //! `MESBAK_BENCH_AGENT_LOG=<dir>` keeps a copy of the agent's log of each
-//! round (the restore's stages, timed). `MESBAK_BENCH_LOAD_SESSIONS=0`
-//! restores in one psql session per core (`restore.load_sessions`;
-//! default: the agent's, one).
+//! round (the restore's stages, timed). `MESBAK_BENCH_LOAD_SESSIONS=N`
+//! restores in N psql sessions (`restore.load_sessions`; default: the
+//! agent's, 0, one per core; 1 loads in one session).
 
 use std::path::Path;
 use std::process::{Command, Stdio};

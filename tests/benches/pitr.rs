@@ -20,8 +20,8 @@
 //!
 //! `cargo bench -p mesbak-tests --bench pitr`; `MESBAK_BENCH_AGENT_LOG=<dir>`
 //! keeps a copy of the agent's log (per-segment shipping times at debug);
-//! `MESBAK_BENCH_LOAD_SESSIONS=0` has both restores load in one psql
-//! session per core.
+//! `MESBAK_BENCH_LOAD_SESSIONS=N` has both restores load in N psql
+//! sessions (default: the agent's, one per core; 1 for one session).
 //!
 //! The load is PostgreSQL-bound, not agent-bound, so the debug profile
 //! measures it too: `cargo build --benches -p mesbak-tests`, then run
