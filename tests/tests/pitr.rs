@@ -1332,13 +1332,6 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
     bytes[middle] ^= 0x55;
     std::fs::write(&file, &bytes).unwrap();
 
-    eprintln!(
-        "DEBUG own={own} damaged={damaged} files={:?}",
-        std::fs::read_dir(&wal_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>()
-    );
     ok(&bus, &["restore", "--to-time", &own, "--yes"]);
     assert_recovered(
         pg.fingerprint("mes"),
