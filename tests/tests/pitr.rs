@@ -1366,7 +1366,146 @@ async fn the_segment_after_the_targets_goes_in_first_unless_damaged(flavor: Flav
     );
 }
 
+/// A point-in-time restore stops the writers and starts its safety backup
+/// while the scratch cluster recovers, once the base backup and the WAL
+/// are authenticated: a damaged base backup is refused with the writer
+/// never stopped and no safety backup; an agent killed with the writer
+/// stopped and the safety backup started puts the writer back at its next
+/// start; the restore then stops the writer once and keeps a safety backup
+/// of what it replaced.
+async fn a_point_in_time_restore_stops_the_writers_once_its_files_are_sound(flavor: Flavor) {
+    let bus = Bus::start();
+    let pg = Postgres::with_fixture_on(flavor);
+    let writer = Writer::start();
+    let config = AgentConfig::for_postgres(&pg)
+        .with("pitr.ship_interval_secs", 3600)
+        .with("restore.stop_containers", vec![writer.name.clone()]);
+    let mut agent = Agent::spawn(&bus, &config).await;
+    ok(&bus, &["pitr", "enable", "--yes"]);
+    write_moment(&pg, 1);
+    let (target, at_target) = mark_moment(&pg).await;
+    write_moment(&pg, 2);
+    pg.psql("mes", "SELECT pg_switch_wal();");
+    ok(&bus, &["pitr", "sync"]);
+    let live = pg.fingerprint("mes");
+    let writer_started = writer.started_at();
+    let backups_before = agent.proxy().await.list_backups().await.unwrap().len();
+
+    // A damaged base backup: refused, the writer never stopped.
+    let base = std::fs::read_dir(config.backup_dir().join("pitr/base"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            !p.to_string_lossy().ends_with(".json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .expect("a base backup");
+    let sound = std::fs::read(&base).unwrap();
+    let mut damaged = sound.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    std::fs::write(&base, &damaged).unwrap();
+    let (success, _, stderr) = ctl(&bus, &["restore", "--to-time", &target, "--yes"]);
+    assert!(!success, "a damaged base backup was restored");
+    let id = base.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        stderr.contains(&format!("base backup {id} is damaged"))
+            && stderr.contains("nothing was changed")
+            && stderr.contains("restore a time before it"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        writer.started_at(),
+        writer_started,
+        "the writer was stopped for a damaged base backup"
+    );
+    assert!(writer.is_running());
+    assert_eq!(
+        agent.proxy().await.list_backups().await.unwrap().len(),
+        backups_before,
+        "a safety backup was taken for a damaged base backup"
+    );
+    pg.fingerprint("mes")
+        .assert_same(&live, "after a refused restore");
+    std::fs::write(&base, &sound).unwrap();
+
+    // Killed once the writer is stopped and the safety backup started: the
+    // next start puts the writer back; nothing else changed.
+    agent.terminate().await;
+    let mut paused = config.clone();
+    paused.env("MESBAK_TEST_PAUSE_AT", "restore-safety-started");
+    let mut agent = Agent::spawn(&bus, &paused).await;
+    let job = agent
+        .proxy()
+        .await
+        .restore_to_time(&target, mesbak_interface::RestoreOptions::default())
+        .await
+        .unwrap();
+    wait_paused(
+        &config,
+        "restore-safety-started",
+        &job,
+        &agent,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        !writer.is_running(),
+        "the writer runs while the safety backup starts"
+    );
+    agent.kill9();
+    std::fs::remove_file(pause_marker(&config, "restore-safety-started")).unwrap();
+    let agent = Agent::spawn(&bus, &config).await;
+    assert!(writer.is_running(), "the writer was left stopped");
+    pg.fingerprint("mes")
+        .assert_same(&live, "after a killed restore");
+    let copies = "SELECT count(*) FROM pg_database WHERE datname LIKE 'mes_restore_%'";
+    assert_eq!(
+        pg.psql("postgres", copies).trim(),
+        "0",
+        "a loaded copy was left"
+    );
+    assert_eq!(
+        agent.proxy().await.list_backups().await.unwrap().len(),
+        backups_before,
+        "a safety backup cut short was left"
+    );
+
+    // The restore: the writer stopped and started once, a safety backup of
+    // the database it replaced.
+    let writer_started = writer.started_at();
+    let out = ok(&bus, &["restore", "--to-time", &target, "--yes"]);
+    assert!(out.contains("point-in-time restore"), "{out}");
+    assert_recovered(pg.fingerprint("mes"), &at_target, "the restore");
+    assert!(writer.is_running(), "the writer was left stopped");
+    assert_ne!(
+        writer.started_at(),
+        writer_started,
+        "the writer was not stopped"
+    );
+    let backups = agent.proxy().await.list_backups().await.unwrap();
+    let safety: Vec<_> = backups
+        .iter()
+        .filter(|b| b.id.contains("pre-restore"))
+        .collect();
+    assert_eq!(safety.len(), 1, "{backups:?}");
+    // The writer stopped while the scratch cluster recovered.
+    let log = agent.log();
+    let stopped = log
+        .rfind("stopping a container for the job")
+        .expect("the writer's stop in the log");
+    let recovered = log
+        .rfind("scratch cluster recovered")
+        .expect("the recovery in the log");
+    assert!(
+        stopped < recovered,
+        "the writer was stopped only after the recovery"
+    );
+}
+
 on_both_servers!(
+    a_point_in_time_restore_stops_the_writers_once_its_files_are_sound,
     the_segment_after_the_targets_goes_in_first_unless_damaged,
     a_base_backup_leaves_out_the_servers_archive_folder,
     shipping_goes_on_during_a_base_backup_and_a_recovery,

@@ -653,6 +653,7 @@ async fn recover_to(
     target: OffsetDateTime,
     source: &Source,
     planned: Option<tokio::sync::oneshot::Sender<()>>,
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<recover::Recovered, Error> {
     let planned = async || {
         if let Some(planned) = planned {
@@ -682,14 +683,23 @@ async fn recover_to(
                 let store = PitrStore::new(&app.config.backup_dir);
                 let plan = plan_or_refuse(&store.bases(), &store.wal(segment_size), target, "")?;
                 planned().await;
-                recover::recover(app, job, &key, &store, &plan, target, None).await
+                recover::recover(app, job, &key, &store, &plan, target, None, authenticated).await
             }
             Source::Offsite(name) => {
                 let (spool, store, plan, later) =
                     crate::offsite::pitr::fetch(app, job, name, target).await?;
                 planned().await;
-                let recovered =
-                    recover::recover(app, job, &key, &store, &plan, target, Some(&later)).await;
+                let recovered = recover::recover(
+                    app,
+                    job,
+                    &key,
+                    &store,
+                    &plan,
+                    target,
+                    Some(&later),
+                    authenticated,
+                )
+                .await;
                 drop(spool);
                 recovered
             }
@@ -794,14 +804,33 @@ pub async fn restore_to_time(
 ) -> Result<String, Error> {
     // The live side is readied while the scratch cluster recovers, once
     // the target is known to be reachable: nothing there is touched for a
-    // time that cannot be restored.
+    // time that cannot be restored. Once the files are authenticated (a
+    // chain short enough to replay in seconds), the writers stop and the
+    // safety backup runs beside the recovery, not beside the load.
     let (planned, reachable) = tokio::sync::oneshot::channel();
+    let (authenticated, files_sound) = tokio::sync::oneshot::channel();
     let live = async {
         reachable.await.ok()?;
-        Some(restore::LiveSide::prepare(&app, &job).await)
+        let mut live = match restore::LiveSide::prepare(&app, &job).await {
+            Ok(live) => live,
+            Err(err) => return Some(Err(err)),
+        };
+        if files_sound.await.is_ok()
+            && let Err(err) = live.start_safety_backup(&app, &job, &options).await
+        {
+            return Some(Err(live.abandon(err).await));
+        }
+        Some(Ok(live))
     };
     let (recovered, live) = tokio::join!(
-        Box::pin(recover_to(&app, &job, target, &source, Some(planned))),
+        Box::pin(recover_to(
+            &app,
+            &job,
+            target,
+            &source,
+            Some(planned),
+            Some(authenticated)
+        )),
         live,
     );
     let (recovered, live) = match (recovered, live) {
@@ -841,7 +870,7 @@ pub async fn test_restore_to_time(
     target: OffsetDateTime,
     source: Source,
 ) -> Result<String, Error> {
-    let recovered = recover_to(&app, &job, target, &source, None).await?;
+    let recovered = recover_to(&app, &job, target, &source, None, None).await?;
     let label = as_of(&app, target);
     let (scratch, dumped) = (recovered.server.clone(), CancellationToken::new());
     let tested = restore::test_restore_recovered(&app, &job, scratch, dumped.clone(), label);

@@ -92,9 +92,9 @@ pub fn shared_root(state_dir: &std::path::Path) -> std::path::PathBuf {
 /// for the upload that follows.
 async fn authenticate(
     key: &Key,
-    job: &Job,
     store: &PitrStore,
     segments: &[WalFile],
+    progress: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), Error> {
     // A version 1 file (shipped before format version 2) has its own salt,
     // so each costs a PBKDF2 derivation (a quarter of a CPU-second); version
@@ -108,7 +108,7 @@ async fn authenticate(
         .collect();
     let mut checks = futures_util::stream::iter(files)
         .map(|(id, path)| {
-            let progress = job.bytes_done.clone();
+            let progress = progress.clone();
             async move {
                 authenticate_segment(key, &id, &path, progress)
                     .await
@@ -120,6 +120,36 @@ async fn authenticate(
         checked?;
     }
     Ok(())
+}
+
+/// Authenticates the base backup and the segments of `plan` (decrypted
+/// only, as a check before the writers stop; the unpack that reads them
+/// again counts the job's progress).
+async fn authenticate_files(
+    key: &Key,
+    store: &PitrStore,
+    plan: &RecoveryPlan,
+) -> Result<(), Error> {
+    let uncounted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let base = async {
+        let file = open_backup(&store.base_path(&plan.base))?;
+        BackupReader::start(
+            plan.base.id.clone(),
+            file,
+            key.clone(),
+            None,
+            uncounted.clone(),
+        )
+        .drain()
+        .await
+        .map(|_| ())
+        .map_err(|err| unusable_base(&plan.base.id, err))
+    };
+    tokio::try_join!(
+        base,
+        authenticate(key, store, &plan.segments, uncounted.clone())
+    )
+    .map(|_| ())
 }
 
 /// Authenticates one segment's file: every chunk decrypted and dropped.
@@ -142,11 +172,28 @@ async fn authenticate_segment(
 /// goes to the log). Other verdicts (a wrong key, a newer format) keep
 /// their own advice.
 fn unusable_segment(name: &str, err: Error) -> Error {
+    unusable(
+        format!("WAL segment {name} is damaged and the recovery needs it"),
+        "an earlier time",
+        err,
+    )
+}
+
+/// A damaged base backup, said as [`unusable_segment`] says a segment.
+fn unusable_base(id: &str, err: Error) -> Error {
+    unusable(
+        format!("base backup {id} is damaged"),
+        "a time before it (from an older base backup)",
+        err,
+    )
+}
+
+fn unusable(damaged: String, earlier: &str, err: Error) -> Error {
     match err {
         Error::Integrity(detail) if detail.contains("use another backup") => {
-            tracing::warn!(segment = %name, detail = %detail, "a WAL segment the recovery needs is damaged");
+            tracing::warn!(detail = %detail, "{damaged}");
             Error::Integrity(format!(
-                "WAL segment {name} is damaged and the recovery needs it, so nothing was changed; restore an earlier time, or this one from an off-site copy with `--from NAME`"
+                "{damaged}, so nothing was changed; restore {earlier}, or this one from an off-site copy with `--from NAME`"
             ))
         }
         other => other,
@@ -205,6 +252,13 @@ impl Recovered {
 /// recovery by itself, so the recovery is fed segment by segment until it
 /// has passed `target` (the first commit after it) or replayed the whole
 /// chain, and it is never restarted.
+///
+/// `authenticated` is told, beside the unpack, once the base backup and
+/// every segment up to the target are authenticated, when the chain is
+/// short enough to go in with the base backup (then the replay takes
+/// seconds): a restore stops its writers and starts its safety backup from
+/// there. It is dropped untold otherwise.
+#[allow(clippy::too_many_arguments)]
 pub async fn recover(
     app: &App,
     job: &Job,
@@ -213,6 +267,7 @@ pub async fn recover(
     plan: &RecoveryPlan,
     target: OffsetDateTime,
     more: Option<&LaterWal>,
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<Recovered, Error> {
     let docker = app.docker().await?;
     let live = &app.config.database.container;
@@ -329,7 +384,15 @@ pub async fn recover(
             let size = std::fs::metadata(store.wal_path(segment)).map_or(0, |m| m.len());
             job.bytes_total.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         }
-        let (shared, later_fed, ()) = tokio::try_join!(
+        let whole_chain_first = window == plan.segments.len();
+        let told = async {
+            if let Some(authenticated) = authenticated.filter(|_| whole_chain_first) {
+                authenticate_files(key, store, plan).await?;
+                let _ = authenticated.send(());
+            }
+            Ok(())
+        };
+        let (shared, later_fed, (), ()) = tokio::try_join!(
             async { Ok(proven(&docker, &scratch.container, shared, &token).await) },
             Box::pin(upload_base(
                 key,
@@ -340,7 +403,13 @@ pub async fn recover(
                 &app.config.pitr.archive_dir,
                 entries
             )),
-            Box::pin(authenticate(key, job, store, &plan.segments[window..])),
+            Box::pin(authenticate(
+                key,
+                store,
+                &plan.segments[window..],
+                job.bytes_done.clone()
+            )),
+            Box::pin(told),
         )?;
         job.set_stage(format!(
             "recovering the scratch cluster to {target_text} ({} WAL segments)",
@@ -615,7 +684,10 @@ async fn upload_base(
                     }
                 }
             }
-            reader.finish().await?;
+            reader
+                .finish()
+                .await
+                .map_err(|err| unusable_base(&base, err))?;
             archive.check(&format!(
                 "base backup {base} cannot be used and nothing was changed: a time before it is recovered from an older base backup"
             ))?;

@@ -16,6 +16,11 @@
 //! it only decrypts (no decompression, a fraction of the load's time), and
 //! a damaged or foreign file must not stop the writers.
 //!
+//! A point-in-time restore stops the writers and starts the safety backup
+//! earlier, while the scratch cluster recovers, once the files it recovers
+//! from are authenticated ([`LiveSide::start_safety_backup`]): the safety
+//! backup then no longer shares the cores with the load.
+//!
 //! The SQL comes from a backup file or, for a point-in-time restore, from
 //! a recovered scratch cluster's pg_dump streamed straight into the load
 //! ([`plan::Input`]); then the stream's own row counts are what psql's
@@ -104,6 +109,50 @@ pub struct LiveSide {
     session: Session,
     live_exists: bool,
     room: Room,
+    /// The safety backup, when it started before the plan was ready.
+    early_safety: Option<EarlySafety>,
+}
+
+/// A safety backup running in its own task, the writers stopped before it.
+struct EarlySafety {
+    /// Stops it; the load of the same restore shares it, so that either
+    /// failing stops the other.
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl EarlySafety {
+    async fn finish(self) -> Result<(), Error> {
+        self.task.await.unwrap_or_else(|err| {
+            Err(Error::Failed(format!(
+                "the safety backup stopped unexpectedly ({err}); the live database was not changed"
+            )))
+        })
+    }
+
+    /// Stops it and waits until it has let go of the server (a partial
+    /// file is removed by the backup itself).
+    async fn abandon(self) {
+        self.stop.cancel();
+        let _ = self.finish().await;
+    }
+}
+
+/// The safety backup of a restore.
+enum Safety {
+    Skip,
+    /// Taken beside the load.
+    Take,
+    /// Started before the load, still running or done.
+    Started(EarlySafety),
+}
+
+impl Safety {
+    async fn abandon(self) {
+        if let Safety::Started(early) = self {
+            early.abandon().await;
+        }
+    }
 }
 
 impl LiveSide {
@@ -115,14 +164,53 @@ impl LiveSide {
                 session,
                 live_exists,
                 room,
+                early_safety: None,
             }),
             Err(err) => session.end(Err(err), |_: &LiveSide| String::new()).await,
         }
     }
 
-    /// Puts back what readying touched, for a restore that does not go on
-    /// because of `err`; returns `err`.
+    /// Stops the writers and starts the safety backup now, before the
+    /// restore's plan is ready (nothing when there is no live database or
+    /// `options` skip the safety backup). Only for files already
+    /// authenticated: a damaged file must not stop the writers.
+    pub async fn start_safety_backup(
+        &mut self,
+        app: &Arc<App>,
+        job: &Arc<Job>,
+        options: &RestoreOptions,
+    ) -> Result<(), Error> {
+        if !self.live_exists
+            || options.skip_safety_backup == Some(true)
+            || self.early_safety.is_some()
+        {
+            return Ok(());
+        }
+        if let Some(touched) = self.session.touched() {
+            stop_writers(app, job, touched).await?;
+        }
+        let stop = job.cancel_token().child_token();
+        let (app, job, server, beside) = (
+            app.clone(),
+            job.clone(),
+            self.session.server.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            crate::fault_point::pause(&app.config.state_dir, "restore-safety-started").await;
+            safety_backup(&app, &job, &server, &beside).await
+        });
+        self.early_safety = Some(EarlySafety { stop, task });
+        Ok(())
+    }
+
+    /// Puts back what readying touched (an early safety backup stopped,
+    /// the writers started), for a restore that does not go on because of
+    /// `err`; returns `err`.
     pub async fn abandon(self, err: Error) -> Error {
+        if let Some(early) = self.early_safety {
+            early.abandon().await;
+        }
         match self.session.end(Err(err), |_: &()| String::new()).await {
             Err(err) => err,
             Ok(()) => unreachable!("a failed result stays failed"),
@@ -164,14 +252,22 @@ async fn finish_planned(
         mut session,
         live_exists,
         room,
+        early_safety,
     } = live;
+    let mut safety = Some(match early_safety {
+        Some(early) => Safety::Started(early),
+        None if live_exists && options.skip_safety_backup != Some(true) => Safety::Take,
+        None => Safety::Skip,
+    });
     let result = async {
         let server = session.server.clone();
         let timescale = preflight(app, job, &server, &plan, &room).await?;
         if let Some(touched) = session.touched() {
             stop_writers(app, job, touched).await?;
         }
-        let safety_backup = live_exists && options.skip_safety_backup != Some(true);
+        let safety = safety
+            .take()
+            .expect("the safety backup is handed over once");
         restore_database(
             app,
             job,
@@ -179,11 +275,15 @@ async fn finish_planned(
             &plan,
             timescale.as_ref(),
             live_exists,
-            safety_backup,
+            safety,
         )
         .await
     }
     .await;
+    // Not handed over: the restore stopped before its load.
+    if let Some(safety) = safety {
+        safety.abandon().await;
+    }
     session.end(result, String::clone).await
 }
 
@@ -254,14 +354,14 @@ async fn restore_database(
     plan: &Plan,
     timescale: Option<&crate::postgres::timescale::RestorePlan>,
     live_exists: bool,
-    take_safety_backup: bool,
+    safety: Safety,
 ) -> Result<String, Error> {
     let live = app.config.database.name.clone();
     let stamp = stamp();
     let new_db = format!("{live}_restore_{stamp}");
     let previous = format!("{live}_previous_{stamp}");
 
-    journal::save(
+    let journaled = journal::save(
         app,
         Some(&InProgress {
             database: new_db.clone(),
@@ -269,11 +369,18 @@ async fn restore_database(
             live_name: live.clone(),
             backup: plan.label().to_owned(),
         }),
-    )?;
+    );
+    if let Err(err) = journaled {
+        safety.abandon().await;
+        return Err(err);
+    }
     let state_dir = &app.config.state_dir;
     crate::fault_point::pause(state_dir, "restore-journaled").await;
     // The job's cancel stops both; a failure of either stops the other.
-    let stop = job.cancel_token().child_token();
+    let stop = match &safety {
+        Safety::Started(early) => early.stop.clone(),
+        Safety::Skip | Safety::Take => job.cancel_token().child_token(),
+    };
     let load = async {
         load::create_database_like(server, &new_db, live_exists.then_some(live.as_str())).await?;
         let workers = app.config.restore.load_workers();
@@ -303,10 +410,10 @@ async fn restore_database(
         Ok(())
     };
     let safety = async {
-        if take_safety_backup {
-            safety_backup(app, job, server, &stop).await
-        } else {
-            Ok(())
+        match safety {
+            Safety::Skip => Ok(()),
+            Safety::Take => safety_backup(app, job, server, &stop).await,
+            Safety::Started(early) => early.finish().await,
         }
     };
     // Boxed: the two futures side by side are too big for a worker's stack.
