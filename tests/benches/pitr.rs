@@ -16,7 +16,9 @@
 //! - a point-in-time restore against a plain restore of a dump of the same
 //!   database, grown to `MESBAK_BENCH_RESTORE_MIB` (default 150) first
 //!   (target: 1.5x), in turn `MESBAK_BENCH_RESTORE_ROUNDS` times (default
-//!   3); the shipper ships neither restore's WAL while it is timed.
+//!   3), each without and with its safety backup (as an operator runs
+//!   it), with the downtime of a writer container (`restore.stop_containers`);
+//!   the shipper ships no restore's WAL while it is timed.
 //!
 //! `cargo bench -p mesbak-tests --bench pitr`; `MESBAK_BENCH_AGENT_LOG=<dir>`
 //! keeps a copy of the agent's log (per-segment shipping times at debug);
@@ -103,8 +105,10 @@ async fn main() {
 async fn bench(flavor: Flavor, seconds: u64) {
     let bus = Bus::start();
     let pg = Postgres::with_fixture_on(flavor);
-    let mut config =
-        AgentConfig::for_postgres(&pg).with("pitr.ship_interval_secs", SHIP_INTERVAL as i64);
+    let stopped_writer = Writer::start();
+    let mut config = AgentConfig::for_postgres(&pg)
+        .with("pitr.ship_interval_secs", SHIP_INTERVAL as i64)
+        .with("restore.stop_containers", vec![stopped_writer.name.clone()]);
     load_sessions_from_env(&mut config);
     let agent = Agent::spawn(&bus, &config).await;
     ctl(&bus, &["pitr", "enable", "--yes"]);
@@ -439,12 +443,10 @@ async fn bench(flavor: Flavor, seconds: u64) {
     assert!(outcome.success, "{}", outcome.message);
     let dump_id = outcome.files[0].clone();
     // Plain and point-in-time restores in turn, MESBAK_BENCH_RESTORE_ROUNDS
-    // times (default 3): the machine is shared, single pairs scatter.
+    // times (default 3): the machine is shared, single pairs scatter. Each
+    // pair without its safety backup (the restores alone), then with it.
     let rounds = env_u64("MESBAK_BENCH_RESTORE_ROUNDS", 3).max(1);
-    let (mut plain, mut pitr) = (Vec::new(), Vec::new());
-    let no_safety_backup = || RestoreOptions {
-        skip_safety_backup: Some(true),
-    };
+    let mut runs: [Vec<Restored>; 4] = Default::default();
     // Each restore writes its database's size in WAL. The shipper's timer
     // (every 10 s) would ship it during one restore and after another, by
     // phase alone (up to 3 s of CPU on these cores, which fell on four of
@@ -462,26 +464,28 @@ async fn bench(flavor: Flavor, seconds: u64) {
         ctl(&bus, &["pitr", "sync"]);
     };
     for _ in 0..rounds {
-        close();
-        let t = Instant::now();
-        let job = agent
-            .proxy()
-            .await
-            .restore(&dump_id, no_safety_backup())
-            .await;
-        plain.push(finished(&agent, job.unwrap(), t).await);
-        open_and_ship();
-        close();
-        let t = Instant::now();
-        let job = agent
-            .proxy()
-            .await
-            .restore_to_time(&target, no_safety_backup())
-            .await;
-        pitr.push(finished(&agent, job.unwrap(), t).await);
-        open_and_ship();
+        for (run, (to_time, safety)) in [(false, false), (true, false), (false, true), (true, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let options = RestoreOptions {
+                skip_safety_backup: Some(!safety),
+            };
+            close();
+            let t = Instant::now();
+            let job = match to_time {
+                false => agent.proxy().await.restore(&dump_id, options).await,
+                true => agent.proxy().await.restore_to_time(&target, options).await,
+            };
+            let seconds = finished(&agent, job.unwrap(), t).await;
+            runs[run].push(Restored {
+                seconds,
+                downtime: stopped_writer.last_downtime(),
+            });
+            open_and_ship();
+        }
     }
-    let ratios: Vec<f64> = pitr.iter().zip(&plain).map(|(p, q)| p / q).collect();
+    let [plain, pitr, plain_safe, pitr_safe] = runs;
     let median = |values: &[f64]| {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
@@ -507,22 +511,49 @@ async fn bench(flavor: Flavor, seconds: u64) {
         "  agent peak RSS with the restores {:8.1} MiB (target < 64)",
         rss as f64 / 1024.0
     );
-    println!(
-        "  plain restore of a dump          {:8.2} s  [{}] ({:.0} MiB database)",
-        median(&plain),
-        each(&plain),
-        mib(size)
-    );
-    println!(
-        "  point-in-time restore            {:8.2} s  [{}] (scratch recovery, its dump streamed into the verified restore)",
-        median(&pitr),
-        each(&pitr)
-    );
-    println!(
-        "  ratio pitr / plain               {:8.2}   [{}] (median of the rounds; target <= 1.5)",
-        median(&ratios),
-        each(&ratios)
-    );
+    let seconds = |restored: &[Restored]| restored.iter().map(|r| r.seconds).collect::<Vec<_>>();
+    let downtime = |restored: &[Restored]| restored.iter().map(|r| r.downtime).collect::<Vec<_>>();
+    for (what, plain, pitr) in [
+        ("without safety backups", &plain, &pitr),
+        (
+            "with safety backups (as an operator runs them)",
+            &plain_safe,
+            &pitr_safe,
+        ),
+    ] {
+        println!("  restores {what} ({:.0} MiB database):", mib(size));
+        println!(
+            "    plain restore of a dump        {:8.2} s  [{}], writer down {:.2} s [{}]",
+            median(&seconds(plain)),
+            each(&seconds(plain)),
+            median(&downtime(plain)),
+            each(&downtime(plain)),
+        );
+        println!(
+            "    point-in-time restore          {:8.2} s  [{}], writer down {:.2} s [{}]",
+            median(&seconds(pitr)),
+            each(&seconds(pitr)),
+            median(&downtime(pitr)),
+            each(&downtime(pitr)),
+        );
+        let ratios: Vec<f64> = pitr
+            .iter()
+            .zip(plain.iter())
+            .map(|(p, q)| p.seconds / q.seconds)
+            .collect();
+        println!(
+            "    ratio pitr / plain             {:8.2}   [{}] (median of the rounds; target <= 1.5)",
+            median(&ratios),
+            each(&ratios)
+        );
+    }
+}
+
+/// One timed restore.
+struct Restored {
+    seconds: f64,
+    /// The writer's downtime during it.
+    downtime: f64,
 }
 
 /// Seconds from `started` until `job` succeeded.
