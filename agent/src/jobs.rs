@@ -316,15 +316,19 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Frees the mutating slot when `job` held it.
+    /// Frees the mutating slot when `job` held it, and the memory the
+    /// job freed.
     pub fn end(&self, job: &Job) {
-        let mut mutating = self.mutating.lock().expect("jobs lock");
-        if mutating
-            .as_ref()
-            .is_some_and(|running| running.id == job.id)
         {
-            *mutating = None;
+            let mut mutating = self.mutating.lock().expect("jobs lock");
+            if mutating
+                .as_ref()
+                .is_some_and(|running| running.id == job.id)
+            {
+                *mutating = None;
+            }
         }
+        crate::memory::release_freed();
     }
 
     pub fn remove(&self, id: u64) {

@@ -20,6 +20,7 @@ pub mod import;
 pub mod jobs;
 pub mod kept;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod offsite;
 pub mod persist;

@@ -60,24 +60,6 @@ macro_rules! complain {
     }};
 }
 
-/// glibc gives each thread that allocates its own arena, up to eight per
-/// core, and keeps what each one grew to. Since shipping goes on beside a
-/// base backup or a restore, more of the agent's threads (the runtime's,
-/// the compression and inflation pools, blocking I/O) allocate at once:
-/// two arenas took the pitr bench's agent peak RSS from 59.7 to 56.1 MiB
-/// under load and from 64.8 to 58.4 MiB with the restores, on two cores
-/// (more cores, more arenas). The threads allocate little each (buffers
-/// are reused), so they seldom wait on each other.
-#[allow(unsafe_code)] // one libc call; no crate here wraps mallopt
-fn limit_malloc_arenas() {
-    const ARENAS: libc::c_int = 2;
-    // SAFETY: mallopt only changes a malloc setting; it runs before any
-    // thread other than this one exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = args.generate_man {
@@ -99,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    limit_malloc_arenas();
+    mesbak_agent::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

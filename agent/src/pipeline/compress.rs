@@ -127,7 +127,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             )
         })?;
         let threads = threads.max(1);
-        let pool = Pool::start("gzip", threads, move || Deflater::new(level), deflate)?;
+        let pool = Pool::start("gzip", threads, move || Worker::new(level), deflate)?;
         let (order, results) = sync_channel::<Receiver<io::Result<Vec<u8>>>>(threads * 2);
         let writer = std::thread::Builder::new()
             .name("gzip-out".into())
@@ -194,15 +194,40 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     }
 }
 
-fn deflate(compressor: &mut Deflater, (block, result): Job) {
-    let mut member = vec![0u8; compressor.gzip_compress_bound(block.len())];
-    let compressed = compressor
-        .gzip_compress(&block, &mut member)
-        .map(|n| {
-            member.truncate(n);
-            member
-        })
+/// A compressing thread's own state: its compressor, and room for the
+/// largest member a block can give.
+struct Worker {
+    compressor: Deflater,
+    scratch: Vec<u8>,
+}
+
+impl Worker {
+    fn new(level: CompressionLvl) -> Worker {
+        let mut compressor = Deflater::new(level);
+        let scratch = vec![0u8; compressor.gzip_compress_bound(GZIP_BLOCK)];
+        Worker {
+            compressor,
+            scratch,
+        }
+    }
+}
+
+/// Compresses into the worker's scratch room and hands on a copy of just
+/// the member: a member sized for the worst case (a whole block, zeroed)
+/// kept about 1 MiB resident per member waiting for the writer, where the
+/// member itself is a fraction of that.
+fn deflate(worker: &mut Worker, (block, result): Job) {
+    let bound = worker.compressor.gzip_compress_bound(block.len());
+    if worker.scratch.len() < bound {
+        worker.scratch.resize(bound, 0);
+    }
+    let compressed = worker
+        .compressor
+        .gzip_compress(&block, &mut worker.scratch)
+        .map(|n| worker.scratch[..n].to_vec())
         .map_err(|err| io::Error::other(format!("gzip compression failed: {err}")));
+    // The input block goes back to the allocator before the member waits.
+    drop(block);
     // The writer may have stopped; the producer learns that from it.
     let _ = result.send(compressed);
 }
