@@ -511,8 +511,19 @@ async fn bench(flavor: Flavor, seconds: u64) {
         "  agent peak RSS with the restores {:8.1} MiB (target < 64)",
         rss as f64 / 1024.0
     );
-    let seconds = |restored: &[Restored]| restored.iter().map(|r| r.seconds).collect::<Vec<_>>();
-    let downtime = |restored: &[Restored]| restored.iter().map(|r| r.downtime).collect::<Vec<_>>();
+    // One line per kind of restore: seconds and the writer's downtime,
+    // the median and each round.
+    let report = |label: &str, restored: &[Restored]| {
+        let seconds: Vec<f64> = restored.iter().map(|r| r.seconds).collect();
+        let downtime: Vec<f64> = restored.iter().map(|r| r.downtime).collect();
+        println!(
+            "    {label:<31}{:8.2} s  [{}], writer down {:.2} s [{}]",
+            median(&seconds),
+            each(&seconds),
+            median(&downtime),
+            each(&downtime),
+        );
+    };
     for (what, plain, pitr) in [
         ("without safety backups", &plain, &pitr),
         (
@@ -522,20 +533,8 @@ async fn bench(flavor: Flavor, seconds: u64) {
         ),
     ] {
         println!("  restores {what} ({:.0} MiB database):", mib(size));
-        println!(
-            "    plain restore of a dump        {:8.2} s  [{}], writer down {:.2} s [{}]",
-            median(&seconds(plain)),
-            each(&seconds(plain)),
-            median(&downtime(plain)),
-            each(&downtime(plain)),
-        );
-        println!(
-            "    point-in-time restore          {:8.2} s  [{}], writer down {:.2} s [{}]",
-            median(&seconds(pitr)),
-            each(&seconds(pitr)),
-            median(&downtime(pitr)),
-            each(&downtime(pitr)),
-        );
+        report("plain restore of a dump", plain);
+        report("point-in-time restore", pitr);
         let ratios: Vec<f64> = pitr
             .iter()
             .zip(plain.iter())
